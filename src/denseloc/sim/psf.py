@@ -264,20 +264,26 @@ def render_patches(
     -------
     Tensor of shape (T, H, W)
     """
-    n_frames, height, width = shape
     if out is None:
         out = torch.zeros(shape, dtype=x_px.dtype, device=x_px.device)
     if frame.numel() == 0:
         return out
     size = size or psf.default_patch_size()
+    _, height, width = shape
     row0, col0, dx, dy = patch_origin(x_px, y_px, size)
     patches = psf.evaluate(dx, dy, z_nm, size) * photons[:, None, None]
+    # Render into a stack padded by a patch on every side, so no patch needs clipping; light
+    # falling outside the frame (and patches of emitters far outside) lands in the margin.
+    pad = size
+    padded_w = width + 2 * pad
+    padded = torch.zeros(
+        (shape[0], height + 2 * pad, padded_w), dtype=out.dtype, device=out.device
+    )
+    row0 = (row0 + pad).clamp(0, height + pad)
+    col0 = (col0 + pad).clamp(0, width + pad)
     offs = torch.arange(size, device=x_px.device)
-    rows = row0[:, None, None] + offs[None, :, None]
-    cols = col0[:, None, None] + offs[None, None, :]
-    rows, cols = torch.broadcast_tensors(rows, cols)
-    frames = frame[:, None, None].expand_as(rows)
-    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-    flat = (frames * height + rows) * width + cols
-    out.view(-1).index_add_(0, flat[inside], patches[inside].to(out.dtype))
+    start = (frame * (height + 2 * pad) + row0) * padded_w + col0
+    flat = start[:, None, None] + offs[None, :, None] * padded_w + offs[None, None, :]
+    padded.view(-1).index_add_(0, flat.reshape(-1), patches.reshape(-1).to(out.dtype))
+    out += padded[:, pad : pad + height, pad : pad + width]
     return out

@@ -1,0 +1,358 @@
+"""Configuration: pydantic models for the microscope, the camera and the simulation.
+
+Each field carries its default, bounds, unit and description exactly once, here. A
+configuration is saved and loaded as YAML (:meth:`Config.to_yaml`, :func:`load_config`);
+``denseloc config init`` prints the default with every description as a comment.
+
+Examples
+--------
+>>> cfg = Config()
+>>> cfg.camera.kind, cfg.image.pixel_size_nm
+('emccd', 100.0)
+>>> Config.from_yaml_text(cfg.to_yaml()) == cfg
+True
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from denseloc.errors import DenselocError, InputFileError
+
+__all__ = [
+    "CAMERA_PRESETS",
+    "AstigmaticConfig",
+    "BackgroundConfig",
+    "CameraConfig",
+    "Config",
+    "ConfigError",
+    "EmitterConfig",
+    "ImageConfig",
+    "PSFConfig",
+    "SimulationConfig",
+    "load_config",
+]
+
+CONFIG_VERSION = 1
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(DenselocError):
+    """An invalid configuration value, reported as one line naming the field."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+Range = Annotated[tuple[float, float], Field(description="(low, high)")]
+
+
+def _ordered(value: tuple[float, float], name: str) -> tuple[float, float]:
+    if value[0] > value[1]:
+        raise ValueError(f"{name} must be (low, high) with low <= high, got {value}")
+    return value
+
+
+class ImageConfig(_Model):
+    """Frame geometry."""
+
+    size_px: tuple[int, int] = Field(
+        (64, 64), description="frame size (height, width) in px; a single number means square"
+    )
+    pixel_size_nm: float = Field(100.0, gt=0, description="camera pixel size in the sample, nm")
+
+    @field_validator("size_px", mode="before")
+    @classmethod
+    def _square(cls, v: Any) -> Any:
+        if isinstance(v, int | float) and not isinstance(v, bool):
+            return (int(v), int(v))
+        return v
+
+    @field_validator("size_px")
+    @classmethod
+    def _positive(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if min(v) < 1:
+            raise ValueError(f"frame size must be positive, got {v}")
+        return v
+
+
+class CameraConfig(_Model):
+    """Camera model, photons -> ADU (and the inverse applied to real data).
+
+    ``ADU = floor((EM(Poisson(photons * qe + spurious)) + N(0, read_noise)) / e_per_adu
+    + baseline)``, clipped to ``[0, adc_max_adu]``; EM is Gamma(shape = electrons,
+    scale = em_gain) for an EMCCD and the identity otherwise.
+    """
+
+    kind: Literal["emccd", "scmos", "ideal"] = Field(
+        "emccd", description="emccd | scmos | ideal (Poisson noise only, no read noise)"
+    )
+    qe: float = Field(0.9, gt=0, le=1, description="quantum efficiency (electrons per photon)")
+    spurious_charge_e: float = Field(
+        0.002, ge=0, description="clock-induced / spurious charge, electrons per px per frame"
+    )
+    em_gain: float = Field(300.0, ge=1, description="EM gain (EMCCD only; 1 otherwise)")
+    e_per_adu: float = Field(45.0, gt=0, description="electrons per ADU (inverse of the gain)")
+    baseline_adu: float = Field(100.0, ge=0, description="offset added by the camera, ADU")
+    read_noise_e: float = Field(74.4, ge=0, description="read-noise standard deviation, e-")
+    adc_max_adu: int = Field(65535, gt=0, description="largest value the ADC can output, ADU")
+    offset_map: Path | None = Field(
+        None, description="sCMOS per-pixel offset map (ADU), .tif or .npy of the frame size"
+    )
+    variance_map: Path | None = Field(
+        None, description="sCMOS per-pixel read-noise variance map (ADU^2)"
+    )
+    gain_map: Path | None = Field(None, description="sCMOS per-pixel electrons-per-ADU map")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CameraConfig:
+        if self.kind != "emccd" and self.em_gain != 1:
+            raise ValueError(
+                f"em_gain applies to EMCCD cameras only; for kind {self.kind} set em_gain: 1"
+            )
+        if self.kind == "ideal" and self.read_noise_e != 0:
+            raise ValueError("an ideal camera has no read noise; set read_noise_e: 0")
+        maps = (self.offset_map, self.variance_map, self.gain_map)
+        if self.kind != "scmos" and any(m is not None for m in maps):
+            raise ValueError("per-pixel maps apply to sCMOS cameras only (kind: scmos)")
+        return self
+
+    @property
+    def excess_noise_factor(self) -> float:
+        """Variance multiplier of the EM register: 2 for an EMCCD, 1 otherwise."""
+        return 2.0 if self.kind == "emccd" else 1.0
+
+
+CAMERA_PRESETS: dict[str, dict[str, Any]] = {
+    # The EMCCD of the SMLM Challenge 2016 (and of ../shared/data/beads_epfl2016): the defaults.
+    "emccd": {},
+    # A typical back-illuminated sCMOS (e.g. Hamamatsu ORCA-Flash 4.0 v3 data sheets).
+    "scmos": {
+        "kind": "scmos", "qe": 0.82, "spurious_charge_e": 0.0, "em_gain": 1.0,
+        "e_per_adu": 0.46, "baseline_adu": 100.0, "read_noise_e": 1.6,
+    },
+    # Shot noise only: useful to test estimators against the Poisson CRLB.
+    "ideal": {
+        "kind": "ideal", "qe": 1.0, "spurious_charge_e": 0.0, "em_gain": 1.0,
+        "e_per_adu": 1.0, "baseline_adu": 100.0, "read_noise_e": 0.0,
+    },
+}  # fmt: skip
+"""Named cameras for ``--camera emccd|scmos|ideal``: overrides of the :class:`CameraConfig`
+defaults."""
+
+
+class AstigmaticConfig(_Model):
+    """Astigmatic Gaussian PSF (Huang et al., Science 2008), one set of values per axis (x, y).
+
+    ``sigma(z) = sigma0 sqrt(1 + u^2 + a3 u^3 + a4 u^4)`` with ``u = (z - focus) / depth``.
+    """
+
+    sigma0_px: tuple[float, float] = Field((1.0, 1.0), description="in-focus widths (x, y), px")
+    focus_nm: tuple[float, float] = Field(
+        (-200.0, 200.0), description="z where the PSF is narrowest along x and along y, nm"
+    )
+    depth_nm: tuple[float, float] = Field(
+        (400.0, 400.0), description="focal depth per axis: width x sqrt(2) at focus +- depth, nm"
+    )
+    a3: tuple[float, float] = Field((0.0, 0.0), description="cubic coefficients (x, y)")
+    a4: tuple[float, float] = Field((0.0, 0.0), description="quartic coefficients (x, y)")
+
+    @field_validator("sigma0_px", "depth_nm")
+    @classmethod
+    def _positive(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if min(v) <= 0:
+            raise ValueError(f"must be positive, got {v}")
+        return v
+
+
+class PSFConfig(_Model):
+    """Point-spread function model."""
+
+    kind: Literal["gaussian", "astigmatic", "file"] = Field(
+        "astigmatic",
+        description="gaussian (2D) | astigmatic (3D Gaussian) | file (a calibration, see path)",
+    )
+    sigma_px: float = Field(1.0, gt=0, description="width of the 2D Gaussian PSF, px")
+    astigmatic: AstigmaticConfig = Field(default_factory=AstigmaticConfig)
+    path: Path | None = Field(
+        None, description="PSF calibration file (kind: file), e.g. from `denseloc calibrate`"
+    )
+
+    @model_validator(mode="after")
+    def _path_given(self) -> PSFConfig:
+        if self.kind == "file" and self.path is None:
+            raise ValueError("kind: file needs path: the PSF calibration file")
+        return self
+
+
+class EmitterConfig(_Model):
+    """Emitter density, brightness and blinking."""
+
+    density_per_um2: float = Field(
+        0.5, ge=0, description="mean number of emitters on per frame per um^2"
+    )
+    count_per_frame: float | None = Field(
+        None, ge=0, description="mean number on per frame; overrides density_per_um2 when set"
+    )
+    photons_mean: float = Field(5000.0, gt=0, description="mean brightness, photons per frame")
+    photons_std: float = Field(1000.0, ge=0, description="std of the brightness, photons")
+    on_time_frames: float = Field(2.0, gt=0, description="mean on-time (exponential), frames")
+    z_range_nm: Range = Field((-750.0, 750.0), description="z range of 3D emitters, nm")
+
+    @field_validator("z_range_nm")
+    @classmethod
+    def _ordered_z(cls, v: tuple[float, float]) -> tuple[float, float]:
+        return _ordered(v, "z_range_nm")
+
+
+class BackgroundConfig(_Model):
+    """Background: a uniform level per movie plus an optional smooth structured part."""
+
+    level_photons: Range = Field(
+        (90.0, 150.0), description="range of the uniform level, photons/px (drawn per movie)"
+    )
+    structured_amplitude_photons: float = Field(
+        0.0, ge=0, description="peak of the smooth structured background, photons/px (0: off)"
+    )
+    structured_scale_nm: float = Field(
+        2000.0, gt=0, description="length scale of the structured background, nm"
+    )
+
+    @field_validator("level_photons")
+    @classmethod
+    def _ordered_nonnegative(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if v[0] < 0:
+            raise ValueError(f"background must be >= 0, got {v}")
+        return _ordered(v, "level_photons")
+
+
+class SimulationConfig(_Model):
+    """Length and seed of a simulated movie."""
+
+    n_frames: int = Field(100, ge=1, description="number of frames of a simulated movie")
+    seed: int = Field(0, ge=0, description="random seed (same seed, same movie)")
+
+
+class Config(_Model):
+    """Everything that describes a microscope, its camera and a simulated acquisition."""
+
+    version: int = Field(CONFIG_VERSION, description="configuration format version")
+    image: ImageConfig = Field(default_factory=ImageConfig)
+    camera: CameraConfig = Field(default_factory=CameraConfig)
+    psf: PSFConfig = Field(default_factory=PSFConfig)
+    emitters: EmitterConfig = Field(default_factory=EmitterConfig)
+    background: BackgroundConfig = Field(default_factory=BackgroundConfig)
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+
+    @field_validator("version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v > CONFIG_VERSION:
+            raise ValueError(
+                f"configuration version {v} is newer than this denseloc ({CONFIG_VERSION})"
+            )
+        return v
+
+    def to_yaml(self, *, comments: bool = False) -> str:
+        """Serialise to YAML; with `comments`, each field's description precedes it."""
+        data = self.model_dump(mode="json")
+        if not comments:
+            return yaml.safe_dump(data, sort_keys=False)
+        return "\n".join(_commented_yaml(type(self), data, 0)) + "\n"
+
+    @classmethod
+    def from_yaml_text(cls, text: str, *, name: str = "configuration") -> Config:
+        """Parse YAML text (see :func:`load_config` for files)."""
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{name}: not valid YAML ({_first_line(exc)})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{name}: expected a mapping of sections, got {type(data).__name__}")
+        return validated(cls, data, name=name)
+
+    def with_camera_preset(self, name: str) -> Config:
+        """Return a copy whose camera is the preset `name` (see :data:`CAMERA_PRESETS`)."""
+        if name not in CAMERA_PRESETS:
+            raise ConfigError(
+                f"unknown camera {name!r}; choose one of {', '.join(CAMERA_PRESETS)}"
+            )
+        return self.model_copy(update={"camera": CameraConfig(**CAMERA_PRESETS[name])})
+
+
+def validated(model: type[M], data: dict[str, Any], *, name: str) -> M:
+    """Validate `data` as `model`, turning pydantic's report into a one-line ConfigError."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        got = f" (got {err['input']!r})" if "input" in err and not isinstance(
+            err["input"], dict
+        ) else ""
+        more = f" [+{exc.error_count() - 1} more]" if exc.error_count() > 1 else ""
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{name}: {where}: {msg}{got}{more}") from None
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read a YAML configuration file; relative file paths in it are relative to the file.
+
+    Raises
+    ------
+    InputFileError
+        If the file does not exist or cannot be read.
+    ConfigError
+        If a value is invalid (the message names the field).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "no such file")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputFileError(path, f"cannot be read ({_first_line(exc)})") from None
+    cfg = Config.from_yaml_text(text, name=str(path))
+    return _resolve_paths(cfg, path.parent)
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p).resolve()
+
+    cam = cfg.camera
+    camera = cam.model_copy(
+        update={k: fix(getattr(cam, k)) for k in ("offset_map", "variance_map", "gain_map")}
+    )
+    psf = cfg.psf.model_copy(update={"path": fix(cfg.psf.path)})
+    return cfg.model_copy(update={"camera": camera, "psf": psf})
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _commented_yaml(model: type[BaseModel], data: dict[str, Any], indent: int) -> list[str]:
+    pad = "  " * indent
+    lines: list[str] = []
+    for name, field in model.model_fields.items():
+        value = data[name]
+        if field.description:
+            lines.append(f"{pad}# {field.description}")
+        sub = field.annotation
+        if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
+            doc = (sub.__doc__ or "").strip().splitlines()
+            if doc and not field.description:
+                lines.append(f"{pad}# {doc[0]}")
+            lines.append(f"{pad}{name}:")
+            lines.extend(_commented_yaml(sub, value, indent + 1))
+        else:
+            dumped = yaml.safe_dump({name: value}, default_flow_style=True, sort_keys=False)
+            lines.append(pad + dumped.strip().removeprefix("{").removesuffix("}"))
+    return lines

@@ -1,0 +1,169 @@
+"""Camera model: expected photons per pixel -> noisy ADU, and ADU -> photons for real data.
+
+The forward model (DESIGN section 1), per pixel::
+
+    electrons = Poisson(photons * qe + spurious_charge_e)
+    electrons = Gamma(shape=electrons, scale=em_gain)        # EMCCD only
+    adu = round((electrons + Normal(0, read_noise_e)) / e_per_adu + baseline_adu)
+    adu = clip(adu, 0, adc_max_adu)
+
+An EMCCD's register doubles the shot-noise variance (excess-noise factor 2): for a flat
+image, ``var(ADU) = (2 qe photons em_gain^2 + read_noise_e^2) / e_per_adu^2``. sCMOS cameras
+may give per-pixel offset, variance and gain maps, which replace the scalar values.
+
+The ADC rounds to the nearest integer rather than flooring: flooring biases the mean by
+-0.5 ADU for a continuous signal and by 0 for an integer one (ideal camera), so no single
+inverse would be unbiased for both; rounding is unbiased for both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from denseloc.config import CameraConfig
+from denseloc.errors import InputFileError
+
+__all__ = ["Camera", "standard_gamma"]
+
+
+def standard_gamma(concentration: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Gamma(concentration, 1) samples drawn reproducibly from `generator`.
+
+    ``torch._standard_gamma`` takes no generator. On the CPU the samples come from a NumPy
+    generator seeded from `generator` (NumPy's sampler is also twice as fast); on a GPU the
+    device's global RNG is seeded from `generator` inside a forked RNG state. Either way the
+    result depends only on `generator`.
+    """
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=concentration.device))
+    if concentration.device.type == "cpu":
+        rng = np.random.default_rng(seed)
+        values = rng.standard_gamma(concentration.numpy())
+        return torch.from_numpy(values.astype(concentration.numpy().dtype, copy=False))
+    with torch.random.fork_rng(devices=[concentration.device], device_type="cuda"):
+        torch.manual_seed(seed)
+        return torch._standard_gamma(concentration)
+
+
+def _load_map(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
+    if not path.is_file():
+        raise InputFileError(path, f"{what} map: no such file")
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path)
+        else:
+            import tifffile
+
+            arr = tifffile.imread(path)
+    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input file
+        raise InputFileError(path, f"{what} map cannot be read ({exc})") from None
+    arr = np.asarray(arr, dtype=np.float64).squeeze()
+    if arr.shape != tuple(shape):
+        raise InputFileError(path, f"{what} map has shape {arr.shape}, frames are {shape}")
+    if not np.isfinite(arr).all():
+        raise InputFileError(path, f"{what} map has non-finite values")
+    return arr
+
+
+@dataclass
+class Camera:
+    """A camera: the configuration plus, for sCMOS, per-pixel maps as tensors.
+
+    Parameters
+    ----------
+    config : CameraConfig
+        Scalar settings.
+    offset_adu, read_var_adu2, e_per_adu : Tensor of shape (H, W) or float
+        Per-pixel (or scalar) baseline, read-noise variance and electrons per ADU.
+    """
+
+    config: CameraConfig
+    offset_adu: torch.Tensor | float
+    read_var_adu2: torch.Tensor | float
+    e_per_adu: torch.Tensor | float
+
+    @classmethod
+    def from_config(
+        cls,
+        config: CameraConfig,
+        frame_shape: tuple[int, int] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> Camera:
+        """Build a camera, loading sCMOS maps (which then need `frame_shape`)."""
+        offset: torch.Tensor | float = config.baseline_adu
+        read_var: torch.Tensor | float = (config.read_noise_e / config.e_per_adu) ** 2
+        gain: torch.Tensor | float = config.e_per_adu
+        maps = {
+            "offset": config.offset_map,
+            "variance": config.variance_map,
+            "gain": config.gain_map,
+        }
+        if any(p is not None for p in maps.values()) and frame_shape is None:
+            raise ValueError("per-pixel camera maps need the frame shape")
+        loaded = {
+            k: torch.as_tensor(_load_map(Path(p), frame_shape, k), device=device)
+            for k, p in maps.items()
+            if p is not None
+        }
+        if "gain" in loaded:
+            if (loaded["gain"] <= 0).any():
+                raise InputFileError(config.gain_map, "gain map must be positive")
+            gain = loaded["gain"]
+        if "offset" in loaded:
+            offset = loaded["offset"]
+        if "variance" in loaded:
+            if (loaded["variance"] < 0).any():
+                raise InputFileError(config.variance_map, "variance map must be >= 0")
+            read_var = loaded["variance"]
+        return cls(config, offset, read_var, gain)
+
+    @property
+    def excess_noise_factor(self) -> float:
+        """2 for an EMCCD (the EM register doubles the shot-noise variance), else 1."""
+        return self.config.excess_noise_factor
+
+    def _cast(self, value: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor | float:
+        return value.to(like) if isinstance(value, torch.Tensor) else value
+
+    def photons_to_adu(
+        self, photons: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Simulate the camera: expected photons per pixel -> ADU (float, integer-valued).
+
+        Parameters
+        ----------
+        photons : Tensor of shape (..., H, W)
+            Expected photons per pixel (signal + background), >= 0.
+        generator : torch.Generator, optional
+            Source of randomness (on the tensor's device).
+        """
+        cfg = self.config
+        electrons = torch.poisson(photons * cfg.qe + cfg.spurious_charge_e, generator=generator)
+        if cfg.kind == "emccd":
+            # Gamma(0) is a point mass at 0: clamp the concentration, then zero those pixels.
+            amplified = standard_gamma(electrons.clamp_min(1e-6), generator) * cfg.em_gain
+            electrons = torch.where(electrons > 0, amplified, torch.zeros_like(amplified))
+        gain = self._cast(self.e_per_adu, photons)
+        adu = electrons / gain + self._cast(self.offset_adu, photons)
+        read_var = self._cast(self.read_var_adu2, photons)
+        if isinstance(read_var, torch.Tensor) or read_var > 0:
+            noise = torch.randn(
+                photons.shape, generator=generator, dtype=photons.dtype, device=photons.device
+            )
+            adu = adu + noise * (read_var**0.5)
+        return torch.round(adu).clamp_(0, cfg.adc_max_adu)
+
+    def adu_to_photons(self, adu: torch.Tensor) -> torch.Tensor:
+        """Convert ADU to photons: ``((adu - baseline) e_per_adu / em_gain - spurious) / qe``.
+
+        Its expectation equals the expected photons of the forward model (unless the ADC
+        clipped).
+        """
+        cfg = self.config
+        adu = adu.to(torch.get_default_dtype()) if not adu.is_floating_point() else adu
+        gain = self._cast(self.e_per_adu, adu)
+        electrons = (adu - self._cast(self.offset_adu, adu)) * gain
+        return (electrons / cfg.em_gain - cfg.spurious_charge_e) / cfg.qe

@@ -1,0 +1,234 @@
+"""The simulator: emitters -> PSF -> background -> camera, batched in torch.
+
+One object serves two uses: :meth:`Simulator.sample` draws batches of short independent
+movies for training (on CPU or GPU), and :func:`simulate_movie` writes a long movie to disk
+in chunks (memory bounded by the chunk, not the movie).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from denseloc.config import Config, PSFConfig
+from denseloc.errors import DenselocError
+from denseloc.sim.background import sample_background
+from denseloc.sim.camera import Camera
+from denseloc.sim.emitters import Emitters, sample_emitters
+from denseloc.sim.psf import PSF, AstigmaticPSF, GaussianPSF, render_patches
+
+__all__ = ["SimulatedBatch", "Simulator", "psf_from_config", "simulate_movie"]
+
+logger = logging.getLogger(__name__)
+
+
+def psf_from_config(config: PSFConfig, z_range_nm: tuple[float, float] = (-750.0, 750.0)) -> PSF:
+    """Build the PSF model a configuration describes."""
+    if config.kind == "gaussian":
+        return GaussianPSF(config.sigma_px)
+    if config.kind == "astigmatic":
+        a = config.astigmatic
+        return AstigmaticPSF(
+            sigma0_px=a.sigma0_px,
+            focus_nm=a.focus_nm,
+            depth_nm=a.depth_nm,
+            a3=a.a3,
+            a4=a.a4,
+            z_range_nm=z_range_nm,
+        )
+    from denseloc.calibration import load_psf
+
+    return load_psf(config.path)
+
+
+@dataclass
+class SimulatedBatch:
+    """A batch of simulated movies.
+
+    Attributes
+    ----------
+    adu : Tensor of shape (n_movies, n_frames, H, W)
+        Camera output (float tensor holding integers).
+    expected_photons : Tensor of shape (n_movies, n_frames, H, W)
+        Noise-free photons per pixel (signal + background) that the camera saw.
+    background : Tensor of shape (n_movies, H, W)
+        Background photons per pixel (constant over a movie's frames).
+    emitters : Emitters
+        Ground truth; ``frame = movie * n_frames + frame_in_movie``.
+    """
+
+    adu: torch.Tensor
+    expected_photons: torch.Tensor
+    background: torch.Tensor
+    emitters: Emitters
+
+
+class Simulator:
+    """Simulate SMLM movies from a :class:`~denseloc.config.Config`.
+
+    Parameters
+    ----------
+    config : Config
+        Microscope, camera, emitters, background.
+    device : str or torch.device
+        Where to simulate.
+    dtype : torch.dtype
+        Floating-point precision of the simulation.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.frame_shape: tuple[int, int] = tuple(config.image.size_px)
+        self.psf = psf_from_config(config.psf, config.emitters.z_range_nm)
+        self.camera = Camera.from_config(config.camera, self.frame_shape, self.device)
+        self.patch_size = self.psf.default_patch_size()
+
+    def generator(self, seed: int) -> torch.Generator:
+        """A generator on the simulator's device, seeded."""
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def sample_emitters(
+        self, n_movies: int, n_frames: int, generator: torch.Generator | None
+    ) -> Emitters:
+        """Blinking emitters for `n_movies` movies of `n_frames` frames."""
+        return sample_emitters(
+            self.config.emitters,
+            n_movies=n_movies,
+            n_frames=n_frames,
+            frame_shape=self.frame_shape,
+            pixel_size_nm=self.config.image.pixel_size_nm,
+            is_3d=self.psf.is_3d,
+            generator=generator,
+            device=self.device,
+            dtype=self.dtype,
+        )
+
+    def sample_background(self, n_movies: int, generator: torch.Generator | None) -> torch.Tensor:
+        """Background photons per pixel, shape (n_movies, H, W)."""
+        return sample_background(
+            self.config.background,
+            n_movies=n_movies,
+            frame_shape=self.frame_shape,
+            pixel_size_nm=self.config.image.pixel_size_nm,
+            generator=generator,
+            device=self.device,
+            dtype=self.dtype,
+        )
+
+    def render(self, emitters: Emitters, background: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """Expected photons per pixel, shape (n_movies, n_frames, H, W).
+
+        ``emitters.frame`` indexes the flattened (n_movies * n_frames) frames.
+        """
+        n_movies = background.shape[0]
+        stack = background[:, None].expand(n_movies, n_frames, *self.frame_shape)
+        stack = stack.reshape(n_movies * n_frames, *self.frame_shape).clone()
+        render_patches(
+            self.psf,
+            emitters.frame,
+            emitters.x_px,
+            emitters.y_px,
+            emitters.z_nm,
+            emitters.photons,
+            stack.shape,
+            size=self.patch_size,
+            out=stack,
+        )
+        return stack.view(n_movies, n_frames, *self.frame_shape)
+
+    def sample(
+        self, n_movies: int, n_frames: int, generator: torch.Generator | None = None
+    ) -> SimulatedBatch:
+        """Simulate `n_movies` independent movies of `n_frames` frames each."""
+        emitters = self.sample_emitters(n_movies, n_frames, generator)
+        background = self.sample_background(n_movies, generator)
+        expected = self.render(emitters, background, n_frames)
+        adu = self.camera.photons_to_adu(expected, generator)
+        return SimulatedBatch(adu, expected, background, emitters)
+
+
+def simulate_movie(
+    config: Config,
+    out_dir: str | os.PathLike,
+    *,
+    chunk_frames: int = 256,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Path]:
+    """Simulate one movie and write ``frames.tif``, ``ground_truth.csv``, ``config.yaml``.
+
+    The movie is rendered in chunks of `chunk_frames` frames, so its length is bounded by the
+    disk, not the memory. Each file is written to a temporary name and renamed when complete.
+
+    Parameters
+    ----------
+    config : Config
+        Full configuration; ``config.simulation`` gives the length and the seed.
+    out_dir : path
+        Output folder (created).
+    chunk_frames : int
+        Frames rendered at once.
+    progress : callable(done, total), optional
+        Called after each chunk with the number of frames written.
+
+    Returns
+    -------
+    dict
+        Paths of the written files under the keys ``frames``, ``ground_truth``, ``config``.
+    """
+    import tifffile
+
+    from denseloc._atomic import atomic_path
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DenselocError(f"{out_dir}: exists and is not a folder")
+    sim = Simulator(config)
+    n_frames = config.simulation.n_frames
+    pixel_size_nm = config.image.pixel_size_nm
+    generator = sim.generator(config.simulation.seed)
+    emitters = sim.sample_emitters(1, n_frames, generator)
+    background = sim.sample_background(1, generator)
+    paths = {
+        "frames": out_dir / "frames.tif",
+        "ground_truth": out_dir / "ground_truth.csv",
+        "config": out_dir / "config.yaml",
+    }
+    resolution = 1e7 / pixel_size_nm  # px per cm, the TIFF resolution unit
+    with atomic_path(paths["frames"]) as tmp, tifffile.TiffWriter(tmp) as tif:
+        for start in range(0, n_frames, chunk_frames):
+            stop = min(start + chunk_frames, n_frames)
+            chunk = emitters.select((emitters.frame >= start) & (emitters.frame < stop))
+            chunk.frame = chunk.frame - start
+            expected = sim.render(chunk, background, stop - start)[0]
+            adu = sim.camera.photons_to_adu(expected, generator)
+            tif.write(
+                adu.cpu().numpy().astype(np.uint16),
+                contiguous=True,
+                photometric="minisblack",
+                resolution=(resolution, resolution),
+                resolutionunit="CENTIMETER",
+                metadata=None,
+            )
+            if progress is not None:
+                progress(stop, n_frames)
+    truth = emitters.to_table(pixel_size_nm)
+    with atomic_path(paths["ground_truth"]) as tmp:
+        truth[["frame", "id", "x_nm", "y_nm", "z_nm", "photons"]].to_csv(tmp, index=False)
+    with atomic_path(paths["config"]) as tmp:
+        tmp.write_text(config.to_yaml())
+    logger.info("simulated %d frames, %d localizations into %s", n_frames, len(truth), out_dir)
+    return paths
