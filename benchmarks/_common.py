@@ -1,0 +1,54 @@
+"""Shared helpers for benchmark scripts: machine facts and writing results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, object]:
+    """Facts that make a timing meaningful."""
+    import torch
+
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def write_results(name: str, rows: list[dict[str, object]], notes: str = "") -> Path:
+    """Write `rows` as results/NAME.json and results/NAME.md (a markdown table)."""
+    RESULTS.mkdir(exist_ok=True)
+    meta = machine()
+    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps({"command": command, "machine": meta, "rows": rows, "notes": notes}, indent=2)
+        + "\n"
+    )
+    headers = list(rows[0]) if rows else []
+    lines = [f"# {name}", "", f"Command: `{command}`", ""]
+    lines += [f"Machine: {', '.join(f'{k} {v}' for k, v in meta.items())}", ""]
+    lines += ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row[h]) for h in headers) + " |")
+    if notes:
+        lines += ["", notes]
+    path = RESULTS / f"{name}.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

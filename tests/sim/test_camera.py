@@ -1,0 +1,105 @@
+"""Camera statistics against theory for a flat photon image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from denseloc.config import CAMERA_PRESETS, CameraConfig
+from denseloc.sim.camera import Camera
+
+PHOTONS = 50.0
+SHAPE = (100, 64, 64)  # 409,600 pixels: relative standard error of a variance ~ 0.3 %
+
+
+def flat_adu(kind: str, seed: int = 0) -> tuple[Camera, torch.Tensor]:
+    camera = Camera.from_config(CameraConfig(**CAMERA_PRESETS[kind]))
+    generator = torch.Generator().manual_seed(seed)
+    photons = torch.full(SHAPE, PHOTONS, dtype=torch.float64)
+    return camera, camera.photons_to_adu(photons, generator)
+
+
+def theory(cfg: CameraConfig, excess: float) -> tuple[float, float]:
+    electrons = PHOTONS * cfg.qe + cfg.spurious_charge_e
+    mean = electrons * cfg.em_gain / cfg.e_per_adu + cfg.baseline_adu
+    var = (excess * electrons * cfg.em_gain**2 + cfg.read_noise_e**2) / cfg.e_per_adu**2
+    return mean, var
+
+
+@pytest.mark.parametrize("kind", ["emccd", "scmos", "ideal"])
+def test_mean_and_variance_match_theory(kind: str) -> None:
+    camera, adu = flat_adu(kind)
+    cfg = camera.config
+    excess = 2.0 if kind == "emccd" else 1.0
+    mean, var = theory(cfg, excess)
+    # Rounding to integers adds 1/12 ADU^2 to a continuous signal; an ideal camera with
+    # 1 e-/ADU outputs integers already.
+    if kind != "ideal":
+        var += 1 / 12
+    assert adu.mean().item() == pytest.approx(mean, rel=2e-3)
+    assert adu.var().item() == pytest.approx(var, rel=0.02)
+
+
+def test_emccd_excess_noise_factor_is_two() -> None:
+    camera, adu = flat_adu("emccd")
+    cfg = camera.config
+    _, var_without_excess = theory(cfg, 1.0)
+    ratio = (adu.var().item() - cfg.read_noise_e**2 / cfg.e_per_adu**2) / (
+        var_without_excess - cfg.read_noise_e**2 / cfg.e_per_adu**2
+    )
+    assert ratio == pytest.approx(2.0, rel=0.03)
+
+
+@pytest.mark.parametrize("kind", ["emccd", "scmos", "ideal"])
+def test_adu_to_photons_recovers_the_photon_mean(kind: str) -> None:
+    camera, adu = flat_adu(kind, seed=1)
+    assert camera.adu_to_photons(adu).mean().item() == pytest.approx(PHOTONS, rel=3e-3)
+
+
+def test_same_seed_same_frames_other_seed_other_frames() -> None:
+    _, a = flat_adu("emccd", seed=3)
+    _, b = flat_adu("emccd", seed=3)
+    _, c = flat_adu("emccd", seed=4)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_adc_clips_to_its_range() -> None:
+    cfg = CameraConfig(**{**CAMERA_PRESETS["ideal"], "adc_max_adu": 200})
+    adu = Camera.from_config(cfg).photons_to_adu(torch.full((10, 10), 1000.0))
+    assert adu.max().item() == 200
+
+
+def test_scmos_per_pixel_maps(tmp_path) -> None:
+    shape = (32, 48)
+    rng = np.random.default_rng(0)
+    offset = rng.uniform(90, 110, shape)
+    variance = rng.uniform(1, 30, shape)
+    gain = rng.uniform(0.4, 0.6, shape)
+    for name, arr in [("offset", offset), ("variance", variance), ("gain", gain)]:
+        np.save(tmp_path / f"{name}.npy", arr)
+    cfg = CameraConfig(
+        **CAMERA_PRESETS["scmos"],
+        offset_map=tmp_path / "offset.npy",
+        variance_map=tmp_path / "variance.npy",
+        gain_map=tmp_path / "gain.npy",
+    )
+    camera = Camera.from_config(cfg, shape)
+    photons = torch.zeros((4000, *shape), dtype=torch.float64)  # read noise only
+    adu = camera.photons_to_adu(photons, torch.Generator().manual_seed(0)).numpy()
+    np.testing.assert_allclose(adu.mean(0), offset, atol=0.35)
+    np.testing.assert_allclose(adu.var(0), variance + 1 / 12, rtol=0.12)
+    lit = torch.full((400, *shape), 2000.0, dtype=torch.float64)
+    adu = camera.photons_to_adu(lit, torch.Generator().manual_seed(1))
+    recovered = camera.adu_to_photons(adu).mean(0).numpy()
+    np.testing.assert_allclose(recovered, 2000.0, rtol=0.01)
+
+
+def test_bad_map_shape_is_reported(tmp_path) -> None:
+    from denseloc.errors import InputFileError
+
+    np.save(tmp_path / "offset.npy", np.zeros((5, 5)))
+    cfg = CameraConfig(**CAMERA_PRESETS["scmos"], offset_map=tmp_path / "offset.npy")
+    with pytest.raises(InputFileError, match=r"offset\.npy.*shape"):
+        Camera.from_config(cfg, (8, 8))

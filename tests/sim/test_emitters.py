@@ -1,0 +1,85 @@
+"""Blinking statistics: on-time, emitters on per frame, persistent ids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from denseloc.config import EmitterConfig
+from denseloc.sim.emitters import sample_emitters
+
+PIXEL_NM = 100.0
+SHAPE = (50, 40)  # 20 um^2
+
+
+def long_movie(on_time: float, density: float, n_frames: int = 4000) -> pd.DataFrame:
+    cfg = EmitterConfig(
+        density_per_um2=density, photons_mean=1000.0, photons_std=0.0, on_time_frames=on_time
+    )
+    emitters = sample_emitters(
+        cfg,
+        n_movies=1,
+        n_frames=n_frames,
+        frame_shape=SHAPE,
+        pixel_size_nm=PIXEL_NM,
+        is_3d=True,
+        generator=torch.Generator().manual_seed(0),
+        dtype=torch.float64,
+    )
+    return emitters.to_table(PIXEL_NM)
+
+
+@pytest.mark.parametrize(("on_time", "density"), [(2.0, 1.0), (0.5, 0.3), (5.0, 0.5)])
+def test_mean_number_on_per_frame(on_time: float, density: float) -> None:
+    n_frames = 4000
+    table = long_movie(on_time, density, n_frames)
+    per_frame = table.groupby("frame").size().reindex(range(n_frames), fill_value=0)
+    expected = density * SHAPE[0] * SHAPE[1] * (PIXEL_NM / 1000) ** 2
+    # Counts in nearby frames are correlated over ~(on_time + 1) frames.
+    se = np.sqrt(expected * (on_time + 1) / n_frames) * 2
+    assert abs(per_frame.mean() - expected) < 4 * se
+    assert per_frame.iloc[0] > 0 and per_frame.iloc[-1] > 0  # no ramp-up at the ends
+
+
+@pytest.mark.parametrize("on_time", [0.5, 2.0, 5.0])
+def test_mean_on_time(on_time: float) -> None:
+    n_frames = 6000
+    table = long_movie(on_time, 0.5, n_frames)
+    spans = table.groupby("id").agg(first=("frame", "min"), last=("frame", "max"),
+                                    photons=("photons", "sum"))
+    inside = spans[(spans["first"] > 0) & (spans["last"] < n_frames - 1)]
+    on_times = inside["photons"] / 1000.0  # brightness is exactly 1000 photons per frame
+    se = on_time / np.sqrt(len(on_times))  # exponential: std = mean
+    assert abs(on_times.mean() - on_time) < 4 * se
+    assert on_times.std() == pytest.approx(on_time, rel=0.1)
+
+
+def test_ids_persist_over_consecutive_frames_at_fixed_position() -> None:
+    table = long_movie(3.0, 0.5, 500)
+    groups = table.groupby("id")
+    spans = groups["frame"].agg(["min", "max", "size"])
+    assert (spans["max"] - spans["min"] + 1 == spans["size"]).all()
+    assert (groups["x_nm"].nunique() == 1).all() and (groups["z_nm"].nunique() == 1).all()
+    assert (spans["size"] > 1).mean() > 0.5
+    assert (table["photons"] > 0).all() and (table["photons"] <= 1000.0 + 1e-9).all()
+
+
+def test_positions_cover_the_frame_and_z_range() -> None:
+    table = long_movie(2.0, 1.0, 300)
+    x_px = table["x_nm"] / PIXEL_NM - 0.5
+    assert x_px.min() == pytest.approx(-0.5, abs=0.1) and x_px.max() == pytest.approx(39.5, abs=0.1)
+    assert table["z_nm"].min() == pytest.approx(-750, abs=20)
+    assert table["z_nm"].max() == pytest.approx(750, abs=20)
+
+
+def test_2d_emitters_have_zero_z_and_count_overrides_density() -> None:
+    cfg = EmitterConfig(density_per_um2=100.0, count_per_frame=7.0)
+    emitters = sample_emitters(
+        cfg, n_movies=400, n_frames=3, frame_shape=SHAPE, pixel_size_nm=PIXEL_NM, is_3d=False,
+        generator=torch.Generator().manual_seed(1),
+    )
+    assert torch.all(emitters.z_nm == 0)
+    assert len(emitters) / 1200 == pytest.approx(7.0, rel=0.06)
+    assert emitters.frame.max().item() < 1200

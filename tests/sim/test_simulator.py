@@ -1,0 +1,88 @@
+"""The simulator end to end: batches, determinism, movies on disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+
+from denseloc.config import Config, load_config
+from denseloc.sim.simulator import Simulator, simulate_movie
+from denseloc.table import nm_to_px
+
+
+def small_config(**sections) -> Config:
+    base = {"image": {"size_px": 32}, "simulation": {"n_frames": 12, "seed": 5}}
+    base.update(sections)
+    return Config.model_validate(base)
+
+
+def test_batch_shapes_and_determinism() -> None:
+    sim = Simulator(small_config())
+    a = sim.sample(4, 3, sim.generator(0))
+    b = sim.sample(4, 3, sim.generator(0))
+    c = sim.sample(4, 3, sim.generator(1))
+    assert a.adu.shape == (4, 3, 32, 32)
+    assert torch.equal(a.adu, b.adu) and torch.equal(a.emitters.x_px, b.emitters.x_px)
+    assert not torch.equal(a.adu, c.adu)
+    assert a.emitters.frame.max().item() < 12
+
+
+def test_expected_photons_are_signal_plus_background() -> None:
+    sim = Simulator(small_config(background={"level_photons": (100.0, 100.0)}))
+    batch = sim.sample(8, 3, sim.generator(2))
+    signal = batch.expected_photons.sum() - 100.0 * batch.expected_photons.numel()
+    # Patches hold > 99.9 % of the light; some falls outside the frame for edge emitters.
+    assert signal.item() <= batch.emitters.photons.sum().item() * 1.0001
+    assert signal.item() > 0.9 * batch.emitters.photons.sum().item()
+
+
+def test_structured_background_is_smooth_and_bounded() -> None:
+    cfg = small_config(
+        background={"level_photons": (50.0, 50.0), "structured_amplitude_photons": 80.0,
+                    "structured_scale_nm": 1500.0},
+        emitters={"density_per_um2": 0.0},
+    )
+    sim = Simulator(cfg)
+    bg = sim.sample_background(16, sim.generator(0))
+    assert bg.min().item() >= 50.0 and bg.max().item() <= 130.0
+    assert bg.std().item() > 5.0
+    # Smooth: neighbouring pixels differ far less than the overall spread.
+    assert (bg[:, 1:] - bg[:, :-1]).abs().mean().item() < 0.2 * bg.std().item()
+
+
+def test_simulated_movie_files(tmp_path) -> None:
+    cfg = small_config(camera={"kind": "ideal", "qe": 1.0, "em_gain": 1.0, "e_per_adu": 1.0,
+                               "read_noise_e": 0.0, "spurious_charge_e": 0.0})
+    paths = simulate_movie(cfg, tmp_path / "sim", chunk_frames=5)
+    frames = tifffile.imread(paths["frames"])
+    truth = pd.read_csv(paths["ground_truth"])
+    assert frames.shape == (12, 32, 32) and frames.dtype == np.uint16
+    assert list(truth.columns) == ["frame", "id", "x_nm", "y_nm", "z_nm", "photons"]
+    assert truth["frame"].between(0, 11).all()
+    assert load_config(paths["config"]) == cfg
+    # Light lands where the ground truth says: bright emitters sit on bright pixels.
+    bright = truth[truth["photons"] > 3000]
+    col = np.round(nm_to_px(bright["x_nm"], 100.0)).astype(int).clip(0, 31)
+    row = np.round(nm_to_px(bright["y_nm"], 100.0)).astype(int).clip(0, 31)
+    at_truth = frames[bright["frame"], row, col].astype(float) - 100.0
+    background = np.median(frames) - 100.0
+    assert np.median(at_truth) > background + 100
+    assert not any(p.name.endswith(".part") for p in (tmp_path / "sim").iterdir())
+
+
+def test_same_seed_same_movie(tmp_path) -> None:
+    cfg = small_config()
+    a = simulate_movie(cfg, tmp_path / "a")
+    b = simulate_movie(cfg, tmp_path / "b")
+    assert np.array_equal(tifffile.imread(a["frames"]), tifffile.imread(b["frames"]))
+    assert a["ground_truth"].read_text() == b["ground_truth"].read_text()
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "astigmatic"])
+def test_z_is_simulated_only_for_3d_psfs(kind: str) -> None:
+    sim = Simulator(small_config(psf={"kind": kind}))
+    z = sim.sample(8, 3, sim.generator(0)).emitters.z_nm
+    assert (z.abs().max().item() > 100) == (kind == "astigmatic")

@@ -1,0 +1,70 @@
+"""Configuration: defaults, YAML round trip, validation messages, paths."""
+
+from __future__ import annotations
+
+import pytest
+
+from denseloc.config import CAMERA_PRESETS, Config, ConfigError, load_config
+from denseloc.errors import InputFileError
+
+
+def test_documented_default_round_trips() -> None:
+    text = Config().to_yaml(comments=True)
+    assert "# quantum efficiency" in text
+    assert Config.from_yaml_text(text) == Config()
+
+
+def test_partial_yaml_fills_defaults(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("image:\n  size_px: 40\n  pixel_size_nm: 160\ncamera:\n  em_gain: 100\n")
+    cfg = load_config(path)
+    assert cfg.image.size_px == (40, 40)
+    assert cfg.image.pixel_size_nm == 160
+    assert cfg.camera.em_gain == 100
+    assert cfg.camera.qe == Config().camera.qe
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("camera: {em_gain: 0.5}", r"camera\.em_gain: .*greater than or equal to 1"),
+        ("image: {pixel_size_nm: -100}", r"image\.pixel_size_nm: .*greater than 0"),
+        ("emitters: {density_per_um2: -1}", r"emitters\.density_per_um2"),
+        ("psf: {kind: spline}", r"psf\.kind"),
+        ("camera: {kind: scmos}", r"em_gain applies to EMCCD"),
+        ("psf: {kind: file}", r"needs path"),
+        ("emitters: {z_range_nm: [500, -500]}", r"low <= high"),
+        ("typo_section: {a: 1}", r"typo_section"),
+        ("camera: {gain: 3}", r"camera\.gain"),
+        ("[1, 2]", r"expected a mapping"),
+        ("image: {size_px: [0, 10]}", r"positive"),
+    ],
+)
+def test_invalid_values_name_the_field(tmp_path, text: str, match: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_config(path)
+    assert "bad.yaml" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_and_corrupt_files(tmp_path) -> None:
+    with pytest.raises(InputFileError, match="no such file"):
+        load_config(tmp_path / "absent.yaml")
+    path = tmp_path / "broken.yaml"
+    path.write_text("camera: {qe: [")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_relative_paths_are_relative_to_the_file(tmp_path) -> None:
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "c.yaml"
+    path.write_text("psf: {kind: file, path: psf.h5}\n")
+    assert load_config(path).psf.path == (tmp_path / "sub" / "psf.h5").resolve()
+
+
+@pytest.mark.parametrize("name", list(CAMERA_PRESETS))
+def test_camera_presets_are_valid(name: str) -> None:
+    assert Config().with_camera_preset(name).camera.kind == name
