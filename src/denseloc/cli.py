@@ -66,7 +66,7 @@ def _main(
     )
 
 
-def _stderr_console():  # noqa: ANN202 - rich is imported lazily
+def _stderr_console():
     from rich.console import Console
 
     return Console(stderr=True)
@@ -78,7 +78,7 @@ def resolve_config(
     psf: str | None = None,
     camera: str | None = None,
     **overrides: Any,
-):  # noqa: ANN201 - Config is imported lazily
+):
     """Load a configuration (or the default) and apply command-line overrides.
 
     `overrides` maps dotted field names (``"image.size_px"``) to values; None means unset.
@@ -111,7 +111,7 @@ def resolve_config(
     return validated(Config, data, name="command line")
 
 
-def _with_camera(cfg, camera: str):  # noqa: ANN001, ANN202
+def _with_camera(cfg, camera: str):
     from denseloc.config import CAMERA_PRESETS, CameraConfig, load_config, validated
 
     if camera in CAMERA_PRESETS:
@@ -169,7 +169,7 @@ def simulate(
     typer.echo(f"wrote {paths['frames']}, {paths['ground_truth'].name}, {paths['config'].name}")
 
 
-def _simulate_with_progress(cfg, out: Path) -> dict[str, Path]:  # noqa: ANN001
+def _simulate_with_progress(cfg, out: Path) -> dict[str, Path]:
     from rich.progress import Progress
 
     from denseloc.sim.simulator import simulate_movie

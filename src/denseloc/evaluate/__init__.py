@@ -1,0 +1,20 @@
+"""Evaluation against ground truth with the SMLM Challenge 2016 conventions.
+
+Match predictions to ground truth per frame (:func:`match`), score detection, localization
+and uncertainty calibration (:func:`evaluate`, :class:`Metrics`) and plot the errors
+(:func:`plot_evaluation`; matplotlib is imported only when plotting).
+"""
+
+from denseloc.evaluate.match import Matching, MatchMethod, match
+from denseloc.evaluate.metrics import Metrics, evaluate, metrics_from_pairs
+from denseloc.evaluate.plots import plot_evaluation
+
+__all__ = [
+    "MatchMethod",
+    "Matching",
+    "Metrics",
+    "evaluate",
+    "match",
+    "metrics_from_pairs",
+    "plot_evaluation",
+]

@@ -58,7 +58,7 @@ def _load_map(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
             import tifffile
 
             arr = tifffile.imread(path)
-    except Exception as exc:  # noqa: BLE001 - any reader failure is a bad input file
+    except Exception as exc:
         raise InputFileError(path, f"{what} map cannot be read ({exc})") from None
     arr = np.asarray(arr, dtype=np.float64).squeeze()
     if arr.shape != tuple(shape):

@@ -158,5 +158,6 @@ def sample_emitters(
 
 
 def _poisson_count(mean: float, generator: torch.Generator | None) -> int:
-    rate = torch.tensor([mean], dtype=torch.float64, device=generator.device if generator else "cpu")
+    device = generator.device if generator is not None else "cpu"
+    rate = torch.tensor([mean], dtype=torch.float64, device=device)
     return int(torch.poisson(rate, generator=generator).item())

@@ -124,7 +124,7 @@ def _separable(
 
 
 def _odd(n: float) -> int:
-    n = int(math.ceil(n))
+    n = math.ceil(n)
     return n if n % 2 == 1 else n + 1
 
 
@@ -145,11 +145,11 @@ class GaussianPSF:
         if not self.sigma_px > 0:
             raise ValueError(f"sigma_px must be positive, got {self.sigma_px}")
 
-    def evaluate(self, dx_px, dy_px, z_nm, size, *, derivatives=False):  # noqa: D102
+    def evaluate(self, dx_px, dy_px, z_nm, size, *, derivatives=False):
         sigma = torch.full_like(dx_px, self.sigma_px)
         return _separable(dx_px, dy_px, sigma, sigma, None, None, size, derivatives)
 
-    def default_patch_size(self) -> int:  # noqa: D102
+    def default_patch_size(self) -> int:
         return _odd(2 * 4.5 * self.sigma_px + 1)
 
 
@@ -204,14 +204,14 @@ class AstigmaticPSF:
             return out[0], out[2], out[1], out[3]
         return out[0], out[1]
 
-    def evaluate(self, dx_px, dy_px, z_nm, size, *, derivatives=False):  # noqa: D102
+    def evaluate(self, dx_px, dy_px, z_nm, size, *, derivatives=False):
         if derivatives:
             sx, sy, dsx, dsy = self.sigmas(z_nm, derivatives=True)
             return _separable(dx_px, dy_px, sx, sy, dsx, dsy, size, True)
         sx, sy = self.sigmas(z_nm)
         return _separable(dx_px, dy_px, sx, sy, None, None, size, False)
 
-    def default_patch_size(self) -> int:  # noqa: D102
+    def default_patch_size(self) -> int:
         z = torch.linspace(*self.z_range_nm, 301, dtype=torch.float64)
         sx, sy = self.sigmas(z)
         return _odd(2 * 4.0 * float(torch.maximum(sx, sy).max()) + 1)
