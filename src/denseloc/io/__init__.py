@@ -1,5 +1,14 @@
 """Reading and writing movies and localization tables."""
 
 from denseloc.io.formats import FORMATS, read_table, write_table
+from denseloc.io.movie import Movie, open_movie, read_pixel_size_nm, write_tiff
 
-__all__ = ["FORMATS", "read_table", "write_table"]
+__all__ = [
+    "FORMATS",
+    "Movie",
+    "open_movie",
+    "read_pixel_size_nm",
+    "read_table",
+    "write_table",
+    "write_tiff",
+]

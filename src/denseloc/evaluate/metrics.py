@@ -1,0 +1,307 @@
+"""Detection and localization metrics (SMLM Challenge 2016) and uncertainty calibration.
+
+:func:`evaluate` matches predictions to ground truth (:func:`denseloc.evaluate.match`),
+lists the matched pairs and their errors, and summarises them in a :class:`Metrics`.
+Conventions:
+
+- Counts are pooled over all frames: precision ``TP / (TP + FP)``, recall ``TP / (TP + FN)``,
+  Jaccard index ``TP / (TP + FP + FN)``, F1 ``2 TP / (2 TP + FP + FN)``. A ratio whose
+  denominator is zero is 1: no predictions give precision 1 (none of them is false; this is
+  also the end point of a precision-recall curve), no ground truth gives recall 1, and two
+  empty tables give Jaccard and F1 of 1.
+- Errors are prediction minus ground truth over matched pairs. RMSE lateral is
+  ``sqrt(mean(dx^2 + dy^2))``, axial ``sqrt(mean(dz^2))``, 3D ``sqrt(mean(dx^2 + dy^2 + dz^2))``.
+  Without matched pairs the error statistics are None (null in JSON).
+- Efficiency ``E = 100 - sqrt((100 (1 - JI))^2 + alpha^2 RMSE^2)`` with ``alpha = 1 /nm``
+  (lateral) and ``0.5 /nm`` (axial); without matched pairs the RMSE term is 0, so ``E = 0``
+  (or 100 when both tables are empty). E can be negative.
+- Uncertainty calibration per axis, when predictions carry ``sigma_{x,y,z}_nm``, over matched
+  pairs whose sigma is finite and > 0: ``sigma_ratio = RMSE / RMS(sigma)`` (quadratic means,
+  so that calibrated, heteroscedastic Gaussian errors give 1), ``z_score_rms = RMS(error /
+  sigma)`` (1 when calibrated) and the fractions of ``|error| <= sigma`` and ``<= 2 sigma``
+  (0.683 and 0.954 for calibrated Gaussian errors).
+- Against the Cramer-Rao bound, when the ground truth carries ``crlb_{x,y,z}_nm`` (the square
+  root of the bound, a standard deviation in nm), per emitter: ``crlb_ratio = RMS(error_i /
+  crlb_i)`` over matched pairs with a finite, positive bound (1 for an efficient estimator).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pandas as pd
+
+from denseloc.evaluate.match import Matching, MatchMethod, _as_table, _check_args, match
+
+__all__ = ["Metrics", "evaluate", "metrics_from_pairs"]
+
+_AXES = ("x", "y", "z")
+_ALPHA_LATERAL_PER_NM = 1.0
+_ALPHA_AXIAL_PER_NM = 0.5
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Detection, localization and calibration scores of one evaluation.
+
+    Fields that cannot be computed (no matched pairs, no predicted sigmas, no CRLB column)
+    are None; :meth:`to_dict` gives them as null in JSON. See the module docstring for the
+    definitions and the conventions for empty tables.
+
+    Attributes
+    ----------
+    tp, fp, fn : int
+        Matched pairs, unmatched predictions, unmatched ground-truth emitters.
+    precision, recall, jaccard, f1 : float
+        Detection scores in [0, 1].
+    rmse_lateral_nm, rmse_axial_nm, rmse_3d_nm : float or None
+        Root-mean-square localization errors of matched pairs, in nm.
+    mad_lateral_nm, mad_axial_nm : float or None
+        Mean absolute deviations ``mean(hypot(dx, dy))`` and ``mean(|dz|)``, in nm.
+    bias_x_nm, bias_y_nm, bias_z_nm : float or None
+        Mean error (prediction minus ground truth) per axis, in nm.
+    efficiency_lateral, efficiency_axial : float
+        SMLM Challenge efficiency, at most 100.
+    sigma_ratio_x, sigma_ratio_y, sigma_ratio_z : float or None
+        ``RMSE / RMS(predicted sigma)`` per axis; 1 when calibrated.
+    z_score_rms_x, z_score_rms_y, z_score_rms_z : float or None
+        ``RMS(error / predicted sigma)`` per axis; 1 when calibrated.
+    within_1sigma_x, within_1sigma_y, within_1sigma_z : float or None
+        Fraction of ``|error| <= sigma``; 0.683 for calibrated Gaussian errors.
+    within_2sigma_x, within_2sigma_y, within_2sigma_z : float or None
+        Fraction of ``|error| <= 2 sigma``; 0.954 for calibrated Gaussian errors.
+    crlb_ratio_x, crlb_ratio_y, crlb_ratio_z : float or None
+        ``RMS(error_i / crlb_i)`` per axis, with ``crlb_i`` the ground truth's
+        ``crlb_*_nm`` (square root of the Cramer-Rao bound); 1 for an efficient estimator.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> gt = pd.DataFrame({"frame": [0, 0], "x_nm": [100.0, 900.0], "y_nm": [100.0, 100.0]})
+    >>> pred = pd.DataFrame({"frame": [0], "x_nm": [130.0], "y_nm": [140.0]})
+    >>> m, pairs = evaluate(pred, gt)
+    >>> m.tp, m.fp, m.fn, m.precision, m.recall, m.jaccard
+    (1, 0, 1, 1.0, 0.5, 0.5)
+    >>> m.rmse_lateral_nm, m.rmse_axial_nm, m.sigma_ratio_x
+    (50.0, 0.0, None)
+    >>> round(m.efficiency_lateral, 2)  # 100 - sqrt(50^2 + 50^2)
+    29.29
+    >>> pairs[["frame", "dx_nm", "dy_nm", "dz_nm"]].to_numpy().tolist()
+    [[0.0, 30.0, 40.0, 0.0]]
+    """
+
+    tp: int
+    fp: int
+    fn: int
+    precision: float
+    recall: float
+    jaccard: float
+    f1: float
+    rmse_lateral_nm: float | None
+    rmse_axial_nm: float | None
+    rmse_3d_nm: float | None
+    mad_lateral_nm: float | None
+    mad_axial_nm: float | None
+    bias_x_nm: float | None
+    bias_y_nm: float | None
+    bias_z_nm: float | None
+    efficiency_lateral: float
+    efficiency_axial: float
+    sigma_ratio_x: float | None = None
+    sigma_ratio_y: float | None = None
+    sigma_ratio_z: float | None = None
+    z_score_rms_x: float | None = None
+    z_score_rms_y: float | None = None
+    z_score_rms_z: float | None = None
+    within_1sigma_x: float | None = None
+    within_1sigma_y: float | None = None
+    within_1sigma_z: float | None = None
+    within_2sigma_x: float | None = None
+    within_2sigma_y: float | None = None
+    within_2sigma_z: float | None = None
+    crlb_ratio_x: float | None = None
+    crlb_ratio_y: float | None = None
+    crlb_ratio_z: float | None = None
+
+    def to_dict(self) -> dict[str, int | float | None]:
+        """Return the fields as a JSON-serialisable dict (None for missing values)."""
+        return asdict(self)
+
+
+def evaluate(
+    pred: pd.DataFrame,
+    gt: pd.DataFrame,
+    *,
+    tol_lateral_nm: float = 250.0,
+    tol_axial_nm: float = 500.0,
+    method: MatchMethod = "hungarian",
+) -> tuple[Metrics, pd.DataFrame]:
+    """Match predictions to ground truth and score them.
+
+    Parameters
+    ----------
+    pred : DataFrame
+        Predicted localizations (:mod:`denseloc.table`); optional ``sigma_x_nm``,
+        ``sigma_y_nm``, ``sigma_z_nm`` enable the calibration scores.
+    gt : DataFrame
+        Ground-truth emitters, one row per emitter and frame; optional ``crlb_x_nm``,
+        ``crlb_y_nm``, ``crlb_z_nm`` (square roots of the Cramer-Rao bound, in nm) enable the
+        CRLB ratios.
+    tol_lateral_nm, tol_axial_nm : float
+        Matching tolerances in nm, see :func:`denseloc.evaluate.match`.
+    method : {"hungarian", "greedy"}
+        Matching method, see :func:`denseloc.evaluate.match`.
+
+    Returns
+    -------
+    metrics : Metrics
+        The scores.
+    pairs : DataFrame
+        One row per matched pair, sorted by ground-truth row: ``frame``, ``gt_index``,
+        ``pred_index`` (positional rows of `gt` and `pred`), ``{x,y,z}_gt_nm``,
+        ``{x,y,z}_pred_nm``, errors ``d{x,y,z}_nm`` (prediction minus ground truth), then,
+        when present in the inputs, ``sigma_{x,y,z}_nm`` (predicted), ``photons_gt``,
+        ``photons_pred`` and ``crlb_{x,y,z}_nm`` (ground truth).
+    """
+    _check_args(tol_lateral_nm, tol_axial_nm, method)
+    pred = _as_table(pred, "pred")
+    gt = _as_table(gt, "gt")
+    matching = match(
+        pred, gt, tol_lateral_nm=tol_lateral_nm, tol_axial_nm=tol_axial_nm, method=method
+    )
+    pairs = _pair_table(pred, gt, matching)
+    return metrics_from_pairs(pairs, n_pred=len(pred), n_gt=len(gt)), pairs
+
+
+def metrics_from_pairs(pairs: pd.DataFrame, *, n_pred: int, n_gt: int) -> Metrics:
+    """Score a table of matched pairs, e.g. a subset of the pairs from :func:`evaluate`.
+
+    Parameters
+    ----------
+    pairs : DataFrame
+        Matched pairs with at least ``dx_nm``, ``dy_nm``, ``dz_nm`` (nm); optional
+        ``sigma_{x,y,z}_nm`` and ``crlb_{x,y,z}_nm`` columns as in :func:`evaluate`.
+    n_pred, n_gt : int
+        Number of predictions and of ground-truth emitters the pairs were drawn from.
+
+    Returns
+    -------
+    Metrics
+
+    Raises
+    ------
+    ValueError
+        If `n_pred` or `n_gt` is smaller than the number of pairs.
+    """
+    tp, n_pred, n_gt = len(pairs), int(n_pred), int(n_gt)
+    if n_pred < tp or n_gt < tp:
+        raise ValueError(
+            f"`n_pred` ({n_pred}) and `n_gt` ({n_gt}) must be >= the number of pairs ({tp})"
+        )
+    fp, fn = n_pred - tp, n_gt - tp
+    jaccard = _ratio(tp, tp + fp + fn)
+    err = {axis: pairs[f"d{axis}_nm"].to_numpy(dtype=float) for axis in _AXES}
+    lateral = np.hypot(err["x"], err["y"])
+    rmse_lateral = _rms(lateral)
+    rmse_axial = _rms(err["z"])
+    fields: dict[str, float | None] = {}
+    for axis in _AXES:
+        ratio, z_rms, within_1, within_2 = _calibration(err[axis], pairs, f"sigma_{axis}_nm")
+        fields[f"sigma_ratio_{axis}"] = ratio
+        fields[f"z_score_rms_{axis}"] = z_rms
+        fields[f"within_1sigma_{axis}"] = within_1
+        fields[f"within_2sigma_{axis}"] = within_2
+        fields[f"crlb_ratio_{axis}"] = _calibration(err[axis], pairs, f"crlb_{axis}_nm")[1]
+    return Metrics(
+        tp=tp,
+        fp=fp,
+        fn=fn,
+        precision=_ratio(tp, tp + fp),
+        recall=_ratio(tp, tp + fn),
+        jaccard=jaccard,
+        f1=_ratio(2 * tp, 2 * tp + fp + fn),
+        rmse_lateral_nm=rmse_lateral,
+        rmse_axial_nm=rmse_axial,
+        rmse_3d_nm=_rms(np.hypot(lateral, err["z"])),
+        mad_lateral_nm=_mean(lateral),
+        mad_axial_nm=_mean(np.abs(err["z"])),
+        bias_x_nm=_mean(err["x"]),
+        bias_y_nm=_mean(err["y"]),
+        bias_z_nm=_mean(err["z"]),
+        efficiency_lateral=_efficiency(jaccard, rmse_lateral, _ALPHA_LATERAL_PER_NM),
+        efficiency_axial=_efficiency(jaccard, rmse_axial, _ALPHA_AXIAL_PER_NM),
+        **fields,
+    )
+
+
+def _pair_table(pred: pd.DataFrame, gt: pd.DataFrame, matching: Matching) -> pd.DataFrame:
+    """List matched pairs with positions, errors and the optional per-pair columns."""
+    g = gt.iloc[matching.gt_index].reset_index(drop=True)
+    p = pred.iloc[matching.pred_index].reset_index(drop=True)
+    out: dict[str, pd.Series | np.ndarray] = {
+        "frame": g["frame"],
+        "gt_index": matching.gt_index,
+        "pred_index": matching.pred_index,
+    }
+    for axis in _AXES:
+        out[f"{axis}_gt_nm"] = g[f"{axis}_nm"]
+    for axis in _AXES:
+        out[f"{axis}_pred_nm"] = p[f"{axis}_nm"]
+    for axis in _AXES:
+        out[f"d{axis}_nm"] = p[f"{axis}_nm"] - g[f"{axis}_nm"]
+    for axis in _AXES:
+        if f"sigma_{axis}_nm" in p.columns:
+            out[f"sigma_{axis}_nm"] = p[f"sigma_{axis}_nm"]
+    if "photons" in g.columns:
+        out["photons_gt"] = g["photons"]
+    if "photons" in p.columns:
+        out["photons_pred"] = p["photons"]
+    for axis in _AXES:
+        if f"crlb_{axis}_nm" in g.columns:
+            out[f"crlb_{axis}_nm"] = pd.to_numeric(g[f"crlb_{axis}_nm"]).astype(float)
+    return pd.DataFrame(out)
+
+
+def _ratio(numerator: int, denominator: int) -> float:
+    """``numerator / denominator``, and 1 when there is nothing to count."""
+    return numerator / denominator if denominator else 1.0
+
+
+def _rms(values: np.ndarray) -> float | None:
+    """Root mean square, None for no values."""
+    return math.sqrt(float(np.mean(np.square(values)))) if values.size else None
+
+
+def _mean(values: np.ndarray) -> float | None:
+    """Arithmetic mean, None for no values."""
+    return float(np.mean(values)) if values.size else None
+
+
+def _efficiency(jaccard: float, rmse_nm: float | None, alpha_per_nm: float) -> float:
+    """SMLM Challenge efficiency; the RMSE term is 0 when nothing was matched."""
+    return 100.0 - math.hypot(100.0 * (1.0 - jaccard), alpha_per_nm * (rmse_nm or 0.0))
+
+
+def _calibration(
+    error_nm: np.ndarray, pairs: pd.DataFrame, scale_column: str
+) -> tuple[float | None, float | None, float | None, float | None]:
+    """Compare errors with a per-pair scale (predicted sigma or sqrt(CRLB)), in nm.
+
+    Returns ``RMS(error) / RMS(scale)``, ``RMS(error / scale)`` and the fractions of
+    ``|error| <= scale`` and ``<= 2 scale``, over pairs with a finite, positive scale;
+    all None when the column is missing or no pair qualifies.
+    """
+    if scale_column not in pairs.columns:
+        return None, None, None, None
+    scale = pairs[scale_column].to_numpy(dtype=float)
+    ok = np.isfinite(scale) & (scale > 0)
+    if not ok.any():
+        return None, None, None, None
+    e, s = error_nm[ok], scale[ok]
+    ratio = math.sqrt(float(np.mean(e**2)) / float(np.mean(s**2)))
+    z_rms = math.sqrt(float(np.mean((e / s) ** 2)))
+    within_1 = float(np.mean(np.abs(e) <= s))
+    within_2 = float(np.mean(np.abs(e) <= 2 * s))
+    return ratio, z_rms, within_1, within_2

@@ -1,0 +1,88 @@
+"""Classical fitter: detection and maximum likelihood reach the Cramer-Rao bound."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from denseloc.classic.detect import detect_spots
+from denseloc.classic.mle import fit_rois, localize_mle, psf_width_px
+from denseloc.config import CAMERA_PRESETS, CameraConfig
+from denseloc.evaluate.crlb import NoiseModel, crlb
+from denseloc.sim.camera import Camera
+from denseloc.sim.psf import AstigmaticPSF, GaussianPSF, render_patches
+
+ASTIG = AstigmaticPSF((1.1, 1.2), (-200.0, 250.0), (400.0, 400.0))
+
+
+def noisy_rois(psf, n: int, size: int, photons: float, bg: float, camera: str, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    dx = torch.rand(n, generator=gen, dtype=torch.float64) - 0.5
+    dy = torch.rand(n, generator=gen, dtype=torch.float64) - 0.5
+    z = (torch.rand(n, generator=gen, dtype=torch.float64) - 0.5) * 1000
+    z = z if psf.is_3d else torch.zeros_like(z)
+    cam = Camera.from_config(CameraConfig(**CAMERA_PRESETS[camera]))
+    expected = psf.evaluate(dx, dy, z, size) * photons + bg
+    rois = cam.adu_to_photons(cam.photons_to_adu(expected, gen))
+    return rois, dx, dy, z, NoiseModel.from_camera(cam.config)
+
+
+@pytest.mark.parametrize(("psf", "size", "camera"), [
+    (GaussianPSF(1.3), 11, "ideal"), (GaussianPSF(1.3), 11, "emccd"), (ASTIG, 15, "emccd"),
+])
+def test_mle_is_unbiased_and_reaches_the_crlb(psf, size: int, camera: str) -> None:
+    n, photons, bg = 600, 2000.0, 50.0
+    rois, dx, dy, z, noise = noisy_rois(psf, n, size, photons, bg, camera, seed=1)
+    fit = fit_rois(psf, rois, noise=noise)
+    full = torch.full((n,), photons, dtype=torch.float64)
+    bound = crlb(psf, z, full, full * 0 + bg, dx_px=dx, dy_px=dy, noise=noise, size=size)
+    errors = {"x": fit.dx_px - dx, "y": fit.dy_px - dy}
+    if psf.is_3d:
+        errors["z"] = fit.z_nm - z
+    for axis, err in errors.items():
+        col = "xyz".index(axis)
+        ratio = math.sqrt(((err / bound[:, col]) ** 2).mean().item())
+        assert 0.85 < ratio < 1.2, (axis, ratio)
+        # Unbiased: the mean error is within 4 standard errors of zero.
+        assert abs(err.mean().item()) < 4 * bound[:, col].mean().item() / math.sqrt(n), axis
+    assert abs((fit.photons - photons).mean().item()) < 0.02 * photons
+    assert abs((fit.bg - bg).mean().item()) < 0.05 * bg
+    # The reported uncertainty is the bound at the estimate: close to the true bound.
+    torch.testing.assert_close(fit.std[:, 0].median(), bound[:, 0].median(), rtol=0.1, atol=0)
+
+
+def test_detection_finds_isolated_spots_and_not_noise() -> None:
+    psf = GaussianPSF(1.2)
+    gen = torch.Generator().manual_seed(0)
+    positions = torch.tensor([[10.0, 12.0], [30.3, 20.6], [50.0, 45.2]], dtype=torch.float64)
+    frames = torch.zeros((2, 64, 64), dtype=torch.float64)
+    render_patches(psf, torch.zeros(3, dtype=torch.long), positions[:, 0], positions[:, 1],
+                   torch.zeros(3, dtype=torch.float64), torch.full((3,), 1500.0,
+                   dtype=torch.float64), frames.shape, out=frames)
+    frames = torch.poisson(frames + 30.0, generator=gen)
+    cand = detect_spots(frames, sigma_px=1.2, threshold=5.0)
+    assert cand.frame.tolist() == [0, 0, 0]  # frame 1 is pure background
+    found = torch.stack([cand.col, cand.row], 1).double()
+    assert torch.cdist(found, positions).min(1).values.max() < 1.0
+
+
+def test_localize_mle_table_in_nm() -> None:
+    psf = GaussianPSF(1.2)
+    frames = torch.full((3, 40, 40), 20.0, dtype=torch.float64)
+    x = torch.tensor([8.2, 25.7, 30.0], dtype=torch.float64)
+    y = torch.tensor([9.9, 17.3, 33.4], dtype=torch.float64)
+    render_patches(psf, torch.tensor([0, 1, 2]), x, y, torch.zeros(3, dtype=torch.float64),
+                   torch.full((3,), 5000.0, dtype=torch.float64), frames.shape, out=frames)
+    table = localize_mle(frames, psf, pixel_size_nm=100.0, frame_offset=10)
+    assert table["frame"].tolist() == [10, 11, 12]
+    torch.testing.assert_close(torch.tensor(table["x_nm"].to_numpy()), (x + 0.5) * 100,
+                               atol=1.0, rtol=0)
+    torch.testing.assert_close(torch.tensor(table["y_nm"].to_numpy()), (y + 0.5) * 100,
+                               atol=1.0, rtol=0)
+    assert (table["sigma_x_nm"] > 0).all() and table["sigma_z_nm"].isna().all()
+
+
+def test_psf_width() -> None:
+    assert psf_width_px(GaussianPSF(1.4)) == pytest.approx(math.sqrt(1.4**2 + 1 / 12), rel=1e-3)

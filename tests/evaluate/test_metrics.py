@@ -1,0 +1,317 @@
+"""Tests of the evaluation metrics, the pair table and the evaluation plots."""
+
+from __future__ import annotations
+
+import doctest
+import json
+import math
+import sys
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from denseloc.evaluate import Metrics, evaluate, metrics_from_pairs, plot_evaluation
+
+# Gaussian probabilities P(|Z| <= 1), P(|Z| <= 2), P(|Z| <= 4).
+P1, P2, P4 = math.erf(1 / math.sqrt(2)), math.erf(2 / math.sqrt(2)), math.erf(4 / math.sqrt(2))
+
+
+def hand_case() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Three matched pairs with known errors, one false positive, one false negative.
+
+    Errors (dx, dy, dz) in nm: (30, 40, 0), (0, 0, 100), (-60, 80, -100).
+    """
+    gt = pd.DataFrame(
+        {
+            "frame": [0, 0, 0, 0],
+            "x_nm": [0.0, 5000.0, 10000.0, 20000.0],
+            "y_nm": [0.0, 0.0, 0.0, 0.0],
+            "z_nm": [0.0, 0.0, 0.0, 0.0],
+            "photons": [1000.0, 2000.0, 3000.0, 4000.0],
+            "crlb_x_nm": [10.0, 10.0, 30.0, 1.0],
+        }
+    )
+    pred = pd.DataFrame(
+        {
+            "frame": [0, 0, 0, 0],
+            "x_nm": [30.0, 5000.0, 9940.0, 30000.0],
+            "y_nm": [40.0, 0.0, 80.0, 0.0],
+            "z_nm": [0.0, 100.0, -100.0, 0.0],
+            "sigma_x_nm": [20.0, 10.0, 60.0, 5.0],
+        }
+    )
+    return pred, gt
+
+
+def test_hand_computed_metrics():
+    pred, gt = hand_case()
+    m, _ = evaluate(pred, gt)
+    assert (m.tp, m.fp, m.fn) == (3, 1, 1)
+    assert m.precision == pytest.approx(0.75)
+    assert m.recall == pytest.approx(0.75)
+    assert m.f1 == pytest.approx(0.75)
+    assert m.jaccard == pytest.approx(0.6)
+    # Squared lateral errors 2500, 0, 10000; squared axial 0, 10000, 10000.
+    assert m.rmse_lateral_nm == pytest.approx(math.sqrt(12500 / 3))
+    assert m.rmse_axial_nm == pytest.approx(math.sqrt(20000 / 3))
+    assert m.rmse_3d_nm == pytest.approx(math.sqrt(32500 / 3))
+    assert m.mad_lateral_nm == pytest.approx(50.0)  # (50 + 0 + 100) / 3
+    assert m.mad_axial_nm == pytest.approx(200 / 3)
+    assert (m.bias_x_nm, m.bias_y_nm, m.bias_z_nm) == pytest.approx((-10.0, 40.0, 0.0))
+    # E = 100 - sqrt((100 (1 - 0.6))^2 + alpha^2 RMSE^2)
+    assert m.efficiency_lateral == pytest.approx(100 - math.sqrt(40**2 + 12500 / 3))
+    assert m.efficiency_axial == pytest.approx(100 - math.sqrt(40**2 + 0.25 * 20000 / 3))
+    assert m.efficiency_lateral == pytest.approx(24.0614, abs=1e-4)
+
+
+def test_hand_computed_sigma_and_crlb_scores():
+    pred, gt = hand_case()
+    m, _ = evaluate(pred, gt)
+    # dx = 30, 0, -60 with predicted sigma_x 20, 10, 60 (the false positive's 5 is ignored).
+    assert m.sigma_ratio_x == pytest.approx(math.sqrt((900 + 3600) / (400 + 100 + 3600)))
+    assert m.z_score_rms_x == pytest.approx(math.sqrt((1.5**2 + 0 + 1) / 3))
+    assert m.within_1sigma_x == pytest.approx(2 / 3)  # |dx| <= sigma for 0 and -60 (inclusive)
+    assert m.within_2sigma_x == pytest.approx(1.0)
+    # Per emitter: RMS of dx / crlb_x = 3, 0, -2.
+    assert m.crlb_ratio_x == pytest.approx(math.sqrt(13 / 3))
+    for axis in "yz":
+        for name in ("sigma_ratio", "z_score_rms", "within_1sigma", "within_2sigma", "crlb_ratio"):
+            assert getattr(m, f"{name}_{axis}") is None
+
+
+def test_pair_table():
+    pred, gt = hand_case()
+    _, pairs = evaluate(pred, gt)
+    assert pairs["gt_index"].tolist() == [0, 1, 2]
+    assert pairs["pred_index"].tolist() == [0, 1, 2]
+    assert pairs["dx_nm"].tolist() == pytest.approx([30.0, 0.0, -60.0])
+    assert pairs["dy_nm"].tolist() == pytest.approx([40.0, 0.0, 80.0])
+    assert pairs["dz_nm"].tolist() == pytest.approx([0.0, 100.0, -100.0])
+    assert pairs["x_pred_nm"].tolist() == pytest.approx([30.0, 5000.0, 9940.0])
+    assert pairs["x_gt_nm"].tolist() == pytest.approx([0.0, 5000.0, 10000.0])
+    assert pairs["sigma_x_nm"].tolist() == pytest.approx([20.0, 10.0, 60.0])
+    assert pairs["photons_gt"].tolist() == pytest.approx([1000.0, 2000.0, 3000.0])
+    assert pairs["crlb_x_nm"].tolist() == pytest.approx([10.0, 10.0, 30.0])
+    assert "sigma_y_nm" not in pairs and "photons_pred" not in pairs and "crlb_z_nm" not in pairs
+
+
+def test_metrics_from_a_subset_of_pairs():
+    pred, gt = hand_case()
+    _, pairs = evaluate(pred, gt)
+    m = metrics_from_pairs(pairs.iloc[:1], n_pred=1, n_gt=1)
+    assert (m.tp, m.jaccard, m.rmse_lateral_nm) == (1, 1.0, pytest.approx(50.0))
+    with pytest.raises(ValueError, match="n_pred"):
+        metrics_from_pairs(pairs, n_pred=2, n_gt=5)
+
+
+def test_2d_data_has_zero_axial_error():
+    gt = pd.DataFrame({"frame": [0, 0, 1], "x_nm": [0.0, 1000.0, 0.0], "y_nm": [0.0] * 3})
+    pred = pd.DataFrame({"frame": [0, 1], "x_nm": [6.0, 0.0], "y_nm": [8.0, 0.0]})
+    m, pairs = evaluate(pred, gt)
+    assert (m.tp, m.fp, m.fn) == (2, 0, 1)
+    assert m.rmse_lateral_nm == pytest.approx(math.sqrt(100 / 2))
+    assert m.rmse_axial_nm == 0.0
+    assert m.rmse_3d_nm == pytest.approx(m.rmse_lateral_nm)
+    assert m.efficiency_axial == pytest.approx(100 * m.jaccard)  # no axial error term
+    assert (pairs["z_gt_nm"] == 0).all()
+
+
+def test_tolerances_and_method_are_passed_to_matching():
+    gt = pd.DataFrame({"frame": [0, 0], "x_nm": [0.0, 200.0], "y_nm": [0.0, 0.0]})
+    pred = pd.DataFrame({"frame": [0, 0], "x_nm": [110.0, 310.0], "y_nm": [0.0, 0.0]})
+    assert evaluate(pred, gt, tol_lateral_nm=150.0)[0].tp == 2
+    assert evaluate(pred, gt, tol_lateral_nm=150.0, method="greedy")[0].tp == 1
+    assert evaluate(pred, gt, tol_lateral_nm=100.0)[0].tp == 1  # only 110 -> 200 (90 nm)
+    pred_z = pred.assign(z_nm=[0.0, 300.0])
+    assert evaluate(pred_z, gt, tol_lateral_nm=150.0, tol_axial_nm=200.0)[0].tp == 1
+    with pytest.raises(ValueError, match="method"):
+        evaluate(pred, gt, method="closest")
+
+
+# --- empty inputs ----------------------------------------------------------------------------
+
+
+def _evaluate_without_warnings(pred: pd.DataFrame, gt: pd.DataFrame) -> Metrics:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with np.errstate(all="raise"):
+            m, pairs = evaluate(pred, gt)
+    assert len(pairs) == 0 and {"dx_nm", "dy_nm", "dz_nm", "frame"} <= set(pairs.columns)
+    json.dumps(m.to_dict())
+    return m
+
+
+def _assert_no_error_statistics(m: Metrics) -> None:
+    for name in ("rmse_lateral_nm", "rmse_axial_nm", "rmse_3d_nm", "mad_lateral_nm",
+                 "mad_axial_nm", "bias_x_nm", "bias_y_nm", "bias_z_nm", "sigma_ratio_x",
+                 "z_score_rms_x", "within_1sigma_x", "crlb_ratio_x"):  # fmt: skip
+        assert getattr(m, name) is None, name
+
+
+def test_empty_prediction():
+    pred, gt = hand_case()
+    m = _evaluate_without_warnings(pred.iloc[:0], gt)
+    assert (m.tp, m.fp, m.fn) == (0, 0, 4)
+    assert (m.precision, m.recall, m.jaccard, m.f1) == (1.0, 0.0, 0.0, 0.0)
+    assert (m.efficiency_lateral, m.efficiency_axial) == (0.0, 0.0)
+    _assert_no_error_statistics(m)
+
+
+def test_empty_ground_truth():
+    pred, gt = hand_case()
+    m = _evaluate_without_warnings(pred, gt.iloc[:0])
+    assert (m.tp, m.fp, m.fn) == (0, 4, 0)
+    assert (m.precision, m.recall, m.jaccard, m.f1) == (0.0, 1.0, 0.0, 0.0)
+    assert (m.efficiency_lateral, m.efficiency_axial) == (0.0, 0.0)
+    _assert_no_error_statistics(m)
+
+
+def test_both_empty():
+    m = _evaluate_without_warnings(pd.DataFrame(), pd.DataFrame())
+    assert (m.tp, m.fp, m.fn) == (0, 0, 0)
+    assert (m.precision, m.recall, m.jaccard, m.f1) == (1.0, 1.0, 1.0, 1.0)
+    assert (m.efficiency_lateral, m.efficiency_axial) == (100.0, 100.0)
+    _assert_no_error_statistics(m)
+
+
+def test_nothing_within_tolerance():
+    gt = pd.DataFrame({"frame": [0], "x_nm": [0.0], "y_nm": [0.0]})
+    pred = pd.DataFrame({"frame": [0], "x_nm": [1000.0], "y_nm": [0.0], "sigma_x_nm": [10.0]})
+    m = _evaluate_without_warnings(pred, gt)
+    assert (m.tp, m.fp, m.fn, m.precision, m.recall, m.jaccard) == (0, 1, 1, 0.0, 0.0, 0.0)
+    _assert_no_error_statistics(m)
+
+
+def test_to_dict_is_json_with_nulls():
+    pred, gt = hand_case()
+    m, _ = evaluate(pred, gt)
+    d = json.loads(json.dumps(m.to_dict()))
+    required = {"tp", "fp", "fn", "precision", "recall", "jaccard", "rmse_lateral_nm"}
+    required |= {"rmse_axial_nm", "rmse_3d_nm", "efficiency_lateral", "efficiency_axial"}
+    assert required <= set(d)
+    assert d["tp"] == 3 and isinstance(d["tp"], int)
+    assert d["jaccard"] == pytest.approx(0.6)
+    assert d["sigma_ratio_y"] is None and d["crlb_ratio_z"] is None
+
+
+# --- uncertainty calibration -----------------------------------------------------------------
+
+
+def calibrated_case(n_frames: int = 40, per_frame: int = 100, seed: int = 5):
+    """Errors drawn from N(0, sigma_i) with the true sigma_i given as the prediction.
+
+    Emitters sit on a 2 um grid, so every prediction can only match its own emitter; with
+    sigma <= 40 nm laterally and <= 80 nm axially, an error beyond the tolerances (250 nm,
+    500 nm) has probability < 1e-8 per emitter.
+    """
+    rng = np.random.default_rng(seed)
+    n = n_frames * per_frame
+    gx, gy = np.meshgrid(np.arange(10) * 2000.0, np.arange(per_frame // 10) * 2000.0)
+    gt = pd.DataFrame(
+        {
+            "frame": np.repeat(np.arange(n_frames), per_frame),
+            "x_nm": np.tile(gx.ravel(), n_frames),
+            "y_nm": np.tile(gy.ravel(), n_frames),
+            "z_nm": rng.uniform(-500, 500, n),
+        }
+    )
+    sigma = {
+        "x": rng.uniform(2, 40, n),
+        "y": rng.uniform(2, 40, n),
+        "z": rng.uniform(5, 80, n),
+    }
+    pred = gt.copy()
+    for axis, s in sigma.items():
+        pred[f"{axis}_nm"] += rng.normal(0.0, s)
+        pred[f"sigma_{axis}_nm"] = s
+    return pred, gt, sigma
+
+
+def test_calibrated_sigmas_score_as_calibrated():
+    pred, gt, sigma = calibrated_case()
+    m, _ = evaluate(pred, gt)
+    n = len(gt)
+    assert m.tp == n
+    for axis in "xyz":
+        # z^2 has variance 2, so RMS(z) has standard error 1 / sqrt(2 n).
+        assert getattr(m, f"z_score_rms_{axis}") == pytest.approx(1, abs=4 / math.sqrt(2 * n))
+        assert getattr(m, f"within_1sigma_{axis}") == pytest.approx(
+            P1, abs=4 * math.sqrt(P1 * (1 - P1) / n)
+        )
+        assert getattr(m, f"within_2sigma_{axis}") == pytest.approx(
+            P2, abs=4 * math.sqrt(P2 * (1 - P2) / n)
+        )
+        # RMSE / RMS(sigma): standard error of mean(e^2) / mean(s^2) is
+        # sqrt(2 mean(s^4) / n) / mean(s^2); halve it for the square root.
+        s = sigma[axis]
+        se = 0.5 * math.sqrt(2 * np.mean(s**4) / n) / np.mean(s**2)
+        assert getattr(m, f"sigma_ratio_{axis}") == pytest.approx(1, abs=4 * se)
+        # The quadratic mean matters: the arithmetic mean of sigma is > 4 se away.
+        assert abs(np.sqrt(np.mean(s**2)) / np.mean(s) - 1) > 6 * se
+
+
+def test_doubled_sigmas_score_as_overestimated():
+    pred, gt, _ = calibrated_case()
+    for axis in "xyz":
+        pred[f"sigma_{axis}_nm"] *= 2
+    m, _ = evaluate(pred, gt)
+    n = len(gt)
+    for axis in "xyz":
+        assert getattr(m, f"z_score_rms_{axis}") == pytest.approx(0.5, abs=2 / math.sqrt(2 * n))
+        assert getattr(m, f"sigma_ratio_{axis}") == pytest.approx(0.5, abs=0.03)
+        # |error| <= 2 sigma_true now counts as within "1 sigma".
+        assert getattr(m, f"within_1sigma_{axis}") == pytest.approx(
+            P2, abs=4 * math.sqrt(P2 * (1 - P2) / n)
+        )
+        assert getattr(m, f"within_2sigma_{axis}") == pytest.approx(P4, abs=2e-3)
+
+
+def test_crlb_ratio_of_an_efficient_estimator_is_one():
+    pred, gt, sigma = calibrated_case(seed=6)
+    for axis in "xyz":
+        gt[f"crlb_{axis}_nm"] = sigma[axis]  # errors are exactly at the bound
+    m, pairs = evaluate(pred.drop(columns=[f"sigma_{a}_nm" for a in "xyz"]), gt)
+    n = len(gt)
+    assert m.sigma_ratio_x is None and "sigma_x_nm" not in pairs
+    for axis in "xyz":
+        assert getattr(m, f"crlb_ratio_{axis}") == pytest.approx(1, abs=4 / math.sqrt(2 * n))
+
+
+def test_non_positive_or_missing_sigma_is_ignored():
+    pred, gt = hand_case()
+    pred.loc[1, "sigma_x_nm"] = 0.0
+    pred.loc[2, "sigma_x_nm"] = np.nan
+    m, _ = evaluate(pred, gt)
+    # Only the first pair is left: dx = 30, sigma 20.
+    assert m.z_score_rms_x == pytest.approx(1.5)
+    assert (m.within_1sigma_x, m.within_2sigma_x) == (0.0, 1.0)
+
+
+# --- doctests and plots ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", ["denseloc.evaluate.match", "denseloc.evaluate.metrics"])
+def test_doctests(module):
+    result = doctest.testmod(sys.modules[module])
+    assert result.attempted > 0 and result.failed == 0
+
+
+def test_plot_evaluation_writes_pngs(tmp_path):
+    pred, gt, _ = calibrated_case(n_frames=3)
+    _, pairs = evaluate(pred, gt)
+    paths = plot_evaluation(pairs, tmp_path / "plots", n_bins=8)
+    names = [p.name for p in paths]
+    assert names == ["error_histograms.png", "error_vs_z.png", "sigma_vs_error.png"]
+    for p in paths:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == sorted(names)  # no temps
+
+
+def test_plot_evaluation_without_sigma_or_z(tmp_path):
+    gt = pd.DataFrame({"frame": [0, 0], "x_nm": [0.0, 1000.0], "y_nm": [0.0, 0.0]})
+    pred = pd.DataFrame({"frame": [0, 0], "x_nm": [10.0, 980.0], "y_nm": [5.0, 0.0]})
+    _, pairs = evaluate(pred, gt)
+    assert [p.name for p in plot_evaluation(pairs, tmp_path)] == ["error_histograms.png"]
+    assert plot_evaluation(pairs.iloc[:0], tmp_path / "empty") == []
