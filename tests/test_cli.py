@@ -92,3 +92,77 @@ def test_config_init_prints_a_documented_valid_default(tmp_path) -> None:
     assert Config.from_yaml_text(result.output) == Config()
     result = run("config", "init", "--out", str(tmp_path / "d.yaml"))
     assert load_config(tmp_path / "d.yaml") == Config()
+
+
+@pytest.fixture(scope="module")
+def sparse_movie(tmp_path_factory):
+    out = tmp_path_factory.mktemp("movie") / "sim"
+    result = run("simulate", "--out", str(out), "--frames", "20", "--frame-size", "40",
+                 "--density", "0.15", "--psf", "gaussian", "--seed", "2")
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_localize_mle_then_evaluate_json(sparse_movie, tmp_path) -> None:
+    import json
+
+    locs = tmp_path / "locs.parquet"
+    result = run("localize", str(sparse_movie / "frames.tif"), "--camera",
+                 str(sparse_movie / "config.yaml"), "--psf", "gaussian", "--out", str(locs))
+    assert result.exit_code == 0, result.output
+    result = run("evaluate", str(locs), "--gt", str(sparse_movie / "ground_truth.csv"),
+                 "--json", "--config", str(sparse_movie / "config.yaml"))
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    for key in ("tp", "fp", "fn", "precision", "recall", "jaccard", "rmse_lateral_nm",
+                "rmse_axial_nm", "rmse_3d_nm", "efficiency_lateral", "efficiency_axial"):
+        assert key in metrics
+    # Sparse 2D emitters: most are found, few false positives, errors of tens of nm.
+    assert metrics["precision"] > 0.9 and metrics["recall"] > 0.6
+    assert metrics["rmse_lateral_nm"] < 40
+    assert metrics["crlb_ratio_x"] is not None
+
+
+def test_localize_frames_range_and_camera_flags(sparse_movie, tmp_path) -> None:
+    locs = tmp_path / "locs.csv"
+    result = run("localize", str(sparse_movie / "frames.tif"), "--baseline", "100",
+                 "--e-per-adu", "45", "--em-gain", "300", "--qe", "0.9",
+                 "--pixel-size-nm", "100", "--psf", "gaussian", "--frames", "5:9",
+                 "--out", str(locs))
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(locs)
+    assert table["frame"].between(5, 8).all() and len(table) > 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "camera settings are needed"),
+        (["--camera", "emccd", "--frames", "30:40"], "selects no frame"),
+        (["--camera", "emccd", "--frames", "abc"], "START:STOP"),
+        (["--camera", "emccd", "--method", "magic"], "unknown method"),
+    ],
+)
+def test_localize_rejects_bad_input(sparse_movie, tmp_path, extra, message) -> None:
+    out = tmp_path / "l.csv"
+    result = run("localize", str(sparse_movie / "frames.tif"), "--pixel-size-nm", "100",
+                 "--out", str(out), *extra)
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists()
+
+
+def test_localize_missing_and_corrupt_stack(tmp_path) -> None:
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00garbage" * 10)
+    for stack, message in [(tmp_path / "none.tif", "none.tif"), (bad, "bad.tif")]:
+        result = run("localize", str(stack), "--camera", "emccd", "--pixel-size-nm", "100",
+                     "--out", str(tmp_path / "l.csv"))
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert "Traceback" not in result.output
+
+
+def test_evaluate_rejects_unreadable_tables(tmp_path) -> None:
+    bad = tmp_path / "pred.csv"
+    bad.write_text("frame,foo\n1,2\n")
+    result = run("evaluate", str(bad), "--gt", str(bad))
+    assert result.exit_code == 2 and "pred.csv" in result.output

@@ -179,6 +179,177 @@ def _simulate_with_progress(cfg, out: Path) -> dict[str, Path]:
         return simulate_movie(cfg, out, progress=lambda done, _: bar.update(task, completed=done))
 
 
+def _is_full_config(path: Path) -> bool:
+    """Whether a YAML file holds a whole configuration (not only a camera section)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and bool(set(data) - {"camera"})
+
+
+def _localize_config(
+    stack: Path,
+    *,
+    camera: str | None,
+    psf: str | None,
+    sigma_px: float | None,
+    pixel_size_nm: float | None,
+    camera_values: dict[str, float | None],
+):
+    """The configuration a localization run uses: file, then flags, then TIFF metadata."""
+    from denseloc.config import CAMERA_PRESETS
+    from denseloc.io.movie import read_pixel_size_nm
+
+    given = {k: v for k, v in camera_values.items() if v is not None}
+    if camera is None and not given:
+        raise DenselocError(
+            "camera settings are needed to convert ADU to photons: pass --camera "
+            "(a preset, a camera YAML or the config.yaml of a simulation) or --baseline, "
+            "--e-per-adu, --em-gain, --qe"
+        )
+    config_path = Path(camera) if camera and Path(camera).is_file() else None
+    full = config_path is not None and _is_full_config(config_path)
+    if camera is None:
+        camera = "emccd" if given.get("em_gain", 1.0) > 1 else "scmos"
+        given = {**{"read_noise_e": 0.0, "spurious_charge_e": 0.0},
+                 **CAMERA_PRESETS[camera], **given} if camera == "scmos" else given
+    if pixel_size_nm is None and not full:
+        pixel_size_nm = read_pixel_size_nm(stack) if stack.exists() else None
+        if pixel_size_nm is None:
+            raise DenselocError(
+                f"{stack}: no pixel size in the file; pass --pixel-size-nm "
+                "(or --camera with a full configuration)"
+            )
+    return resolve_config(
+        config_path if full else None,
+        psf=psf,
+        camera=None if full else camera,
+        **{"image.pixel_size_nm": pixel_size_nm, "psf.sigma_px": sigma_px},
+        **{f"camera.{k}": v for k, v in given.items()},
+    )
+
+
+@app.command()
+@reports_errors
+def localize(
+    stack: Annotated[Path, typer.Argument(help="Movie: TIFF, folder of TIFFs or Picasso .raw.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Localization table (.parquet, .csv, .h5, .hdf5).")
+    ],
+    method: Annotated[
+        str, typer.Option(help="mle: classical detection + maximum-likelihood fit.")
+    ] = "mle",
+    psf: Annotated[
+        str | None, typer.Option(help="gaussian | astigmatic | PATH to a PSF calibration.")
+    ] = None,
+    sigma_px: Annotated[
+        float | None, typer.Option(help="Width of the Gaussian PSF, px (--psf gaussian).")
+    ] = None,
+    pixel_size_nm: Annotated[float | None, typer.Option(help="Pixel size, nm.")] = None,
+    camera: Annotated[
+        str | None,
+        typer.Option(help="emccd | scmos | ideal | camera YAML | a simulation's config.yaml."),
+    ] = None,
+    baseline: Annotated[float | None, typer.Option(help="Camera offset, ADU.")] = None,
+    e_per_adu: Annotated[float | None, typer.Option(help="Electrons per ADU.")] = None,
+    em_gain: Annotated[float | None, typer.Option(help="EM gain (1 for sCMOS).")] = None,
+    qe: Annotated[float | None, typer.Option(help="Quantum efficiency.")] = None,
+    read_noise_e: Annotated[float | None, typer.Option(help="Read noise, e-.")] = None,
+    frames: Annotated[str | None, typer.Option(help="START:STOP, frames to process.")] = None,
+    threshold: Annotated[
+        float, typer.Option(help="Detection threshold, in noise standard deviations (mle).")
+    ] = 5.0,
+) -> None:
+    """Localize the emitters in a movie and write a localization table."""
+    from denseloc.io import open_movie, write_table
+    from denseloc.localize.pipeline import frame_range, localize_movie_mle
+
+    if method != "mle":
+        raise DenselocError(f"unknown method {method!r}; available: mle")
+    cfg = _localize_config(
+        stack,
+        camera=camera,
+        psf=psf,
+        sigma_px=sigma_px,
+        pixel_size_nm=pixel_size_nm,
+        camera_values={"baseline_adu": baseline, "e_per_adu": e_per_adu, "em_gain": em_gain,
+                       "qe": qe, "read_noise_e": read_noise_e},
+    )
+    from rich.progress import Progress
+
+    with open_movie(stack) as movie, Progress(console=_stderr_console(), transient=True) as bar:
+        selected = frame_range(frames, len(movie))
+        task = bar.add_task("localizing", total=len(selected))
+        table = localize_movie_mle(
+            movie, cfg, frames=selected, threshold=threshold,
+            progress=lambda done, _: bar.update(task, completed=done),
+        )
+    write_table(table, out, pixel_size_nm=cfg.image.pixel_size_nm)
+    typer.echo(f"wrote {len(table)} localizations from {len(selected)} frames to {out}")
+
+
+@app.command()
+@reports_errors
+def evaluate(
+    pred: Annotated[Path, typer.Argument(help="Predicted localizations (any table format).")],
+    gt: Annotated[Path, typer.Option("--gt", help="Ground truth (any table format).")],
+    tol_lateral_nm: Annotated[float, typer.Option(help="Lateral matching tolerance, nm.")] = 250.0,
+    tol_axial_nm: Annotated[float, typer.Option(help="Axial matching tolerance, nm.")] = 500.0,
+    matching: Annotated[str, typer.Option(help="hungarian | greedy.")] = "hungarian",
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Simulation config.yaml: adds the CRLB of each ground-truth emitter."),
+    ] = None,
+    pixel_size_nm: Annotated[
+        float | None, typer.Option(help="Pixel size, nm, for tables stored in px (Picasso).")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    plots: Annotated[Path | None, typer.Option(help="Write error plots (PNG) here.")] = None,
+) -> None:
+    """Match localizations to ground truth and report detection and localization metrics."""
+    import json
+
+    from denseloc.evaluate import evaluate as run_evaluation
+    from denseloc.evaluate import plot_evaluation
+    from denseloc.io import read_table
+
+    if matching not in ("hungarian", "greedy"):
+        raise DenselocError(f"--matching must be hungarian or greedy, got {matching!r}")
+    predictions = read_table(pred, pixel_size_nm=pixel_size_nm)
+    truth = read_table(gt, pixel_size_nm=pixel_size_nm)
+    if config is not None:
+        from denseloc.config import load_config
+        from denseloc.evaluate.crlb import add_crlb_columns
+
+        truth = add_crlb_columns(truth, load_config(config))
+    metrics, pairs = run_evaluation(
+        predictions, truth, tol_lateral_nm=tol_lateral_nm, tol_axial_nm=tol_axial_nm,
+        method=matching,
+    )
+    written = plot_evaluation(pairs, plots) if plots is not None else []
+    if json_out:
+        typer.echo(json.dumps(metrics.to_dict()))
+        return
+    _print_metrics(metrics.to_dict())
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
+def _print_metrics(values: dict[str, float | int | None]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("metric", "value", title="evaluation")
+    for key, value in values.items():
+        if value is None:
+            continue
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
 @config_app.command("init")
 @reports_errors
 def config_init(
