@@ -1,0 +1,31 @@
+"""PSF calibration: cubic-spline PSFs, bead z-stack calibration, SMAP compatibility."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from denseloc.calibration.smap import read_smap_3dcal, write_smap_3dcal
+from denseloc.calibration.spline import CubicSplinePSF, psf_stack_from_model
+from denseloc.errors import InputFileError
+
+__all__ = [
+    "CubicSplinePSF",
+    "load_psf",
+    "psf_stack_from_model",
+    "read_smap_3dcal",
+    "write_smap_3dcal",
+]
+
+
+def load_psf(path: str | os.PathLike):
+    """Load a PSF calibration file: denseloc spline ``.h5`` or SMAP ``*_3dcal.mat``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(path, "PSF calibration file not found")
+    suffix = path.suffix.lower()
+    if suffix in (".h5", ".hdf5"):
+        return CubicSplinePSF.load(path)
+    if suffix == ".mat":
+        return read_smap_3dcal(path)
+    raise InputFileError(path, "unknown PSF calibration format (expected .h5 or .mat)")
