@@ -350,6 +350,59 @@ def _print_metrics(values: dict[str, float | int | None]) -> None:
     Console().print(table)
 
 
+@app.command()
+@reports_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="Configuration YAML (simulation, model, train).")],
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write.")],
+    minutes: Annotated[float | None, typer.Option(help="Training time budget, minutes.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Number of epochs.")] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    resume: Annotated[bool, typer.Option(help="Continue from the folder's checkpoint.")] = False,
+) -> None:
+    """Train a network on simulated data for the microscope a configuration describes."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from denseloc.config import load_config
+    from denseloc.train.trainer import Trainer
+
+    if minutes is None and epochs is None:
+        raise DenselocError("give --minutes or --epochs (or both: whichever ends first)")
+    cfg = load_config(config)
+    trainer = Trainer(cfg, out, device=device)
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=_stderr_console()) as bar:
+        task = bar.add_task("training", total=None, info="simulating validation set")
+
+        def report(info: dict) -> None:
+            loss = info.get("loss", info.get("train_loss", float("nan")))
+            text = f"epoch {info['epoch']} step {info['step']} loss {loss:.4g}"
+            if "jaccard" in info:
+                bar.console.print(
+                    f"epoch {info['epoch']:3d}  {info['minutes']:6.1f} min  "
+                    f"loss {info['train_loss']:.4g}  val {info['val_loss']:.4g}  "
+                    f"JI {info['jaccard']:.3f}  RMSE {_nm(info['rmse_lateral_nm'])} lateral, "
+                    f"{_nm(info['rmse_axial_nm'])} axial"
+                )
+            bar.update(task, completed=info["step"], total=info.get("planned_steps"), info=text)
+
+        model = trainer.fit(epochs=epochs, minutes=minutes, resume=resume, progress=report)
+    val = model.summary["validation"]
+    typer.echo(
+        f"saved {out}: threshold {model.threshold:.2f}, validation Jaccard {val['jaccard']:.3f}, "
+        f"RMSE lateral {_nm(val['rmse_lateral_nm'])}, axial {_nm(val['rmse_axial_nm'])}"
+    )
+
+
+def _nm(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} nm"
+
+
 @config_app.command("init")
 @reports_errors
 def config_init(

@@ -33,8 +33,10 @@ __all__ = [
     "ConfigError",
     "EmitterConfig",
     "ImageConfig",
+    "ModelConfig",
     "PSFConfig",
     "SimulationConfig",
+    "TrainConfig",
     "load_config",
 ]
 
@@ -239,8 +241,58 @@ class SimulationConfig(_Model):
     seed: int = Field(0, ge=0, description="random seed (same seed, same movie)")
 
 
+class ModelConfig(_Model):
+    """Network architecture (DESIGN section 2)."""
+
+    filters: int = Field(
+        16, ge=2, le=256, description="filters in the first U-Net stage (DECODE: 48)"
+    )
+    depth: int = Field(2, ge=1, le=4, description="down/up stages per U-Net")
+    context_frames: Literal[1, 3] = Field(
+        3, description="input frames: 3 (t-1, t, t+1, temporal context) or 1"
+    )
+    predict_bg: bool = Field(True, description="predict the background map")
+
+
+class TrainConfig(_Model):
+    """Training from on-the-fly simulation (DESIGN section 3)."""
+
+    frame_size_px: int = Field(40, ge=8, description="size of the simulated training frames, px")
+    batch_size: int = Field(32, ge=1, description="training samples per step")
+    steps_per_epoch: int = Field(250, ge=1, description="optimiser steps between validations")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate of AdamW")
+    lr_final_fraction: float = Field(
+        0.02, gt=0, le=1, description="learning rate at the end of the schedule / peak"
+    )
+    warmup_steps: int = Field(100, ge=0, description="linear learning-rate warm-up, steps")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay")
+    grad_clip: float = Field(5.0, gt=0, description="gradient-norm clipping threshold")
+    density_range_per_um2: tuple[float, float] | None = Field(
+        None,
+        description="train on densities drawn uniformly from this range (default: the "
+        "emitters section's density)",
+    )
+    min_target_photons: float = Field(
+        100.0, ge=0, description="emitters with fewer photons in a frame are not targets"
+    )
+    bg_weight: float = Field(1.0, ge=0, description="weight of the background loss term")
+    validation_samples: int = Field(512, ge=1, description="fixed-seed validation frames")
+    seed: int = Field(0, ge=0, description="seed of training data and weights")
+    threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch (default: all cores)"
+    )
+    channels_last: bool = Field(True, description="channels-last memory format (faster on CPU)")
+
+    @field_validator("density_range_per_um2")
+    @classmethod
+    def _ordered_density(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and v[0] < 0:
+            raise ValueError(f"densities must be >= 0, got {v}")
+        return v if v is None else _ordered(v, "density_range_per_um2")
+
+
 class Config(_Model):
-    """Everything that describes a microscope, its camera and a simulated acquisition."""
+    """Everything that describes a microscope, its camera, a simulation and a network."""
 
     version: int = Field(CONFIG_VERSION, description="configuration format version")
     image: ImageConfig = Field(default_factory=ImageConfig)
@@ -249,6 +301,8 @@ class Config(_Model):
     emitters: EmitterConfig = Field(default_factory=EmitterConfig)
     background: BackgroundConfig = Field(default_factory=BackgroundConfig)
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     @field_validator("version")
     @classmethod

@@ -315,3 +315,16 @@ def test_plot_evaluation_without_sigma_or_z(tmp_path):
     _, pairs = evaluate(pred, gt)
     assert [p.name for p in plot_evaluation(pairs, tmp_path)] == ["error_histograms.png"]
     assert plot_evaluation(pairs.iloc[:0], tmp_path / "empty") == []
+
+
+def test_dim_ground_truth_is_optional_with_min_photons() -> None:
+    gt = pd.DataFrame({"frame": [0, 0, 0], "x_nm": [0.0, 1000.0, 2000.0],
+                       "y_nm": [0.0, 0.0, 0.0], "photons": [5000.0, 50.0, 80.0]})
+    pred = pd.DataFrame({"frame": [0, 0, 0], "x_nm": [10.0, 1010.0, 5000.0],
+                         "y_nm": [0.0, 0.0, 0.0]})
+    plain, _ = evaluate(pred, gt)
+    assert (plain.tp, plain.fp, plain.fn) == (2, 1, 1)
+    # The match with the 50-photon emitter no longer counts, nor does missing the 80-photon one.
+    metrics, pairs = evaluate(pred, gt, min_photons=100.0)
+    assert (metrics.tp, metrics.fp, metrics.fn) == (1, 1, 0)
+    assert pairs["gt_index"].tolist() == [0]

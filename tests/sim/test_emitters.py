@@ -83,3 +83,16 @@ def test_2d_emitters_have_zero_z_and_count_overrides_density() -> None:
     assert torch.all(emitters.z_nm == 0)
     assert len(emitters) / 1200 == pytest.approx(7.0, rel=0.06)
     assert emitters.frame.max().item() < 1200
+
+
+def test_density_factor_scales_each_movie() -> None:
+    cfg = EmitterConfig(count_per_frame=10.0)
+    factor = torch.tensor([0.0, 1.0, 3.0]).repeat(300)
+    emitters = sample_emitters(
+        cfg, n_movies=900, n_frames=2, frame_shape=SHAPE, pixel_size_nm=PIXEL_NM, is_3d=True,
+        generator=torch.Generator().manual_seed(2), density_factor=factor,
+    )
+    per_movie = torch.bincount(emitters.frame // 2, minlength=900).double() / 2
+    assert per_movie[0::3].sum().item() == 0
+    assert per_movie[1::3].mean().item() == pytest.approx(10.0, rel=0.05)
+    assert per_movie[2::3].mean().item() == pytest.approx(30.0, rel=0.05)

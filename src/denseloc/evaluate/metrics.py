@@ -137,6 +137,7 @@ def evaluate(
     tol_lateral_nm: float = 250.0,
     tol_axial_nm: float = 500.0,
     method: MatchMethod = "hungarian",
+    min_photons: float | None = None,
 ) -> tuple[Metrics, pd.DataFrame]:
     """Match predictions to ground truth and score them.
 
@@ -153,6 +154,10 @@ def evaluate(
         Matching tolerances in nm, see :func:`denseloc.evaluate.match`.
     method : {"hungarian", "greedy"}
         Matching method, see :func:`denseloc.evaluate.match`.
+    min_photons : float, optional
+        Ground-truth emitters with fewer photons (column ``photons``) are optional: matching
+        one is neither a true nor a false positive, missing one is not a false negative
+        (a partly-on emitter with a few photons is not a fair target).
 
     Returns
     -------
@@ -172,7 +177,15 @@ def evaluate(
         pred, gt, tol_lateral_nm=tol_lateral_nm, tol_axial_nm=tol_axial_nm, method=method
     )
     pairs = _pair_table(pred, gt, matching)
-    return metrics_from_pairs(pairs, n_pred=len(pred), n_gt=len(gt)), pairs
+    if min_photons is None:
+        return metrics_from_pairs(pairs, n_pred=len(pred), n_gt=len(gt)), pairs
+    if "photons" not in gt.columns:
+        raise ValueError("`min_photons` needs a `photons` column in the ground truth")
+    optional = gt["photons"].to_numpy() < min_photons
+    optional_pairs = optional[pairs["gt_index"].to_numpy()]
+    pairs = pairs[~optional_pairs].reset_index(drop=True)
+    n_pred = len(pred) - int(optional_pairs.sum())
+    return metrics_from_pairs(pairs, n_pred=n_pred, n_gt=int((~optional).sum())), pairs
 
 
 def metrics_from_pairs(pairs: pd.DataFrame, *, n_pred: int, n_gt: int) -> Metrics:

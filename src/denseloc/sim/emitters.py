@@ -91,6 +91,7 @@ def sample_emitters(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
+    density_factor: torch.Tensor | None = None,
 ) -> Emitters:
     """Draw blinking emitters for `n_movies` independent movies of `n_frames` frames.
 
@@ -108,6 +109,8 @@ def sample_emitters(
         Draw z uniformly in ``config.z_range_nm``; otherwise z = 0.
     generator : torch.Generator, optional
         Source of randomness.
+    density_factor : Tensor of shape (n_movies,), optional
+        Multiplies the density of each movie (training over a range of densities).
 
     Returns
     -------
@@ -121,8 +124,14 @@ def sample_emitters(
     span = n_frames + 2 * pad
     rate = mean_on_per_frame(config, area_um2) / (tau + 1.0)
     kw = {"generator": generator, "device": device}
-    count = _poisson_count(rate * span * n_movies, generator)
-    movie = torch.randint(0, n_movies, (count,), **kw)
+    if density_factor is None:
+        count = _poisson_count(rate * span * n_movies, generator)
+        movie = torch.randint(0, n_movies, (count,), **kw)
+    else:
+        means = (rate * span * density_factor).to(device=device, dtype=torch.float64)
+        per_movie = torch.poisson(means, generator=generator).long()
+        movie = torch.repeat_interleave(torch.arange(n_movies, device=device), per_movie)
+        count = int(movie.numel())
     x = torch.rand(count, dtype=dtype, **kw) * width - 0.5
     y = torch.rand(count, dtype=dtype, **kw) * height - 0.5
     if is_3d:

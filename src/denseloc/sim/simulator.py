@@ -102,9 +102,16 @@ class Simulator:
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def sample_emitters(
-        self, n_movies: int, n_frames: int, generator: torch.Generator | None
+        self,
+        n_movies: int,
+        n_frames: int,
+        generator: torch.Generator | None,
+        density_factor: torch.Tensor | None = None,
     ) -> Emitters:
-        """Blinking emitters for `n_movies` movies of `n_frames` frames."""
+        """Blinking emitters for `n_movies` movies of `n_frames` frames.
+
+        `density_factor` (n_movies,) optionally scales the configured density per movie.
+        """
         return sample_emitters(
             self.config.emitters,
             n_movies=n_movies,
@@ -115,6 +122,7 @@ class Simulator:
             generator=generator,
             device=self.device,
             dtype=self.dtype,
+            density_factor=density_factor,
         )
 
     def sample_background(self, n_movies: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -151,10 +159,17 @@ class Simulator:
         return stack.view(n_movies, n_frames, *self.frame_shape)
 
     def sample(
-        self, n_movies: int, n_frames: int, generator: torch.Generator | None = None
+        self,
+        n_movies: int,
+        n_frames: int,
+        generator: torch.Generator | None = None,
+        density_factor: torch.Tensor | None = None,
     ) -> SimulatedBatch:
-        """Simulate `n_movies` independent movies of `n_frames` frames each."""
-        emitters = self.sample_emitters(n_movies, n_frames, generator)
+        """Simulate `n_movies` independent movies of `n_frames` frames each.
+
+        `density_factor` (n_movies,) optionally scales the configured density per movie.
+        """
+        emitters = self.sample_emitters(n_movies, n_frames, generator, density_factor)
         background = self.sample_background(n_movies, generator)
         expected = self.render(emitters, background, n_frames)
         adu = self.camera.photons_to_adu(expected, generator)

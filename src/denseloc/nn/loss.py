@@ -1,0 +1,101 @@
+"""DECODE's Gaussian-mixture loss (DESIGN section 3), vectorised over the batch.
+
+For one frame with true emitters e_1..e_M and the network output (see
+:mod:`denseloc.nn.model`):
+
+- count term: the number of detections is Normal with mean ``sum(p)`` and variance
+  ``sum(p (1 - p))``; the loss is the negative log-likelihood of M;
+- localization term: a mixture over all pixels k with weights ``p_k / sum(p)``; component k
+  is an independent 4D Normal with mean ``(photons_k, x_k + dx_k, y_k + dy_k, z_k)`` and
+  standard deviations ``(sigma_photons_k, sigma_x_k, sigma_y_k, sigma_z_k)``; the loss is the
+  negative log-likelihood of every true emitter, computed with log-sum-exp;
+- background: mean squared error of the background map, when predicted.
+
+Targets are given in the network's units: photons / ``scaling.photons``, x and y in pixel
+index coordinates of the frame (centre of pixel (0, 0) at 0.0), z / ``scaling.z_nm``. Target
+lists are padded to a common length with a mask.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["LossParts", "gmm_loss"]
+
+_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+@dataclass
+class LossParts:
+    """Per-sample loss terms (B,) and their batch mean as the total."""
+
+    total: torch.Tensor
+    count: torch.Tensor
+    localization: torch.Tensor
+    background: torch.Tensor
+
+
+def gmm_loss(
+    output: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    bg_target: torch.Tensor | None = None,
+    *,
+    bg_weight: float = 1.0,
+) -> LossParts:
+    """Gaussian-mixture likelihood loss.
+
+    Parameters
+    ----------
+    output : Tensor of shape (B, 10, H, W)
+        Network output (channels as in :data:`denseloc.nn.model.CHANNELS`).
+    targets : Tensor of shape (B, K, 4)
+        True emitters (photons, x_px, y_px, z) in network units, padded.
+    mask : Tensor of shape (B, K), bool
+        Which target rows are real emitters.
+    bg_target : Tensor of shape (B, H, W), optional
+        True background in units of ``scaling.bg_photons``.
+    bg_weight : float
+        Weight of the background term.
+
+    Returns
+    -------
+    LossParts
+        ``total`` is the scalar batch mean; the parts are per sample.
+    """
+    _, _, height, width = output.shape
+    out = output.flatten(2) if output.dtype == torch.float64 else output.float().flatten(2)
+    p_logit = out[:, 0]
+    p = torch.sigmoid(p_logit)
+    mask_f = mask.to(out.dtype)
+
+    # Count term: Normal(M | sum p, sum p(1-p)).
+    mean = p.sum(1)
+    var = (p * (1 - p)).sum(1).clamp_min(1e-6)
+    n_true = mask_f.sum(1)
+    count = 0.5 * torch.log(var) + _LOG_SQRT_2PI + (n_true - mean) ** 2 / (2 * var)
+
+    # Mixture term.
+    rows = torch.arange(height, dtype=out.dtype, device=out.device)
+    cols = torch.arange(width, dtype=out.dtype, device=out.device)
+    grid_y, grid_x = torch.meshgrid(rows, cols, indexing="ij")
+    mu = torch.stack(
+        [out[:, 1], grid_x.flatten() + out[:, 2], grid_y.flatten() + out[:, 3], out[:, 4]], dim=1
+    )  # (B, 4, HW): photons, x, y, z
+    sigma = torch.stack([out[:, 8], out[:, 5], out[:, 6], out[:, 7]], dim=1)
+    log_weight = F.logsigmoid(p_logit) - torch.log(mean.clamp_min(1e-6))[:, None]  # (B, HW)
+    z_scores = (targets[:, :, :, None] - mu[:, None]) / sigma[:, None]  # (B, K, 4, HW)
+    log_normal = (-0.5 * z_scores**2 - torch.log(sigma)[:, None] - _LOG_SQRT_2PI).sum(2)
+    log_lik = torch.logsumexp(log_weight[:, None] + log_normal, dim=2)  # (B, K)
+    localization = -(log_lik * mask_f).sum(1)
+
+    if bg_target is not None:
+        background = ((out[:, 9] - bg_target.flatten(1).to(out.dtype)) ** 2).mean(1)
+    else:
+        background = torch.zeros_like(count)
+    total = (count + localization + bg_weight * background).mean()
+    return LossParts(total, count, localization, background)

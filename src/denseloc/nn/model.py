@@ -1,0 +1,160 @@
+"""The DECODE network: frame-analysis U-Net, temporal-context U-Net and output heads.
+
+Each of the `context_frames` input frames (t-1, t, t+1, or t alone) goes through the same
+frame-analysis U-Net; the feature maps are concatenated and pass through the
+temporal-context U-Net; four heads (conv 3x3 + ELU, conv 1x1) predict, per pixel:
+
+====  ==============  =========================================================
+ch    name            activation and unit
+====  ==============  =========================================================
+0     p logit         sigmoid -> detection probability
+1     photons         sigmoid, in units of ``scaling.photons``
+2,3   dx, dy          tanh, offset from the pixel centre in px
+4     z               tanh, in units of ``scaling.z_nm``
+5,6   sigma_x, _y     sigmoid x 3 + 0.001, px
+7     sigma_z         sigmoid x 3 + 0.001, units of ``scaling.z_nm``
+8     sigma_photons   sigmoid x 3 + 0.001, units of ``scaling.photons``
+9     background      sigmoid, in units of ``scaling.bg_photons`` (if predicted)
+====  ==============  =========================================================
+
+Frames of any size are padded to a multiple of ``2**depth`` and cropped back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from denseloc.nn.unet import UNet
+
+__all__ = ["CHANNELS", "DecodeNet", "Scaling"]
+
+CHANNELS = (
+    "p_logit", "photons", "dx", "dy", "z", "sigma_x", "sigma_y", "sigma_z", "sigma_photons", "bg",
+)  # fmt: skip
+"""Names of the output channels, in order."""
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Units of the network's inputs and outputs, derived from the simulation config.
+
+    Attributes
+    ----------
+    input_offset : float
+        Subtracted from input frames (photons/px): the mean background.
+    input_scale : float
+        Divides input frames after the offset (photons/px): a typical emitter peak.
+    photons : float
+        Largest photon count the photon head can output.
+    z_nm : float
+        Largest |z| the z head can output.
+    bg_photons : float
+        Largest background the background head can output, photons/px.
+    """
+
+    input_offset: float
+    input_scale: float
+    photons: float
+    z_nm: float
+    bg_photons: float
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _head(features: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(features, features, 3, padding=1), nn.ELU(), nn.Conv2d(features, out_channels, 1)
+    )
+
+
+class DecodeNet(nn.Module):
+    """Two-stage U-Net with DECODE's output heads.
+
+    Parameters
+    ----------
+    filters : int
+        Filters of the first U-Net stage (doubled per down stage).
+    depth : int
+        Down/up stages per U-Net.
+    context_frames : int
+        1 (single frame) or 3 (t-1, t, t+1).
+    predict_bg : bool
+        Whether to predict the background map.
+    """
+
+    def __init__(
+        self, filters: int = 16, depth: int = 2, context_frames: int = 3, predict_bg: bool = True
+    ) -> None:
+        super().__init__()
+        if context_frames not in (1, 3):
+            raise ValueError(f"context_frames must be 1 or 3, got {context_frames}")
+        self.filters = filters
+        self.depth = depth
+        self.context_frames = context_frames
+        self.predict_bg = predict_bg
+        self.frame_net = UNet(1, 0, filters, depth)
+        self.context_net = UNet(context_frames * filters, 0, filters, depth)
+        self.head_p = _head(filters, 1)
+        self.head_mean = _head(filters, 4)
+        self.head_sigma = _head(filters, 4)
+        self.head_bg = _head(filters, 1) if predict_bg else None
+        with torch.no_grad():  # start with few detections: p ~ 0.01 everywhere
+            self.head_p[-1].bias.fill_(-4.0)
+
+    @property
+    def multiple(self) -> int:
+        """Frame sizes are padded to a multiple of this."""
+        return 2**self.depth
+
+    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frame-analysis features of single frames (N, 1, H, W) -> (N, F, H, W)."""
+        return self.frame_net(frames)
+
+    def from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Outputs (B, 10, H, W) from concatenated frame features (B, C*F, H, W)."""
+        x = self.context_net(features)
+        p_logit = self.head_p(x)
+        mean = self.head_mean(x)
+        sigma = torch.sigmoid(self.head_sigma(x)) * 3.0 + 0.001
+        photons = torch.sigmoid(mean[:, :1])
+        offsets = torch.tanh(mean[:, 1:4])
+        if self.head_bg is not None:
+            bg = torch.sigmoid(self.head_bg(x))
+        else:
+            bg = torch.zeros_like(p_logit)
+        return torch.cat([p_logit, photons, offsets, sigma, bg], dim=1)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Outputs (B, 10, H, W) for scaled input frames (B, context_frames, H, W)."""
+        if frames.ndim != 4 or frames.shape[1] != self.context_frames:
+            raise ValueError(
+                f"expected input of shape (B, {self.context_frames}, H, W), "
+                f"got {tuple(frames.shape)}"
+            )
+        batch, n_ctx, height, width = frames.shape
+        pad_h = (-height) % self.multiple
+        pad_w = (-width) % self.multiple
+        if pad_h or pad_w:
+            frames = F.pad(frames, (0, pad_w, 0, pad_h), mode="replicate")
+        h, w = frames.shape[-2:]
+        single = frames.reshape(batch * n_ctx, 1, h, w)
+        if frames.is_contiguous(memory_format=torch.channels_last):
+            single = single.contiguous(memory_format=torch.channels_last)
+        features = self.frame_features(single)
+        features = features.reshape(batch, n_ctx * self.filters, h, w)
+        out = self.from_features(features)
+        return out[:, :, :height, :width]
+
+    def config(self) -> dict[str, int | bool]:
+        """Constructor arguments (saved with a trained model)."""
+        return {
+            "filters": self.filters,
+            "depth": self.depth,
+            "context_frames": self.context_frames,
+            "predict_bg": self.predict_bg,
+        }

@@ -1,0 +1,50 @@
+"""A small U-Net: 3x3 convolutions with ELU, max-pool down, nearest-neighbour up, skips."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["UNet", "conv_block"]
+
+
+def conv_block(in_channels: int, out_channels: int, n_convs: int = 2) -> nn.Sequential:
+    """`n_convs` 3x3 convolutions with 'same' padding, each followed by ELU."""
+    layers: list[nn.Module] = []
+    for i in range(n_convs):
+        layers += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1),
+                   nn.ELU()]
+    return nn.Sequential(*layers)
+
+
+class UNet(nn.Module):
+    """U-Net with `depth` down/up stages; `filters` in the first, doubled per stage.
+
+    Input (B, in_channels, H, W) with H and W multiples of ``2**depth``; output
+    (B, out_channels, H, W).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, filters: int, depth: int = 2):
+        super().__init__()
+        widths = [filters * 2**i for i in range(depth + 1)]
+        self.depth = depth
+        self.inc = conv_block(in_channels, widths[0])
+        self.down = nn.ModuleList(conv_block(widths[i], widths[i + 1]) for i in range(depth))
+        self.up_conv = nn.ModuleList(
+            nn.Conv2d(widths[i + 1], widths[i], 3, padding=1) for i in range(depth)
+        )
+        self.merge = nn.ModuleList(conv_block(2 * widths[i], widths[i]) for i in range(depth))
+        self.outc = nn.Conv2d(widths[0], out_channels, 1) if out_channels else nn.Identity()
+        self.pool = nn.MaxPool2d(2)
+        self.act = nn.ELU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [self.inc(x)]
+        for down in self.down:
+            skips.append(down(self.pool(skips[-1])))
+        x = skips.pop()
+        for i in reversed(range(self.depth)):
+            x = nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+            x = self.act(self.up_conv[i](x))
+            x = self.merge[i](torch.cat([skips.pop(), x], dim=1))
+        return self.outc(x)

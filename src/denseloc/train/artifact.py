@@ -1,0 +1,97 @@
+"""A trained model is a folder: configuration, weights, tuned threshold, training record.
+
+Layout::
+
+    MODEL_DIR/
+      config.yaml        simulation, camera, PSF, architecture and training settings
+      model.yaml         architecture, network units (scaling), detection threshold, summary
+      weights.pt         state dict of the network
+      training_log.csv   one row per epoch (written by the trainer)
+      curves.png         training curves
+
+Load it with :meth:`TrainedModel.load`; only files the package wrote are read.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from denseloc import __version__
+from denseloc._atomic import atomic_path
+from denseloc.config import Config, load_config
+from denseloc.errors import InputFileError
+from denseloc.nn.model import DecodeNet, Scaling
+
+__all__ = ["MODEL_FORMAT", "TrainedModel"]
+
+MODEL_FORMAT = "denseloc-model/1"
+
+
+@dataclass
+class TrainedModel:
+    """A network with everything needed to apply it to data."""
+
+    net: DecodeNet
+    scaling: Scaling
+    config: Config
+    threshold: float = 0.5
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write config.yaml, model.yaml and weights.pt into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        with atomic_path(directory / "weights.pt") as tmp:
+            torch.save({k: v.cpu() for k, v in self.net.state_dict().items()}, tmp)
+        with atomic_path(directory / "config.yaml") as tmp:
+            tmp.write_text(self.config.to_yaml())
+        meta = {
+            "format": MODEL_FORMAT,
+            "software_version": __version__,
+            "architecture": self.net.config(),
+            "scaling": self.scaling.to_dict(),
+            "threshold": float(self.threshold),
+            "summary": self.summary,
+        }
+        with atomic_path(directory / "model.yaml") as tmp:
+            tmp.write_text(yaml.safe_dump(meta, sort_keys=False))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, device: torch.device | str = "cpu") -> TrainedModel:
+        """Load a model folder written by :meth:`save`."""
+        directory = Path(directory)
+        meta_path = directory / "model.yaml"
+        if not directory.is_dir():
+            raise InputFileError(directory, "model folder not found")
+        if not meta_path.is_file():
+            raise InputFileError(directory, "not a denseloc model folder (no model.yaml)")
+        try:
+            meta = yaml.safe_load(meta_path.read_text())
+        except yaml.YAMLError:
+            raise InputFileError(meta_path, "corrupt model.yaml") from None
+        if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+            raise InputFileError(meta_path, f"unknown model format (expected {MODEL_FORMAT})")
+        config = load_config(directory / "config.yaml")
+        net = DecodeNet(**meta["architecture"])
+        try:
+            state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        except FileNotFoundError:
+            raise InputFileError(directory / "weights.pt", "no such file") from None
+        except (RuntimeError, EOFError, KeyError) as exc:
+            raise InputFileError(directory / "weights.pt", f"cannot be loaded ({exc})") from None
+        net.to(device).eval()
+        return cls(
+            net=net,
+            scaling=Scaling(**meta["scaling"]),
+            config=config,
+            threshold=float(meta["threshold"]),
+            summary=meta.get("summary") or {},
+        )

@@ -1,0 +1,49 @@
+"""Training curves: loss, detection and localization quality against training time."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from denseloc._atomic import atomic_path
+
+__all__ = ["plot_training_curves"]
+
+
+def plot_training_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Save a PNG with train/validation loss, Jaccard, RMSE and CRLB ratios per epoch."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    minutes = [r["minutes"] for r in rows]
+
+    def series(key: str) -> list[float]:
+        return [float("nan") if r.get(key) is None else float(r[key]) for r in rows]
+
+    fig = Figure(figsize=(12, 3.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 4)
+    axes[0].plot(minutes, series("train_loss"), label="train")
+    axes[0].plot(minutes, series("val_loss"), label="validation")
+    axes[0].set_ylabel("loss")
+    axes[0].legend()
+    axes[1].plot(minutes, series("jaccard"), color="tab:green")
+    axes[1].set_ylabel("Jaccard (threshold 0.5)")
+    axes[2].plot(minutes, series("rmse_lateral_nm"), label="lateral")
+    axes[2].plot(minutes, series("rmse_axial_nm"), label="axial")
+    axes[2].set_ylabel("RMSE (nm)")
+    axes[2].legend()
+    for axis in "xyz":
+        axes[3].plot(minutes, series(f"crlb_ratio_{axis}"), label=f"error/CRLB {axis}")
+        axes[3].plot(minutes, series(f"z_score_rms_{axis}"), ls="--", label=f"error/sigma {axis}")
+    axes[3].axhline(1.0, color="k", lw=0.5)
+    axes[3].set_ylabel("RMS ratio")
+    axes[3].legend(fontsize=7)
+    for ax in axes:
+        ax.set_xlabel("training minutes")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    return path

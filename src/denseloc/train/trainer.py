@@ -1,0 +1,430 @@
+"""Training from on-the-fly simulation, with validation, checkpoints, resume and rollback.
+
+One epoch is ``train.steps_per_epoch`` AdamW steps on freshly simulated batches, followed
+by a validation on a fixed-seed set scored with the project's own metrics. After every epoch
+a checkpoint is written atomically, so an interrupted run (even ``kill -9``) resumes losing at
+most one epoch. A step whose loss is not finite, or explodes far above its recent level,
+rolls the run back to the last checkpoint with half the learning rate instead of ending it.
+
+The learning rate warms up linearly, then follows a cosine decay to
+``lr * lr_final_fraction`` over the planned number of steps. With a time budget the plan is
+fixed after the warm-up from the measured speed.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from denseloc._atomic import atomic_path
+from denseloc._runtime import configure_cpu, select_device
+from denseloc.config import Config
+from denseloc.errors import DenselocError
+from denseloc.nn.loss import gmm_loss
+from denseloc.nn.model import DecodeNet
+from denseloc.train.artifact import TrainedModel
+from denseloc.train.data import Batch, TrainingData
+
+__all__ = ["Trainer", "TrainingDiverged", "evaluate_batches", "tune_threshold"]
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "training_log.csv"
+MAX_ROLLBACKS = 6
+EXPLOSION_FACTOR = 20.0
+
+
+class TrainingDiverged(DenselocError):
+    """Training kept diverging after repeated rollbacks."""
+
+
+@dataclass
+class _State:
+    step: int = 0
+    epoch: int = 0
+    planned_steps: int | None = None
+    lr_factor: float = 1.0
+    rollbacks: int = 0
+    elapsed_s: float = 0.0
+    samples: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _validation_truth(batches: list[Batch], data: TrainingData) -> pd.DataFrame:
+    """Ground truth of validation batches with frame = global sample index and the CRLB."""
+    from denseloc.evaluate.crlb import add_crlb_columns
+
+    tables, offset = [], 0
+    for batch in batches:
+        table = batch.emitters.to_table(data.config.image.pixel_size_nm)
+        bg = batch.background_photons.cpu().numpy()[table["frame"].to_numpy()]
+        table["frame"] += offset
+        table["bg"] = bg
+        tables.append(table)
+        offset += batch.inputs.shape[0]
+    truth = pd.concat(tables, ignore_index=True)
+    return add_crlb_columns(truth, data.config)
+
+
+@torch.no_grad()
+def predict_batches(net: DecodeNet, batches: list[Batch], channels_last: bool) -> torch.Tensor:
+    """Network outputs (N, 10, H, W) for a list of batches (evaluation mode)."""
+    was_training = net.training
+    net.eval()
+    outs = []
+    for batch in batches:
+        x = batch.inputs
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        outs.append(net(x).float())
+    net.train(was_training)
+    return torch.cat(outs)
+
+
+def evaluate_batches(
+    outputs: torch.Tensor,
+    truth: pd.DataFrame,
+    data: TrainingData,
+    threshold: float,
+    *,
+    min_photons: float | None = None,
+) -> dict[str, Any]:
+    """Metrics (as a dict) of network outputs against the validation truth."""
+    from denseloc.evaluate import evaluate
+    from denseloc.localize.postprocess import maps_to_table
+
+    pred = maps_to_table(
+        outputs, data.scaling, pixel_size_nm=data.config.image.pixel_size_nm, threshold=threshold
+    )
+    metrics, _ = evaluate(pred, truth, min_photons=min_photons)
+    return metrics.to_dict()
+
+
+def tune_threshold(
+    outputs: torch.Tensor, truth: pd.DataFrame, data: TrainingData, min_photons: float
+) -> tuple[float, dict[str, Any]]:
+    """The detection threshold that maximises the Jaccard index on validation data."""
+    best = (0.5, {"jaccard": -1.0})
+    for threshold in np.round(np.arange(0.1, 0.95, 0.05), 2):
+        metrics = evaluate_batches(outputs, truth, data, float(threshold), min_photons=min_photons)
+        if metrics["jaccard"] > best[1]["jaccard"]:
+            best = (float(threshold), metrics)
+    return best
+
+
+class Trainer:
+    """Train a :class:`~denseloc.nn.model.DecodeNet` for a configuration.
+
+    Parameters
+    ----------
+    config : Config
+        Simulation, model and training settings.
+    out_dir : path
+        Model folder; holds the checkpoint and the log while training.
+    device : str
+        ``auto``, ``cpu`` or ``cuda``.
+    """
+
+    def __init__(self, config: Config, out_dir: str | Path, device: str = "auto") -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.device = select_device(device)
+        tc = config.train
+        if self.device.type == "cpu":
+            configure_cpu(tc.threads)
+        self.channels_last = tc.channels_last and self.device.type == "cpu"
+        torch.manual_seed(tc.seed)
+        self.data = TrainingData(config, self.device)
+        self.val_data = self.data
+        self.net = DecodeNet(**config.model.model_dump()).to(self.device)
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.AdamW(
+            self.net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay
+        )
+        self.generator = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
+        self.state = _State()
+        self._validation: tuple[list[Batch], pd.DataFrame] | None = None
+
+    # -- schedule ---------------------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        """Learning rate at `step` (warm-up, then cosine decay over the planned steps)."""
+        tc = self.config.train
+        peak = tc.lr * self.state.lr_factor
+        if step < tc.warmup_steps:
+            return peak * (step + 1) / tc.warmup_steps
+        planned = self.state.planned_steps
+        if planned is None:
+            return peak
+        span = max(planned - tc.warmup_steps, 1)
+        progress = min(max(step - tc.warmup_steps, 0) / span, 1.0)
+        return peak * (tc.lr_final_fraction + (1 - tc.lr_final_fraction) * 0.5 * (
+            1 + math.cos(math.pi * progress)))
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        """Write model, optimiser, generator and progress atomically."""
+        state = {
+            "net": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "state": self.state.__dict__,
+            "config": self.config.model_dump(mode="json"),
+        }
+        with atomic_path(self.out_dir / CHECKPOINT) as tmp:
+            torch.save(state, tmp)
+
+    def load_checkpoint(self) -> bool:
+        """Restore the last checkpoint; False if there is none."""
+        path = self.out_dir / CHECKPOINT
+        if not path.is_file():
+            return False
+        try:
+            ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as exc:
+            raise DenselocError(f"{path}: checkpoint cannot be read ({exc})") from None
+        if ckpt["config"] != self.config.model_dump(mode="json"):
+            raise DenselocError(
+                f"{path}: checkpoint was written for another configuration; "
+                "use the same CONFIG.yaml to resume, or another --out"
+            )
+        self.net.load_state_dict(ckpt["net"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.generator.set_state(ckpt["generator"].cpu())
+        self.state = _State(**ckpt["state"])
+        return True
+
+    # -- validation -------------------------------------------------------------------------
+    def validation_set(self) -> tuple[list[Batch], pd.DataFrame]:
+        """Fixed-seed validation batches and their truth (with CRLB), made once."""
+        if self._validation is None:
+            tc = self.config.train
+            gen = torch.Generator(device=self.device).manual_seed(10_000 + tc.seed)
+            sizes = [tc.batch_size] * (tc.validation_samples // tc.batch_size)
+            if tc.validation_samples % tc.batch_size:
+                sizes.append(tc.validation_samples % tc.batch_size)
+            batches = [self.val_data.batch(n, gen) for n in sizes]
+            self._validation = (batches, _validation_truth(batches, self.val_data))
+        return self._validation
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        """Validation loss and metrics at threshold 0.5."""
+        batches, truth = self.validation_set()
+        outputs = predict_batches(self.net, batches, self.channels_last)
+        losses = []
+        offset = 0
+        for batch in batches:
+            n = batch.inputs.shape[0]
+            losses.append(float(gmm_loss(outputs[offset:offset + n], batch.targets, batch.mask,
+                                         batch.bg, bg_weight=self.config.train.bg_weight).total))
+            offset += n
+        metrics = evaluate_batches(outputs, truth, self.val_data, 0.5, min_photons=500.0)
+        metrics["val_loss"] = float(np.mean(losses))
+        return metrics
+
+    # -- training ---------------------------------------------------------------------------
+    def _step(self, batch: Batch) -> tuple[float, float]:
+        tc = self.config.train
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.state.step)
+        x = batch.inputs
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        output = self.net(x)
+        loss = gmm_loss(output, batch.targets, batch.mask, batch.bg, bg_weight=tc.bg_weight).total
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip)
+        value = float(loss.detach())
+        if math.isfinite(value):
+            self.optimizer.step()
+        return value, float(grad_norm)
+
+    def _rollback(self, reason: str) -> None:
+        self.state.rollbacks += 1
+        if self.state.rollbacks > MAX_ROLLBACKS:
+            raise TrainingDiverged(
+                f"training diverged {MAX_ROLLBACKS} times ({reason}); lower train.lr"
+            )
+        factor = self.state.lr_factor * 0.5
+        rollbacks = self.state.rollbacks
+        if not self.load_checkpoint():
+            self.net = DecodeNet(**self.config.model.model_dump()).to(self.device)
+            if self.channels_last:
+                self.net = self.net.to(memory_format=torch.channels_last)
+            self.optimizer = torch.optim.AdamW(
+                self.net.parameters(), lr=self.config.train.lr,
+                weight_decay=self.config.train.weight_decay,
+            )
+            self.state = _State()
+        self.state.lr_factor = factor
+        self.state.rollbacks = rollbacks
+        # Draw different batches than the ones that diverged.
+        self.generator.manual_seed(self.config.train.seed + 1 + 7919 * rollbacks)
+        logger.warning("%s: rolled back to epoch %d, learning rate x%.3g",
+                       reason, self.state.epoch, factor)
+
+    def fit(
+        self,
+        *,
+        epochs: int | None = None,
+        minutes: float | None = None,
+        resume: bool = False,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> TrainedModel:
+        """Train for `epochs` epochs or `minutes` minutes (whichever ends first).
+
+        Parameters
+        ----------
+        epochs : int, optional
+            Number of epochs (total, counting epochs before a resume).
+        minutes : float, optional
+            Training time budget (total wall time of training steps and validations).
+        resume : bool
+            Continue from the checkpoint in the model folder.
+        progress : callable(dict), optional
+            Called after every step with ``step, planned_steps, epoch, loss, lr`` and after
+            every epoch with the validation metrics too.
+
+        Returns
+        -------
+        TrainedModel
+            The final network with the detection threshold tuned on the validation set, also
+            saved in the model folder.
+        """
+        if epochs is None and minutes is None:
+            raise ValueError("give epochs or minutes")
+        tc = self.config.train
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            if not self.load_checkpoint():
+                raise DenselocError(f"{self.out_dir}: no checkpoint to resume from")
+            logger.info("resumed at epoch %d, step %d", self.state.epoch, self.state.step)
+        elif (self.out_dir / CHECKPOINT).exists():
+            raise DenselocError(
+                f"{self.out_dir}: holds a checkpoint; pass --resume to continue it, "
+                "or choose another --out"
+            )
+        if epochs is not None and self.state.planned_steps is None:
+            self.state.planned_steps = epochs * tc.steps_per_epoch
+        self.validation_set()
+        if not resume:
+            self.save_checkpoint()  # epoch 0: the rollback target before the first epoch
+        budget_s = None if minutes is None else minutes * 60.0
+        loss_ema: float | None = None
+        while True:
+            if epochs is not None and self.state.epoch >= epochs:
+                break
+            if budget_s is not None and self.state.elapsed_s >= budget_s:
+                break
+            epoch_start = time.perf_counter()
+            losses: list[float] = []
+            diverged = False
+            for _ in range(tc.steps_per_epoch):
+                t0 = time.perf_counter()
+                batch = self.data.batch(tc.batch_size, self.generator)
+                loss, grad_norm = self._step(batch)
+                exploded = loss_ema is not None and self.state.step > tc.warmup_steps and (
+                    loss > loss_ema + EXPLOSION_FACTOR * max(abs(loss_ema), 1.0))
+                if not math.isfinite(loss) or exploded:
+                    self._rollback("loss is not finite" if not math.isfinite(loss)
+                                   else f"loss exploded to {loss:.3g}")
+                    loss_ema = None
+                    diverged = True
+                    break
+                loss_ema = loss if loss_ema is None else 0.98 * loss_ema + 0.02 * loss
+                losses.append(loss)
+                self.state.step += 1
+                self.state.samples += tc.batch_size
+                self.state.elapsed_s += time.perf_counter() - t0
+                self._plan(budget_s, tc)
+                if progress is not None:
+                    progress({"step": self.state.step, "planned_steps": self.state.planned_steps,
+                              "epoch": self.state.epoch, "loss": loss, "grad_norm": grad_norm,
+                              "lr": self.lr_at(self.state.step)})
+                if budget_s is not None and self.state.elapsed_s >= budget_s:
+                    break
+            if diverged:
+                continue
+            t0 = time.perf_counter()
+            metrics = self.validate()
+            self.state.elapsed_s += time.perf_counter() - t0
+            self.state.epoch += 1
+            record = {
+                "epoch": self.state.epoch,
+                "step": self.state.step,
+                "samples": self.state.samples,
+                "minutes": self.state.elapsed_s / 60,
+                "lr": self.lr_at(self.state.step),
+                "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                "epoch_s": time.perf_counter() - epoch_start,
+                **{k: metrics.get(k) for k in _LOGGED},
+            }
+            self.state.history.append(record)
+            self.save_checkpoint()
+            self._write_log()
+            if progress is not None:
+                progress({**record, "planned_steps": self.state.planned_steps})
+        return self.finish()
+
+    def _plan(self, budget_s: float | None, tc) -> None:
+        """With a time budget, fix the planned steps once the warm-up has been timed."""
+        if budget_s is None or self.state.planned_steps is not None:
+            return
+        if self.state.step >= max(tc.warmup_steps, 20):
+            per_step = self.state.elapsed_s / self.state.step
+            # Validation costs about as much as a few dozen steps per epoch; keep a margin.
+            self.state.planned_steps = max(int(0.95 * budget_s / per_step), self.state.step + 1)
+
+    def _write_log(self) -> None:
+        rows = self.state.history
+        with atomic_path(self.out_dir / LOG) as tmp, tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        from denseloc.train.curves import plot_training_curves
+
+        plot_training_curves(rows, self.out_dir / "curves.png")
+
+    def finish(self) -> TrainedModel:
+        """Tune the detection threshold on validation data and save the model folder."""
+        batches, truth = self.validation_set()
+        outputs = predict_batches(self.net, batches, self.channels_last)
+        threshold, metrics = tune_threshold(outputs, truth, self.val_data, min_photons=500.0)
+        net = DecodeNet(**self.config.model.model_dump())
+        net.load_state_dict({k: v.cpu() for k, v in self.net.state_dict().items()})
+        model = TrainedModel(
+            net=net.eval(),
+            scaling=self.data.scaling,
+            config=self.config,
+            threshold=threshold,
+            summary={
+                "epochs": self.state.epoch,
+                "steps": self.state.step,
+                "samples": self.state.samples,
+                "minutes": round(self.state.elapsed_s / 60, 2),
+                "device": str(self.device),
+                "validation": {k: metrics.get(k) for k in _LOGGED},
+            },
+        )
+        model.save(self.out_dir)
+        return model
+
+
+_LOGGED = (
+    "val_loss", "jaccard", "precision", "recall", "rmse_lateral_nm", "rmse_axial_nm",
+    "efficiency_lateral", "efficiency_axial", "crlb_ratio_x", "crlb_ratio_y", "crlb_ratio_z",
+    "z_score_rms_x", "z_score_rms_y", "z_score_rms_z",
+)  # fmt: skip

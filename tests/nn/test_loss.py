@@ -1,0 +1,93 @@
+"""The Gaussian-mixture loss: correct optimum, finite gradients, count term."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from denseloc.nn.loss import gmm_loss
+from denseloc.nn.model import DecodeNet
+
+
+def perfect_output(targets: torch.Tensor, mask: torch.Tensor, size: int, sigma: float = 0.05):
+    """Output maps that put p = 1 - eps exactly at each true emitter."""
+    batch = targets.shape[0]
+    out = torch.zeros((batch, 10, size, size), dtype=torch.float64)
+    out[:, 0] = -12.0  # p ~ 6e-6 elsewhere
+    out[:, 5:9] = sigma
+    for b in range(batch):
+        for k in torch.nonzero(mask[b]).flatten():
+            ph, x, y, z = targets[b, k]
+            row, col = round(float(y)), round(float(x))
+            out[b, 0, row, col] = 12.0
+            out[b, 1, row, col] = ph
+            out[b, 2, row, col] = x - col
+            out[b, 3, row, col] = y - row
+            out[b, 4, row, col] = z
+    return out
+
+
+def example_targets():
+    targets = torch.tensor(
+        [[[0.3, 4.2, 5.4, 0.1], [0.5, 12.0, 3.3, -0.4], [0.0, 0.0, 0.0, 0.0]],
+         [[0.2, 8.7, 9.1, 0.5], [0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]],
+        dtype=torch.float64,
+    )
+    mask = torch.tensor([[True, True, False], [True, False, False]])
+    return targets, mask
+
+
+def test_true_configuration_beats_perturbed_ones() -> None:
+    targets, mask = example_targets()
+    best = gmm_loss(perfect_output(targets, mask, 16), targets, mask).total.item()
+    for channel, delta in [(1, 0.1), (2, 0.2), (3, -0.2), (4, 0.1)]:
+        out = perfect_output(targets, mask, 16)
+        out[:, channel] += delta
+        assert gmm_loss(out, targets, mask).total.item() > best + 1.0, channel
+    # A missed emitter or an extra detection raises the count and mixture terms.
+    out = perfect_output(targets, mask, 16)
+    out[0, 0, 3, 12] = -12.0
+    assert gmm_loss(out, targets, mask).total.item() > best + 1.0
+    out = perfect_output(targets, mask, 16)
+    out[1, 0, 1, 1] = 12.0
+    assert gmm_loss(out, targets, mask).total.item() > best + 1.0
+
+
+def test_wider_sigma_is_worse_when_the_mean_is_exact_and_better_when_wrong() -> None:
+    targets, mask = example_targets()
+    sharp = gmm_loss(perfect_output(targets, mask, 16, sigma=0.05), targets, mask).total
+    blurry = gmm_loss(perfect_output(targets, mask, 16, sigma=0.5), targets, mask).total
+    assert sharp < blurry
+    off = perfect_output(targets, mask, 16, sigma=0.05)
+    off[:, 2] += 0.3
+    off_wide = perfect_output(targets, mask, 16, sigma=0.3)
+    off_wide[:, 2] += 0.3
+    assert gmm_loss(off_wide, targets, mask).total < gmm_loss(off, targets, mask).total
+
+
+def test_count_term_is_a_normal_nll() -> None:
+    out = torch.full((1, 10, 8, 8), 0.5, dtype=torch.float64)
+    p = 0.1
+    out[:, 0] = math.log(p / (1 - p))
+    targets = torch.zeros((1, 4, 4), dtype=torch.float64)
+    for m in range(4):
+        mask = torch.zeros((1, 4), dtype=torch.bool)
+        mask[0, :m] = True
+        count = gmm_loss(out, targets, mask).count.item()
+        mean, var = 64 * p, 64 * p * (1 - p)
+        expected = 0.5 * math.log(2 * math.pi * var) + (m - mean) ** 2 / (2 * var)
+        assert count == pytest.approx(expected, rel=1e-9)
+
+
+def test_gradient_is_finite_at_initialisation() -> None:
+    torch.manual_seed(0)
+    net = DecodeNet(filters=4, depth=2, context_frames=3)
+    x = torch.randn(2, 3, 20, 20)
+    targets, mask = example_targets()
+    parts = gmm_loss(net(x), targets.float(), mask, torch.rand(2, 20, 20))
+    parts.total.backward()
+    grads = [p.grad for p in net.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.norm()) for g in grads) > 0
