@@ -79,19 +79,26 @@ def gmm_loss(
     n_true = mask_f.sum(1)
     count = 0.5 * torch.log(var) + _LOG_SQRT_2PI + (n_true - mean) ** 2 / (2 * var)
 
-    # Mixture term.
-    rows = torch.arange(height, dtype=out.dtype, device=out.device)
-    cols = torch.arange(width, dtype=out.dtype, device=out.device)
+    # Mixture term. sum_d ((t_d - mu_d) / s_d)^2 expands into t^2 a - 2 t b + c with
+    # a = 1/s^2, b = mu/s^2, c = mu^2/s^2: one batched matrix product instead of a
+    # (B, K, 4, HW) tensor. Float64 keeps the cancellation between the terms harmless.
+    rows = torch.arange(height, dtype=torch.float64, device=out.device)
+    cols = torch.arange(width, dtype=torch.float64, device=out.device)
     grid_y, grid_x = torch.meshgrid(rows, cols, indexing="ij")
+    o64 = out.double()
     mu = torch.stack(
-        [out[:, 1], grid_x.flatten() + out[:, 2], grid_y.flatten() + out[:, 3], out[:, 4]], dim=1
+        [o64[:, 1], grid_x.flatten() + o64[:, 2], grid_y.flatten() + o64[:, 3], o64[:, 4]], dim=1
     )  # (B, 4, HW): photons, x, y, z
-    sigma = torch.stack([out[:, 8], out[:, 5], out[:, 6], out[:, 7]], dim=1)
-    log_weight = F.logsigmoid(p_logit) - torch.log(mean.clamp_min(1e-6))[:, None]  # (B, HW)
-    z_scores = (targets[:, :, :, None] - mu[:, None]) / sigma[:, None]  # (B, K, 4, HW)
-    log_normal = (-0.5 * z_scores**2 - torch.log(sigma)[:, None] - _LOG_SQRT_2PI).sum(2)
+    sigma = torch.stack([o64[:, 8], o64[:, 5], o64[:, 6], o64[:, 7]], dim=1)
+    inv_var = sigma**-2
+    t = targets.double()  # (B, K, 4)
+    lhs = torch.cat([t**2, -2 * t], dim=2)  # (B, K, 8)
+    rhs = torch.cat([inv_var, mu * inv_var], dim=1)  # (B, 8, HW)
+    const = (mu**2 * inv_var).sum(1) + 2 * torch.log(sigma).sum(1)  # (B, HW)
+    log_weight = (F.logsigmoid(p_logit) - torch.log(mean.clamp_min(1e-6))[:, None]).double()
+    log_normal = -0.5 * (torch.bmm(lhs, rhs) + const[:, None]) - 4 * _LOG_SQRT_2PI
     log_lik = torch.logsumexp(log_weight[:, None] + log_normal, dim=2)  # (B, K)
-    localization = -(log_lik * mask_f).sum(1)
+    localization = -(log_lik * mask.to(log_lik.dtype)).sum(1).to(out.dtype)
 
     if bg_target is not None:
         background = ((out[:, 9] - bg_target.flatten(1).to(out.dtype)) ** 2).mean(1)

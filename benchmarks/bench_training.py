@@ -1,0 +1,150 @@
+"""Accuracy per CPU-minute: train, and at checkpoints evaluate on fixed test movies.
+
+Usage:
+    python benchmarks/bench_training.py CONFIG.yaml --name NAME --minutes 30 \
+        --eval-at 5 10 20 30 [--filters 16] [--out-model DIR]
+
+Test movies (fixed seeds): 64x64 px, low density (0.1 /um^2) and high density (2 /um^2),
+with the configuration's PSF, camera, photons and background. Metrics per the network issue:
+Jaccard counting ground-truth emitters with >= 500 photons in the frame; per-emitter
+RMS(error / sqrt(CRLB)) per axis for matched emitters with >= 2000 photons (each emitter's
+own bound: its photons, z and background, with the camera's excess noise); RMS(error /
+predicted sigma) per axis; and the classical MLE fitter's Jaccard on the same frames.
+Training time excludes these evaluations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from _common import RESULTS, write_results
+from denseloc.config import Config, load_config
+from denseloc.evaluate import evaluate
+from denseloc.evaluate.crlb import NoiseModel, add_crlb_columns
+from denseloc.sim.simulator import Simulator
+from denseloc.train.artifact import TrainedModel
+from denseloc.train.trainer import Trainer
+
+DENSITIES = {"low": 0.1, "high": 2.0}
+
+
+def test_movie(config: Config, density: float, n_frames: int, seed: int):
+    cfg = config.model_copy(update={
+        "image": config.image.model_copy(update={"size_px": (64, 64)}),
+        "emitters": config.emitters.model_copy(update={"density_per_um2": density,
+                                                       "count_per_frame": None}),
+    })
+    sim = Simulator(cfg)
+    batch = sim.sample(1, n_frames, sim.generator(seed))
+    photons = sim.camera.adu_to_photons(batch.adu[0])
+    truth = batch.emitters.to_table(cfg.image.pixel_size_nm)
+    truth["bg"] = float(batch.background.mean())
+    truth = add_crlb_columns(truth, cfg)
+    return cfg, photons, truth
+
+
+def score(pred: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float | None]:
+    metrics, pairs = evaluate(pred, truth, min_photons=500.0)
+    row = {"jaccard": metrics.jaccard, "rmse_lateral_nm": metrics.rmse_lateral_nm,
+           "rmse_axial_nm": metrics.rmse_axial_nm}
+    bright = pairs[pairs["photons_gt"] >= 2000]
+    for axis in "xyz":
+        err = bright[f"d{axis}_nm"].to_numpy()
+        row[f"crlb_ratio_{axis}"] = float(np.sqrt(np.mean((err / bright[f"crlb_{axis}_nm"]) ** 2)))
+        if f"sigma_{axis}_nm" in pairs:
+            all_err = pairs[f"d{axis}_nm"].to_numpy()
+            row[f"err_over_sigma_{axis}"] = float(
+                np.sqrt(np.mean((all_err / pairs[f"sigma_{axis}_nm"]) ** 2)))
+    return row
+
+
+def evaluate_model(model: TrainedModel, tests: dict) -> dict[str, dict]:
+    from denseloc.localize.network import predict_frames
+
+    out = {}
+    for name, (cfg, photons, truth) in tests.items():
+        pred = predict_frames(model, photons, pixel_size_nm=cfg.image.pixel_size_nm)
+        out[name] = score(pred, truth)
+    return out
+
+
+def mle_baseline(tests: dict) -> dict[str, dict]:
+    from denseloc.classic.mle import localize_mle
+    from denseloc.sim.simulator import psf_from_config
+
+    out = {}
+    for name, (cfg, photons, truth) in tests.items():
+        psf = psf_from_config(cfg.psf, cfg.emitters.z_range_nm)
+        t0 = time.perf_counter()
+        pred = localize_mle(photons, psf, pixel_size_nm=cfg.image.pixel_size_nm,
+                            noise=NoiseModel.from_camera(cfg.camera),
+                            z_range_nm=cfg.emitters.z_range_nm)
+        row = score(pred, truth)
+        row["seconds"] = time.perf_counter() - t0
+        out[name] = row
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--minutes", type=float, default=30.0)
+    parser.add_argument("--eval-at", type=float, nargs="+", default=[5, 10, 20, 30])
+    parser.add_argument("--filters", type=int, default=None)
+    parser.add_argument("--frames", type=int, default=100, help="frames per test movie")
+    parser.add_argument("--out-model", type=Path, default=None)
+    parser.add_argument("--skip-mle", action="store_true")
+    args = parser.parse_args()
+
+    config = load_config(args.config)
+    if args.filters is not None:
+        config = config.model_copy(
+            update={"model": config.model.model_copy(update={"filters": args.filters})})
+    tests = {name: test_movie(config, d, args.frames, seed=100 + i)
+             for i, (name, d) in enumerate(DENSITIES.items())}
+    baseline = {} if args.skip_mle else mle_baseline(tests)
+    print("MLE baseline:", json.dumps(baseline, indent=1))
+
+    out_dir = args.out_model or (RESULTS / f"_model_{args.name}")
+    trainer = Trainer(config, out_dir, device="cpu")
+    pending = sorted(args.eval_at)
+    rows: list[dict] = []
+
+    def checkpoint(info: dict) -> None:
+        if "jaccard" in info:
+            print(f"epoch {info['epoch']} {info['minutes']:.1f} min val JI {info['jaccard']:.3f} "
+                  f"loss {info['val_loss']:.2f}", flush=True)
+        minutes = trainer.state.elapsed_s / 60
+        while pending and minutes >= pending[0]:
+            pending.pop(0)
+            model = trainer.finish()
+            result = evaluate_model(model, tests)
+            row = {"variant": args.name, "filters": config.model.filters,
+                   "minutes": round(minutes, 1), "samples": trainer.state.samples,
+                   "samples_per_s": round(trainer.state.samples / trainer.state.elapsed_s, 1),
+                   "threshold": model.threshold}
+            for density, values in result.items():
+                row.update({f"{density}_{k}": v for k, v in values.items()})
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    trainer.fit(minutes=args.minutes, progress=checkpoint)
+    if pending:  # the budget ended just before the last evaluation point
+        pending[:] = [0.0]
+        checkpoint({})
+    notes = (f"Config: {args.config} (model {config.model.model_dump()}, train "
+             f"{config.train.model_dump(exclude={'seed', 'threads'})}).\n"
+             f"MLE baseline on the same frames: {json.dumps(baseline)}")
+    write_results(f"training_{args.name}", rows, notes)
+
+
+if __name__ == "__main__":
+    main()
