@@ -259,6 +259,12 @@ class TrainConfig(_Model):
 
     frame_size_px: int = Field(40, ge=8, description="size of the simulated training frames, px")
     batch_size: int = Field(32, ge=1, description="training samples per step")
+    frames_per_movie: int = Field(
+        3,
+        ge=1,
+        description="frames of each simulated training movie; every window of consecutive "
+        "frames is a sample, so a frame's analysis serves up to 3 samples",
+    )
     steps_per_epoch: int = Field(250, ge=1, description="optimiser steps between validations")
     lr: float = Field(1e-3, gt=0, description="peak learning rate of AdamW")
     lr_final_fraction: float = Field(

@@ -46,12 +46,12 @@ def test_tiny_network_overfits_a_fixed_batch() -> None:
     net = DecodeNet(filters=8, depth=2, context_frames=1)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     losses = []
-    for _ in range(80):
+    for _ in range(120):
         loss = gmm_loss(net(batch.inputs), batch.targets, batch.mask, batch.bg).total
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         opt.step()
         losses.append(loss.item())
-    # Measured: 47 -> 17 in 80 steps; the loss of an untrained network is ~ 47.
+    # Measured: 48 -> 18 in 120 steps; the loss of an untrained network is ~ 48.
     assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])

@@ -150,6 +150,36 @@ class DecodeNet(nn.Module):
         out = self.from_features(features)
         return out[:, :, :height, :width]
 
+    def forward_windows(self, frames: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
+        """Outputs (B, 10, H, W) for windows of consecutive frames sharing frame features.
+
+        Parameters
+        ----------
+        frames : Tensor of shape (N, H, W)
+            Scaled frames of one or more movies, concatenated.
+        starts : Tensor of shape (B,), long
+            Index of each window's first frame; window b is
+            ``frames[starts[b] : starts[b] + context_frames]``.
+
+        Each frame goes through the frame-analysis U-Net once, however many windows use it.
+        """
+        _, height, width = frames.shape
+        pad_h = (-height) % self.multiple
+        pad_w = (-width) % self.multiple
+        x = frames[:, None]
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        if frames.is_contiguous(memory_format=torch.channels_last) or frames.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        features = self.frame_features(x)
+        index = starts[:, None] + torch.arange(self.context_frames, device=starts.device)
+        windows = features[index.flatten()].reshape(
+            len(starts), self.context_frames * self.filters, *features.shape[-2:]
+        )
+        if x.is_contiguous(memory_format=torch.channels_last):
+            windows = windows.contiguous(memory_format=torch.channels_last)
+        return self.from_features(windows)[:, :, :height, :width]
+
     def config(self) -> dict[str, int | bool]:
         """Constructor arguments (saved with a trained model)."""
         return {

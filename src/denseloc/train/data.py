@@ -38,6 +38,10 @@ class Batch:
         physical units, for evaluation.
     background_photons : Tensor of shape (B,)
         Mean background of each sample, photons/px.
+    frames : Tensor of shape (N, H, W)
+        The scaled frames the windows are cut from (all movies concatenated).
+    starts : Tensor of shape (B,), long
+        Index in `frames` of each sample's first frame (``inputs[b] = frames[starts[b]:...]``).
     """
 
     inputs: torch.Tensor
@@ -46,6 +50,8 @@ class Batch:
     bg: torch.Tensor
     emitters: Emitters
     background_photons: torch.Tensor
+    frames: torch.Tensor
+    starts: torch.Tensor
 
 
 def derive_scaling(config: Config, peak_fraction: float) -> Scaling:
@@ -111,25 +117,36 @@ class TrainingData:
         return (rng[0] + (rng[1] - rng[0]) * u) / base
 
     def batch(self, size: int, generator: torch.Generator) -> Batch:
-        """Simulate `size` samples."""
+        """Simulate `size` samples (windows of ``context_frames`` consecutive frames)."""
         sim, scaling = self.sim, self.scaling
-        factor = self._density_factor(size, generator)
-        movies = sim.sample(size, self.context, generator, density_factor=factor)
-        photons = sim.camera.adu_to_photons(movies.adu)
-        inputs = scale_frames(photons, scaling)
-        centre = self.context // 2
+        ctx = self.context
+        length = max(self.config.train.frames_per_movie, ctx)
+        per_movie = length - ctx + 1
+        n_movies = -(-size // per_movie)
+        factor = self._density_factor(n_movies, generator)
+        movies = sim.sample(n_movies, length, generator, density_factor=factor)
+        frames = scale_frames(sim.camera.adu_to_photons(movies.adu), scaling).flatten(0, 1)
+        window = torch.arange(size, device=frames.device)
+        movie, offset = window // per_movie, window % per_movie
+        starts = movie * length + offset
+        centre_frame = starts + ctx // 2  # global frame index of each sample's target frame
+        lookup = torch.full((n_movies * length,), -1, dtype=torch.long, device=frames.device)
+        lookup[centre_frame] = window
         em = movies.emitters
-        in_centre = em.frame % self.context == centre
-        central = em.select(in_centre)
-        central.frame = central.frame // self.context
+        sample_of = lookup[em.frame]
+        central = em.select(sample_of >= 0)
+        central.frame = sample_of[sample_of >= 0]
         targets, mask = self._targets(central, size)
+        index = starts[:, None] + torch.arange(ctx, device=frames.device)
         return Batch(
-            inputs=inputs,
+            inputs=frames[index],
             targets=targets,
             mask=mask,
-            bg=movies.background / scaling.bg_photons,
+            bg=movies.background[movie] / scaling.bg_photons,
             emitters=central,
-            background_photons=movies.background.mean((1, 2)),
+            background_photons=movies.background.mean((1, 2))[movie],
+            frames=frames,
+            starts=starts,
         )
 
     def _targets(self, emitters: Emitters, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -239,10 +239,7 @@ class Trainer:
         tc = self.config.train
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.state.step)
-        x = batch.inputs
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        output = self.net(x)
+        output = self.net.forward_windows(batch.frames, batch.starts)
         loss = gmm_loss(output, batch.targets, batch.mask, batch.bg, bg_weight=tc.bg_weight).total
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,0 +1,50 @@
+"""Training batches: windows, targets on the central frame, network units."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from denseloc.config import Config
+from denseloc.train.data import TrainingData
+
+
+@pytest.mark.parametrize("frames_per_movie", [3, 8])
+def test_targets_are_the_central_frames_emitters(frames_per_movie: int) -> None:
+    cfg = Config.model_validate({
+        "camera": {"kind": "ideal", "qe": 1.0, "em_gain": 1.0, "e_per_adu": 1.0,
+                   "read_noise_e": 0.0, "spurious_charge_e": 0.0},
+        "psf": {"kind": "gaussian"},
+        "emitters": {"density_per_um2": 0.5, "photons_std": 0.0},
+        "train": {"frame_size_px": 32, "frames_per_movie": frames_per_movie},
+    })
+    data = TrainingData(cfg)
+    batch = data.batch(20, torch.Generator().manual_seed(3))
+    assert batch.inputs.shape == (20, 3, 32, 32)
+    for b in range(20):
+        torch.testing.assert_close(batch.inputs[b], batch.frames[batch.starts[b]:][:3])
+    photons = batch.targets[..., 0] * data.scaling.photons
+    bright = batch.mask & (photons > 3000)
+    b_idx, k_idx = torch.nonzero(bright, as_tuple=True)
+    rows = batch.targets[b_idx, k_idx, 2].round().long()
+    cols = batch.targets[b_idx, k_idx, 1].round().long()
+    centre = batch.inputs[:, 1]
+    on_target = centre[b_idx, rows, cols] * data.scaling.input_scale
+    # A bright in-frame emitter adds hundreds of photons to its pixel above the background.
+    assert len(on_target) > 10
+    assert np.median(on_target.numpy()) > 300
+    # Target lists hold exactly the central frame's emitters above min_target_photons.
+    counts = torch.bincount(batch.emitters.frame[batch.emitters.photons >= 100], minlength=20)
+    assert torch.equal(counts, batch.mask.sum(1))
+
+
+def test_network_units() -> None:
+    data = TrainingData(Config())
+    batch = data.batch(8, torch.Generator().manual_seed(0))
+    # Background-subtracted, scaled frames: median near 0, emitter peaks near 1.
+    assert abs(batch.inputs.median().item()) < 0.1
+    assert 0.3 < batch.inputs.amax((1, 2, 3)).median().item() < 5
+    assert (batch.targets[batch.mask][:, 0] <= 1).all()
+    assert (batch.targets[batch.mask][:, 3].abs() <= 1).all()
+    assert ((batch.bg > 0) & (batch.bg < 1)).all()
