@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean default-psf
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_simulator.py
+
+# The bundled PSF calibration (src/denseloc/data/): regenerate from the EPFL 2016 beads.
+default-psf: $(STAMP)
+	$(BIN)/denseloc calibrate ../shared/data/beads_epfl2016/beads_as.tif --z-step-nm 10 \
+		--pixel-size-nm 100 --camera emccd --out src/denseloc/data/psf_epfl_beads_as.h5 \
+		--astigmatic src/denseloc/data/psf_epfl_beads_as_astigmatic.yaml
 
 clean:
 	rm -rf $(VENV) demo_output

@@ -166,3 +166,29 @@ def test_evaluate_rejects_unreadable_tables(tmp_path) -> None:
     bad.write_text("frame,foo\n1,2\n")
     result = run("evaluate", str(bad), "--gt", str(bad))
     assert result.exit_code == 2 and "pred.csv" in result.output
+
+
+def test_calibrate_real_beads_and_simulate_with_the_result(shared_data, tmp_path) -> None:
+    psf = tmp_path / "psf.h5"
+    result = run("calibrate", str(shared_data / "beads_epfl2016" / "beads_as.tif"),
+                 "--z-step-nm", "10", "--pixel-size-nm", "100", "--camera", "emccd",
+                 "--out", str(psf), "--astigmatic", str(tmp_path / "astig.yaml"))
+    assert result.exit_code == 0, result.output
+    assert "6 beads used" in result.output and "relative residual" in result.output
+    for psf_arg in (psf, tmp_path / "astig.yaml"):
+        out = tmp_path / f"sim_{psf_arg.suffix[1:]}"
+        result = run("simulate", "--out", str(out), "--frames", "2", "--psf", str(psf_arg))
+        assert result.exit_code == 0, result.output
+        assert load_config(out / "config.yaml").psf.kind == "file"
+
+
+def test_calibrate_needs_camera_and_a_stack(tmp_path) -> None:
+    single = tmp_path / "single.tif"
+    tifffile.imwrite(single, (100 + 10 * __import__("numpy").random.rand(32, 32)).astype("uint16"))
+    result = run("calibrate", str(single), "--z-step-nm", "10", "--pixel-size-nm", "100",
+                 "--out", str(tmp_path / "p.h5"))
+    assert result.exit_code == 2 and "camera settings are needed" in result.output
+    result = run("calibrate", str(single), "--z-step-nm", "10", "--pixel-size-nm", "100",
+                 "--camera", "emccd", "--out", str(tmp_path / "p.h5"))
+    assert result.exit_code == 2 and "single.tif" in result.output
+    assert not (tmp_path / "p.h5").exists()

@@ -190,6 +190,31 @@ def _is_full_config(path: Path) -> bool:
     return isinstance(data, dict) and bool(set(data) - {"camera"})
 
 
+def _camera_config(camera: str | None, values: dict[str, float | None]):
+    """Camera from a preset name, a YAML (camera section or whole config) and/or flags.
+
+    Without `camera`, the flags start from the EMCCD preset when ``em_gain > 1``, otherwise
+    from the sCMOS preset. Returns None when nothing was given.
+    """
+    from denseloc.config import CAMERA_PRESETS, CameraConfig, Config, validated
+
+    given = {k: v for k, v in values.items() if v is not None}
+    if camera is None and not given:
+        return None
+    if camera is not None:
+        base = _with_camera(Config(), camera).camera.model_dump()
+    else:
+        preset = "emccd" if given.get("em_gain", 1.0) > 1 else "scmos"
+        base = CameraConfig(**CAMERA_PRESETS[preset]).model_dump()
+    return validated(CameraConfig, {**base, **given}, name="camera options")
+
+
+_NO_CAMERA = (
+    "camera settings are needed to convert ADU to photons: pass --camera (a preset, a camera "
+    "YAML or the config.yaml of a simulation) or --baseline, --e-per-adu, --em-gain, --qe"
+)
+
+
 def _localize_config(
     stack: Path,
     *,
@@ -200,22 +225,13 @@ def _localize_config(
     camera_values: dict[str, float | None],
 ):
     """The configuration a localization run uses: file, then flags, then TIFF metadata."""
-    from denseloc.config import CAMERA_PRESETS
     from denseloc.io.movie import read_pixel_size_nm
 
-    given = {k: v for k, v in camera_values.items() if v is not None}
-    if camera is None and not given:
-        raise DenselocError(
-            "camera settings are needed to convert ADU to photons: pass --camera "
-            "(a preset, a camera YAML or the config.yaml of a simulation) or --baseline, "
-            "--e-per-adu, --em-gain, --qe"
-        )
     config_path = Path(camera) if camera and Path(camera).is_file() else None
     full = config_path is not None and _is_full_config(config_path)
-    if camera is None:
-        camera = "emccd" if given.get("em_gain", 1.0) > 1 else "scmos"
-        given = {**{"read_noise_e": 0.0, "spurious_charge_e": 0.0},
-                 **CAMERA_PRESETS[camera], **given} if camera == "scmos" else given
+    cam = _camera_config(None if full else camera, camera_values)
+    if cam is None and not full:
+        raise DenselocError(_NO_CAMERA)
     if pixel_size_nm is None and not full:
         pixel_size_nm = read_pixel_size_nm(stack) if stack.exists() else None
         if pixel_size_nm is None:
@@ -223,13 +239,19 @@ def _localize_config(
                 f"{stack}: no pixel size in the file; pass --pixel-size-nm "
                 "(or --camera with a full configuration)"
             )
-    return resolve_config(
+    cfg = resolve_config(
         config_path if full else None,
         psf=psf,
-        camera=None if full else camera,
         **{"image.pixel_size_nm": pixel_size_nm, "psf.sigma_px": sigma_px},
-        **{f"camera.{k}": v for k, v in given.items()},
     )
+    if full:
+        cam = _camera_config(None, camera_values)
+        if cam is not None:  # flags override the file's camera
+            merged = {**cfg.camera.model_dump(), **{
+                k: v for k, v in camera_values.items() if v is not None}}
+            return cfg.model_copy(update={"camera": type(cfg.camera)(**merged)})
+        return cfg
+    return cfg.model_copy(update={"camera": cam})
 
 
 @app.command()
@@ -289,6 +311,47 @@ def localize(
         )
     write_table(table, out, pixel_size_nm=cfg.image.pixel_size_nm)
     typer.echo(f"wrote {len(table)} localizations from {len(selected)} frames to {out}")
+
+
+@app.command()
+@reports_errors
+def calibrate(
+    beads: Annotated[Path, typer.Argument(help="Bead z-stack (TIFF), shape (z, H, W), in ADU.")],
+    out: Annotated[Path, typer.Option("--out", help="Spline PSF file to write (.h5).")],
+    z_step_nm: Annotated[float, typer.Option(help="Distance between slices, nm.")],
+    pixel_size_nm: Annotated[float, typer.Option(help="Pixel size, nm.")],
+    camera: Annotated[
+        str | None, typer.Option(help="emccd | scmos | ideal | camera YAML | config.yaml.")
+    ] = None,
+    baseline: Annotated[float | None, typer.Option(help="Camera offset, ADU.")] = None,
+    e_per_adu: Annotated[float | None, typer.Option(help="Electrons per ADU.")] = None,
+    em_gain: Annotated[float | None, typer.Option(help="EM gain (1 for sCMOS).")] = None,
+    qe: Annotated[float | None, typer.Option(help="Quantum efficiency.")] = None,
+    roi_size_px: Annotated[int, typer.Option(help="Bead region of interest, px (odd).")] = 25,
+    reference_slice: Annotated[
+        float | None, typer.Option(help="Slice at z = 0 (default: the middle slice).")
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Write diagnostic PNGs here.")] = None,
+    astigmatic: Annotated[
+        Path | None, typer.Option(help="Also write the astigmatic Gaussian fit (.yaml).")
+    ] = None,
+) -> None:
+    """Calibrate the PSF from a bead z-stack: a cubic spline (and an astigmatic fit)."""
+    from denseloc.calibration.beads import calibrate_bead_file
+
+    cam = _camera_config(camera, {"baseline_adu": baseline, "e_per_adu": e_per_adu,
+                                  "em_gain": em_gain, "qe": qe})
+    if cam is None:
+        raise DenselocError(_NO_CAMERA)
+    result = calibrate_bead_file(
+        beads, out, z_step_nm=z_step_nm, pixel_size_nm=pixel_size_nm, camera=cam,
+        roi_size_px=roi_size_px, reference_slice=reference_slice, report_dir=report,
+        astigmatic_path=astigmatic,
+    )
+    typer.echo(result.summary())
+    typer.echo(f"model reproduces the measured average PSF to a relative residual of "
+               f"{result.bead_residual:.3f} (single beads vs the others) and "
+               f"{result.relative_residual:.4f} (spline vs average); wrote {out}")
 
 
 @app.command()

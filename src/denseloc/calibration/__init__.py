@@ -19,7 +19,13 @@ __all__ = [
 
 
 def load_psf(path: str | os.PathLike):
-    """Load a PSF calibration file: denseloc spline ``.h5`` or SMAP ``*_3dcal.mat``."""
+    """Load a PSF calibration file by its suffix.
+
+    ``.h5``/``.hdf5``: denseloc spline PSF (:class:`CubicSplinePSF`); ``.mat``: SMAP
+    ``*_3dcal.mat``; ``.yaml``/``.yml``: astigmatic Gaussian (Huang) model written by
+    :func:`denseloc.calibration.astigmatic.save_astigmatic`, returned as an
+    :class:`~denseloc.sim.psf.AstigmaticPSF`.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputFileError(path, "PSF calibration file not found")
@@ -28,4 +34,10 @@ def load_psf(path: str | os.PathLike):
         return CubicSplinePSF.load(path)
     if suffix == ".mat":
         return read_smap_3dcal(path)
-    raise InputFileError(path, "unknown PSF calibration format (expected .h5 or .mat)")
+    if suffix in (".yaml", ".yml"):
+        from denseloc.calibration.astigmatic import load_astigmatic
+
+        return load_astigmatic(path)
+    raise InputFileError(
+        path, "unknown PSF calibration format (expected .h5, .mat, or an astigmatic .yaml)"
+    )

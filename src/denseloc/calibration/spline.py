@@ -475,6 +475,7 @@ class CubicSplinePSF:
         pixel_size_nm: float | None = None,
         source: str | None = None,
         extra_attrs: Mapping[str, Any] | None = None,
+        coefficients: bool | None = None,
     ) -> Path:
         """Write the PSF to a self-describing HDF5 file (atomically).
 
@@ -490,6 +491,11 @@ class CubicSplinePSF:
         extra_attrs : mapping, optional
             Further attributes (str, numbers or arrays), stored in the ``metadata`` group and
             returned in :attr:`metadata` by :meth:`load`.
+        coefficients : bool, optional
+            Store the 64 coefficients per voxel. By default they are stored only when the PSF
+            has no sampled stack: the stack determines them exactly and is 64 times smaller,
+            so :meth:`load` recomputes them from it (a calibration file is then a few hundred
+            kB instead of tens of MB).
 
         Returns
         -------
@@ -518,7 +524,8 @@ class CubicSplinePSF:
                 f.attrs["y0"] = self.y0
                 f.attrs["z0"] = self.z0
                 f.attrs["z_range_nm"] = np.asarray(self.z_range_nm, dtype=np.float64)
-                f.create_dataset("coeff", data=self._coeff, compression="gzip", shuffle=True)
+                if coefficients or (coefficients is None and self.stack is None):
+                    f.create_dataset("coeff", data=self._coeff, compression="gzip", shuffle=True)
                 if self.stack is not None:
                     f.create_dataset("stack", data=self.stack, compression="gzip", shuffle=True)
                 group = f.create_group("metadata")
@@ -558,15 +565,22 @@ class CubicSplinePSF:
                     )
                 a = f.attrs
                 source = str(a["source"]) or None
+                stack = f["stack"][()] if "stack" in f else None
+                if "coeff" in f:
+                    coeff = f["coeff"][()]
+                elif stack is not None:
+                    coeff = tricubic_coefficients(stack)
+                else:
+                    raise InputFileError(path, "holds neither coefficients nor a PSF stack")
                 psf = cls(
-                    f["coeff"][()],
+                    coeff,
                     dz_nm=float(a["dz_nm"]),
                     x0=float(a["x0"]),
                     y0=float(a["y0"]),
                     z0=float(a["z0"]),
                     upsample=int(a["upsample"]),
                     z_range_nm=tuple(float(v) for v in a["z_range_nm"]),
-                    stack=f["stack"][()] if "stack" in f else None,
+                    stack=stack,
                     pixel_size_nm=float(a["pixel_size_nm"]),
                     source=source,
                     metadata={k: _attr_value(v) for k, v in f["metadata"].attrs.items()}
