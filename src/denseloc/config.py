@@ -183,7 +183,9 @@ class PSFConfig(_Model):
     sigma_px: float = Field(1.0, gt=0, description="width of the 2D Gaussian PSF, px")
     astigmatic: AstigmaticConfig = Field(default_factory=AstigmaticConfig)
     path: Path | None = Field(
-        None, description="PSF calibration file (kind: file), e.g. from `denseloc calibrate`"
+        None,
+        description="PSF calibration file (kind: file), e.g. from `denseloc calibrate`; "
+        "denseloc:psf_epfl_beads_as.h5 is the bundled EPFL astigmatic calibration",
     )
 
     @model_validator(mode="after")
@@ -282,6 +284,12 @@ class TrainConfig(_Model):
         100.0, ge=0, description="emitters with fewer photons in a frame are not targets"
     )
     bg_weight: float = Field(1.0, ge=0, description="weight of the background loss term")
+    detection_warmup_steps: int = Field(
+        600,
+        ge=0,
+        description="steps over which an auxiliary detection loss (weight 1 -> 0) speeds up "
+        "the start of training; 0: the pure mixture loss throughout",
+    )
     validation_samples: int = Field(512, ge=1, description="fixed-seed validation frames")
     seed: int = Field(0, ge=0, description="seed of training data and weights")
     threads: int | None = Field(
@@ -384,7 +392,9 @@ def load_config(path: str | os.PathLike) -> Config:
 
 def _resolve_paths(cfg: Config, base: Path) -> Config:
     def fix(p: Path | None) -> Path | None:
-        return p if p is None or p.is_absolute() else (base / p).resolve()
+        if p is None or p.is_absolute() or str(p).startswith("denseloc:"):  # bundled data
+            return p
+        return (base / p).resolve()
 
     cam = cfg.camera
     camera = cam.model_copy(

@@ -91,3 +91,15 @@ def test_gradient_is_finite_at_initialisation() -> None:
     grads = [p.grad for p in net.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert sum(float(g.norm()) for g in grads) > 0
+
+
+def test_detection_bce_rewards_p_on_the_target_pixel() -> None:
+    from denseloc.nn.loss import detection_bce
+
+    targets = torch.tensor([[[0.5, 3.2, 4.6, 0.0]]])
+    mask = torch.tensor([[True]])
+    out = torch.full((1, 10, 8, 8), -10.0)
+    out[0, 0, 5, 3] = 10.0  # row round(4.6) = 5, column round(3.2) = 3
+    assert detection_bce(out, targets, mask).item() < 0.01
+    out[0, 0, 5, 3] = -10.0
+    assert detection_bce(out, targets, mask).item() == pytest.approx(10.0, abs=0.01)

@@ -10,12 +10,33 @@ from denseloc.calibration.spline import CubicSplinePSF, psf_stack_from_model
 from denseloc.errors import InputFileError
 
 __all__ = [
+    "BUILTIN_PREFIX",
     "CubicSplinePSF",
     "load_psf",
     "psf_stack_from_model",
     "read_smap_3dcal",
+    "resolve_builtin",
     "write_smap_3dcal",
 ]
+
+
+BUILTIN_PREFIX = "denseloc:"
+"""Paths starting with this name files bundled with the package (``denseloc:NAME``)."""
+
+
+def resolve_builtin(path: str | os.PathLike) -> Path:
+    """Map ``denseloc:NAME`` to the bundled data file NAME; other paths are returned as is.
+
+    The bundled files: ``psf_epfl_beads_as.h5`` (spline PSF calibrated from the EPFL 2016
+    astigmatic beads with ``make default-psf``) and its astigmatic Gaussian fit
+    ``psf_epfl_beads_as_astigmatic.yaml``.
+    """
+    text = str(path)
+    if not text.startswith(BUILTIN_PREFIX):
+        return Path(path)
+    from importlib.resources import files
+
+    return Path(str(files("denseloc") / "data" / text.removeprefix(BUILTIN_PREFIX)))
 
 
 def load_psf(path: str | os.PathLike):
@@ -26,7 +47,7 @@ def load_psf(path: str | os.PathLike):
     :func:`denseloc.calibration.astigmatic.save_astigmatic`, returned as an
     :class:`~denseloc.sim.psf.AstigmaticPSF`.
     """
-    path = Path(path)
+    path = resolve_builtin(path)
     if not path.is_file():
         raise InputFileError(path, "PSF calibration file not found")
     suffix = path.suffix.lower()

@@ -57,15 +57,15 @@ class FitResult:
 
 
 def psf_width_px(psf: PSF) -> float:
-    """RMS width (px) of the PSF at z = 0 along its narrower axis, from second moments."""
+    """Width (px) of the Gaussian with the same peak pixel as the PSF at z = 0.
+
+    ``sigma = 1 / sqrt(2 pi peak)``: robust to the extended tails of measured PSFs, whose
+    second moments would overstate the width of the core that detection must match.
+    """
     size = psf.default_patch_size()
     zero = torch.zeros(1, dtype=torch.float64)
-    image = psf.evaluate(zero, zero, zero, size)[0]
-    coords = torch.arange(size, dtype=torch.float64) - size // 2
-    total = image.sum()
-    var_x = (image.sum(0) * coords**2).sum() / total
-    var_y = (image.sum(1) * coords**2).sum() / total
-    return math.sqrt(float(torch.minimum(var_x, var_y)))
+    peak = float(psf.evaluate(zero, zero, zero, size)[0].max())
+    return math.sqrt(1.0 / (2 * math.pi * peak))
 
 
 def _nll(mu: torch.Tensor, data: torch.Tensor) -> torch.Tensor:

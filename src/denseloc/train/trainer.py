@@ -30,7 +30,7 @@ from denseloc._atomic import atomic_path
 from denseloc._runtime import configure_cpu, select_device
 from denseloc.config import Config
 from denseloc.errors import DenselocError
-from denseloc.nn.loss import gmm_loss
+from denseloc.nn.loss import detection_bce, gmm_loss
 from denseloc.nn.model import DecodeNet
 from denseloc.train.artifact import TrainedModel
 from denseloc.train.data import Batch, TrainingData
@@ -241,6 +241,10 @@ class Trainer:
             group["lr"] = self.lr_at(self.state.step)
         output = self.net.forward_windows(batch.frames, batch.starts)
         loss = gmm_loss(output, batch.targets, batch.mask, batch.bg, bg_weight=tc.bg_weight).total
+        aux_weight = 1.0 - self.state.step / tc.detection_warmup_steps if (
+            self.state.step < tc.detection_warmup_steps) else 0.0
+        if aux_weight > 0:
+            loss = loss + aux_weight * detection_bce(output, batch.targets, batch.mask)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip)

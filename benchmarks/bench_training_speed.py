@@ -1,0 +1,87 @@
+"""Training and inference throughput of the network on this machine.
+
+Usage: python benchmarks/bench_training_speed.py [--seconds S]
+
+Training: samples per second of full training steps (simulation of the batch, forward,
+Gaussian-mixture loss, backward, AdamW) for several network widths, training frame sizes
+and movie lengths (``frames_per_movie`` 3: independent samples; 8: consecutive windows share
+frame features). Inference: frames per second of the network (3-frame context, features
+reused across windows) on 64x64 and 256x256 frames, without post-processing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from _common import write_results
+from denseloc._runtime import configure_cpu
+from denseloc.config import Config
+from denseloc.localize.network import network_outputs
+from denseloc.nn.model import DecodeNet
+from denseloc.train.artifact import TrainedModel
+from denseloc.train.trainer import Trainer
+
+
+def training_rate(filters: int, frame_px: int, frames_per_movie: int, seconds: float) -> float:
+    cfg = Config.model_validate({
+        "emitters": {"density_per_um2": 1.0},
+        "model": {"filters": filters},
+        "train": {"frame_size_px": frame_px, "frames_per_movie": frames_per_movie,
+                  "density_range_per_um2": [0.05, 2.5], "validation_samples": 1},
+    })
+    trainer = Trainer(cfg, "/tmp/denseloc-speed-unused", device="cpu")
+    gen = trainer.generator
+    for _ in range(3):  # warm-up
+        trainer._step(trainer.data.batch(cfg.train.batch_size, gen))
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        trainer._step(trainer.data.batch(cfg.train.batch_size, gen))
+        done += cfg.train.batch_size
+    return done / (time.perf_counter() - start)
+
+
+def inference_rate(filters: int, size: int, seconds: float) -> float:
+    cfg = Config()
+    net = DecodeNet(filters=filters).eval().to(memory_format=torch.channels_last)
+    from denseloc.train.data import TrainingData
+
+    model = TrainedModel(net, TrainingData(cfg).scaling, cfg)
+    frames = torch.rand(16 if size <= 64 else 4, size, size) * 500 + 100
+    network_outputs(model, frames)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        network_outputs(model, frames)
+        done += len(frames)
+    return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=12.0)
+    args = parser.parse_args()
+    configure_cpu(2)
+    rows = []
+    for filters, frame_px, fpm in [(16, 40, 3), (16, 40, 8), (16, 32, 8), (8, 40, 8),
+                                   (24, 40, 8), (32, 40, 8), (48, 40, 3), (48, 40, 8)]:
+        rate = training_rate(filters, frame_px, fpm, args.seconds)
+        rows.append({"kind": "train", "filters": filters, "frame_px": frame_px,
+                     "frames_per_movie": fpm, "rate": round(rate, 1), "unit": "samples/s"})
+        print(rows[-1], flush=True)
+    for filters in (16, 48):
+        for size in (64, 256):
+            rate = inference_rate(filters, size, args.seconds)
+            rows.append({"kind": "inference", "filters": filters, "frame_px": size,
+                         "frames_per_movie": "-", "rate": round(rate, 1), "unit": "frames/s"})
+            print(rows[-1], flush=True)
+    write_results(
+        "training_speed", rows,
+        "2 torch threads, channels-last, batch 32, density 0.05-2.5 /um^2, 3-frame context, "
+        "depth 2. Training rate includes simulating the batch.",
+    )
+
+
+if __name__ == "__main__":
+    main()
