@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean default-psf
+.PHONY: demo test lint bench clean default-psf default-model
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,16 @@ default-psf: $(STAMP)
 	$(BIN)/denseloc calibrate ../shared/data/beads_epfl2016/beads_as.tif --z-step-nm 10 \
 		--pixel-size-nm 100 --camera emccd --out src/denseloc/data/psf_epfl_beads_as.h5 \
 		--astigmatic src/denseloc/data/psf_epfl_beads_as_astigmatic.yaml
+
+# The bundled network (src/denseloc/data/default_model/): 30 CPU-minutes of training on the
+# benchmark setting. Runs are deterministic for a seed except for how many steps fit in the
+# time budget on the machine at hand.
+MODEL_FILES := config.yaml model.yaml weights.pt training_log.csv curves.png
+default-model: $(STAMP)
+	$(BIN)/denseloc train benchmarks/configs/epfl_as.yaml --out build/default_model \
+		--minutes 30 --device cpu
+	mkdir -p src/denseloc/data/default_model
+	for f in $(MODEL_FILES); do cp build/default_model/$$f src/denseloc/data/default_model/; done
 
 clean:
 	rm -rf $(VENV) demo_output

@@ -107,7 +107,7 @@ def test_localize_mle_then_evaluate_json(sparse_movie, tmp_path) -> None:
     import json
 
     locs = tmp_path / "locs.parquet"
-    result = run("localize", str(sparse_movie / "frames.tif"), "--camera",
+    result = run("localize", str(sparse_movie / "frames.tif"), "--method", "mle", "--camera",
                  str(sparse_movie / "config.yaml"), "--psf", "gaussian", "--out", str(locs))
     assert result.exit_code == 0, result.output
     result = run("evaluate", str(locs), "--gt", str(sparse_movie / "ground_truth.csv"),
@@ -125,7 +125,8 @@ def test_localize_mle_then_evaluate_json(sparse_movie, tmp_path) -> None:
 
 def test_localize_frames_range_and_camera_flags(sparse_movie, tmp_path) -> None:
     locs = tmp_path / "locs.csv"
-    result = run("localize", str(sparse_movie / "frames.tif"), "--baseline", "100",
+    result = run("localize", str(sparse_movie / "frames.tif"), "--method", "mle", "--baseline",
+                 "100",
                  "--e-per-adu", "45", "--em-gain", "300", "--qe", "0.9",
                  "--pixel-size-nm", "100", "--psf", "gaussian", "--frames", "5:9",
                  "--out", str(locs))
@@ -145,8 +146,8 @@ def test_localize_frames_range_and_camera_flags(sparse_movie, tmp_path) -> None:
 )
 def test_localize_rejects_bad_input(sparse_movie, tmp_path, extra, message) -> None:
     out = tmp_path / "l.csv"
-    result = run("localize", str(sparse_movie / "frames.tif"), "--pixel-size-nm", "100",
-                 "--out", str(out), *extra)
+    result = run("localize", str(sparse_movie / "frames.tif"), "--method", "mle",
+                 "--pixel-size-nm", "100", "--out", str(out), *extra)
     assert result.exit_code == 2 and message in result.output, result.output
     assert not out.exists()
 

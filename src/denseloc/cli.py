@@ -29,6 +29,8 @@ config_app = typer.Typer(help="Create and check configuration files.", no_args_i
 app.add_typer(config_app, name="config")
 
 F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_MODEL = "denseloc:default_model"
+"""The bundled model (``src/denseloc/data/default_model``, see ``make default-model``)."""
 EXIT_INPUT_ERROR = 2
 
 
@@ -262,10 +264,14 @@ def localize(
         Path, typer.Option("--out", help="Localization table (.parquet, .csv, .h5, .hdf5).")
     ],
     method: Annotated[
-        str, typer.Option(help="mle: classical detection + maximum-likelihood fit.")
-    ] = "mle",
+        str,
+        typer.Option(help="network (trained model) | mle (detection + maximum-likelihood fit)."),
+    ] = "network",
+    model: Annotated[
+        str, typer.Option(help="Trained model folder (network); default: the bundled model.")
+    ] = DEFAULT_MODEL,
     psf: Annotated[
-        str | None, typer.Option(help="gaussian | astigmatic | PATH to a PSF calibration.")
+        str | None, typer.Option(help="mle: gaussian | astigmatic | PATH to a PSF calibration.")
     ] = None,
     sigma_px: Annotated[
         float | None, typer.Option(help="Width of the Gaussian PSF, px (--psf gaussian).")
@@ -282,35 +288,71 @@ def localize(
     read_noise_e: Annotated[float | None, typer.Option(help="Read noise, e-.")] = None,
     frames: Annotated[str | None, typer.Option(help="START:STOP, frames to process.")] = None,
     threshold: Annotated[
-        float, typer.Option(help="Detection threshold, in noise standard deviations (mle).")
-    ] = 5.0,
+        float | None,
+        typer.Option(help="network: detection probability (default: the model's tuned value); "
+                     "mle: noise standard deviations (default 5)."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda (network).")] = "auto",
 ) -> None:
     """Localize the emitters in a movie and write a localization table."""
+    from rich.progress import Progress
+
     from denseloc.io import open_movie, write_table
     from denseloc.localize.pipeline import frame_range, localize_movie_mle
 
-    if method != "mle":
-        raise DenselocError(f"unknown method {method!r}; available: mle")
-    cfg = _localize_config(
-        stack,
-        camera=camera,
-        psf=psf,
-        sigma_px=sigma_px,
-        pixel_size_nm=pixel_size_nm,
-        camera_values={"baseline_adu": baseline, "e_per_adu": e_per_adu, "em_gain": em_gain,
-                       "qe": qe, "read_noise_e": read_noise_e},
-    )
-    from rich.progress import Progress
-
+    if method not in ("network", "mle"):
+        raise DenselocError(f"unknown method {method!r}; available: network, mle")
+    camera_values = {"baseline_adu": baseline, "e_per_adu": e_per_adu, "em_gain": em_gain,
+                     "qe": qe, "read_noise_e": read_noise_e}
+    if method == "mle":
+        cfg = _localize_config(stack, camera=camera, psf=psf, sigma_px=sigma_px,
+                               pixel_size_nm=pixel_size_nm, camera_values=camera_values)
+        trained = None
+    else:
+        trained, cfg = _network_config(model, device, camera, pixel_size_nm, camera_values)
     with open_movie(stack) as movie, Progress(console=_stderr_console(), transient=True) as bar:
         selected = frame_range(frames, len(movie))
         task = bar.add_task("localizing", total=len(selected))
-        table = localize_movie_mle(
-            movie, cfg, frames=selected, threshold=threshold,
-            progress=lambda done, _: bar.update(task, completed=done),
-        )
+        update = lambda done, _: bar.update(task, completed=done)  # noqa: E731
+        if trained is None:
+            table = localize_movie_mle(movie, cfg, frames=selected, progress=update,
+                                       threshold=5.0 if threshold is None else threshold)
+        else:
+            from denseloc.localize.pipeline import localize_movie_network
+
+            table = localize_movie_network(movie, trained, cfg, frames=selected,
+                                           threshold=threshold, progress=update)
     write_table(table, out, pixel_size_nm=cfg.image.pixel_size_nm)
     typer.echo(f"wrote {len(table)} localizations from {len(selected)} frames to {out}")
+
+
+def _network_config(model: str, device: str, camera: str | None, pixel_size_nm: float | None,
+                    camera_values: dict[str, float | None]):
+    """Load a trained model; the data's settings are the model's unless flags say otherwise."""
+    from denseloc._runtime import configure_cpu, select_device
+    from denseloc.calibration import resolve_builtin
+    from denseloc.localize.pipeline import check_model_matches
+    from denseloc.train.artifact import TrainedModel
+
+    dev = select_device(device)
+    if dev.type == "cpu":
+        configure_cpu()
+    trained = TrainedModel.load(resolve_builtin(model), device=dev)
+    cfg = trained.config
+    cam = _camera_config(camera, camera_values)
+    if cam is None:
+        typer.secho(f"note: no camera settings given; using those the model was trained for "
+                    f"({cfg.camera.kind}, baseline {cfg.camera.baseline_adu:g} ADU, "
+                    f"{cfg.camera.e_per_adu:g} e-/ADU, gain {cfg.camera.em_gain:g})", err=True)
+    else:
+        cfg = cfg.model_copy(update={"camera": cam})
+    if pixel_size_nm is not None:
+        cfg = cfg.model_copy(update={"image": cfg.image.model_copy(
+            update={"pixel_size_nm": pixel_size_nm})})
+    for problem in check_model_matches(trained.config, cfg):
+        typer.secho(f"warning: {problem}; results will be unreliable - train a model for "
+                    "your microscope (denseloc train)", fg=typer.colors.YELLOW, err=True)
+    return trained, cfg
 
 
 @app.command()
@@ -500,12 +542,12 @@ def config_check(config: Annotated[Path, typer.Argument(help="Configuration YAML
 @reports_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("demo_output"),
+    model: Annotated[str, typer.Option(help="Trained model folder.")] = DEFAULT_MODEL,
 ) -> None:
-    """Run the demo on built-in defaults: simulate a movie and show what was made."""
-    from denseloc.config import Config
+    """Run the demo on built-in defaults: simulate, localize, evaluate, report."""
     from denseloc.demo import run_demo
 
-    run_demo(Config(), out, simulate=_simulate_with_progress, echo=typer.echo)
+    run_demo(out, model_dir=model, simulate=_simulate_with_progress, echo=typer.echo)
 
 
 def main() -> None:

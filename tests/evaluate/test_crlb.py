@@ -91,3 +91,21 @@ def test_add_crlb_columns_in_nm() -> None:
     expected = [rieger_stallinga_px(1.3, p, 10.0) * 100 for p in (2000.0, 500.0)]
     np.testing.assert_allclose(out["crlb_x_nm"], expected, rtol=0.03)
     assert out["crlb_z_nm"].isna().all()
+
+
+def test_spline_crlb_matches_the_model_it_was_built_from() -> None:
+    from denseloc.calibration.spline import CubicSplinePSF, psf_stack_from_model
+
+    model = AstigmaticPSF((1.2, 1.3), (-200.0, 250.0), (400.0, 400.0))
+    z_grid = torch.arange(-750.0, 751.0, 10.0, dtype=torch.float64)
+    stack = psf_stack_from_model(model, z_grid, 21)
+    spline = CubicSplinePSF.from_stack(stack.numpy(), dz_nm=10.0, pixel_size_nm=100.0)
+    z = t(-400, -105, 0, 233, 500)
+    n = len(z)
+    dx, dy = t(0.1, -0.3, 0.0, 0.25, -0.45), t(-0.2, 0.4, 0.0, -0.1, 0.3)
+    args = dict(dx_px=dx, dy_px=dy, noise=NoiseModel(excess_noise=2.0), size=21)
+    photons, bg = torch.full((n,), 3000.0, dtype=torch.float64), torch.full((n,), 80.0,
+                                                                           dtype=torch.float64)
+    expected = crlb(model, z, photons, bg, **args)
+    got = crlb(spline, z, photons, bg, **args)
+    torch.testing.assert_close(got, expected, rtol=0.02, atol=0)

@@ -92,4 +92,5 @@ def predict_frames(
         pixel_size_nm=pixel_size_nm,
         threshold=model.threshold if threshold is None else threshold,
         frames=torch.arange(len(out)) + frame_offset,
+        sigma_scale=model.sigma_scale,
     )

@@ -16,7 +16,7 @@ from denseloc.config import Config
 from denseloc.io.movie import Movie
 from denseloc.sim.camera import Camera
 
-__all__ = ["frame_range", "localize_movie_mle"]
+__all__ = ["check_model_matches", "frame_range", "localize_movie_mle", "localize_movie_network"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,70 @@ def localize_movie_mle(
         pixel_size_nm=config.image.pixel_size_nm,
         source=str(movie.path),
         config=config.to_yaml(),
+    )
+    logger.info("%d localizations in %d frames", len(table), len(frames))
+    return table
+
+
+def check_model_matches(model_config: Config, config: Config) -> list[str]:
+    """Differences between what a model was trained for and the data's settings."""
+    problems = []
+    trained_px, data_px = model_config.image.pixel_size_nm, config.image.pixel_size_nm
+    if abs(trained_px - data_px) > 0.02 * trained_px:
+        problems.append(
+            f"the model was trained for {trained_px:g} nm pixels, the data has {data_px:g} nm"
+        )
+    if model_config.camera.kind != config.camera.kind:
+        problems.append(
+            f"the model was trained for an {model_config.camera.kind} camera, the data comes "
+            f"from an {config.camera.kind}"
+        )
+    return problems
+
+
+def localize_movie_network(
+    movie: Movie,
+    model,
+    config: Config,
+    *,
+    frames: range | None = None,
+    chunk_frames: int = 64,
+    threshold: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> pd.DataFrame:
+    """Localize every frame of `movie` with a trained network.
+
+    Frames are converted to photons with ``config.camera``; chunks are processed with their
+    neighbouring frames as temporal context, so the result does not depend on the chunk size.
+    """
+    from denseloc.localize.network import predict_frames
+    from denseloc.table import validate
+
+    frames = frames or range(len(movie))
+    _, height, width = movie.shape
+    camera = Camera.from_config(config.camera, (height, width))
+
+    def photons(a: int, b: int) -> torch.Tensor:
+        return camera.adu_to_photons(torch.from_numpy(movie[a:b].astype("float32")))
+
+    tables, done = [], 0
+    for start, chunk in movie.iter_chunks(chunk_frames, start=frames.start, stop=frames.stop):
+        stop = start + len(chunk)
+        chunk_photons = camera.adu_to_photons(torch.from_numpy(chunk.astype("float32")))
+        before = photons(start - 1, start)[0] if start > 0 else None
+        after = photons(stop, stop + 1)[0] if stop < len(movie) else None
+        tables.append(
+            predict_frames(
+                model, chunk_photons, pixel_size_nm=config.image.pixel_size_nm,
+                frame_offset=start, threshold=threshold, before=before, after=after,
+            )
+        )
+        done += len(chunk)
+        if progress is not None:
+            progress(done, len(frames))
+    table = validate(pd.concat(tables, ignore_index=True), name=str(movie.path))
+    table.attrs.update(
+        pixel_size_nm=config.image.pixel_size_nm, source=str(movie.path), config=config.to_yaml()
     )
     logger.info("%d localizations in %d frames", len(table), len(frames))
     return table

@@ -45,6 +45,7 @@ def maps_to_table(
     threshold: float = 0.5,
     frames: torch.Tensor | np.ndarray | None = None,
     origin_px: tuple[int, int] = (0, 0),
+    sigma_scale: tuple[float, float, float] = (1.0, 1.0, 1.0),
 ) -> pd.DataFrame:
     """Localizations from network output (B, 10, H, W).
 
@@ -62,6 +63,8 @@ def maps_to_table(
         Frame index of each output (default: 0..B-1).
     origin_px : (row, col)
         Position of the maps' pixel (0, 0) in the full frame (tiles).
+    sigma_scale : (float, float, float)
+        Calibration factors of the predicted sigmas (x, y, z), from validation data.
     """
     from denseloc.table import px_to_nm, validate
 
@@ -84,9 +87,9 @@ def maps_to_table(
             "photons": vals[:, 1] * scaling.photons,
             "bg": vals[:, 9] * scaling.bg_photons,
             "p": integrated[b, row, col].cpu().double().numpy(),
-            "sigma_x_nm": vals[:, 5] * pixel_size_nm,
-            "sigma_y_nm": vals[:, 6] * pixel_size_nm,
-            "sigma_z_nm": vals[:, 7] * scaling.z_nm,
+            "sigma_x_nm": vals[:, 5] * pixel_size_nm * sigma_scale[0],
+            "sigma_y_nm": vals[:, 6] * pixel_size_nm * sigma_scale[1],
+            "sigma_z_nm": vals[:, 7] * scaling.z_nm * sigma_scale[2],
             "sigma_photons": vals[:, 8] * scaling.photons,
         }
     )

@@ -1,0 +1,94 @@
+"""Localizing movies with a trained network: chunking, context frames, the CLI path."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from denseloc.cli import app
+from denseloc.config import Config
+from denseloc.io import open_movie
+from denseloc.localize.pipeline import check_model_matches, localize_movie_network
+from denseloc.sim.simulator import simulate_movie
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    from denseloc.calibration import resolve_builtin
+    from denseloc.cli import DEFAULT_MODEL
+    from denseloc.train.artifact import TrainedModel
+
+    return resolve_builtin(DEFAULT_MODEL), TrainedModel.load(resolve_builtin(DEFAULT_MODEL))
+
+
+@pytest.fixture(scope="module")
+def movie(bundled, tmp_path_factory):
+    _, model = bundled
+    cfg = model.config.model_copy(update={
+        "image": model.config.image.model_copy(update={"size_px": (48, 48)}),
+        "emitters": model.config.emitters.model_copy(update={"density_per_um2": 0.5}),
+        "simulation": model.config.simulation.model_copy(update={"n_frames": 24, "seed": 7}),
+    })
+    paths = simulate_movie(cfg, tmp_path_factory.mktemp("movie"))
+    return paths["frames"], cfg, paths["ground_truth"]
+
+
+def test_bundled_model_localizes_a_simulated_movie(bundled, movie) -> None:
+    from denseloc.evaluate import evaluate
+
+    _, model = bundled
+    path, cfg, truth_path = movie
+    with open_movie(path) as mv:
+        table = localize_movie_network(mv, model, cfg)
+    metrics, _ = evaluate(table, pd.read_csv(truth_path), min_photons=500.0)
+    # The benchmark measured Jaccard 0.89 at 0.1 /um^2 and 0.59 at 2 /um^2 with lateral RMSE
+    # 57-83 nm (benchmarks/results/training_default_f16*.md); a broken model or pipeline
+    # falls far below these bounds.
+    assert metrics.jaccard > 0.6, metrics
+    assert metrics.rmse_lateral_nm < 90 and metrics.rmse_axial_nm < 110, metrics
+
+
+def test_chunked_inference_equals_whole_movie(bundled, movie) -> None:
+    _, model = bundled
+    path, cfg, _ = movie
+    with open_movie(path) as mv:
+        whole = localize_movie_network(mv, model, cfg, chunk_frames=24)
+        chunked = localize_movie_network(mv, model, cfg, chunk_frames=5)
+        part = localize_movie_network(mv, model, cfg, frames=range(3, 7), chunk_frames=3)
+    assert len(whole) > 0
+    pd.testing.assert_frame_equal(whole, chunked, check_exact=False, rtol=1e-5, atol=1e-3)
+    # Frames 3..6 with their real neighbours as context: the same rows as in the whole run.
+    expected = whole[whole["frame"].between(3, 6)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(part, expected, check_exact=False, rtol=1e-5, atol=1e-3)
+
+
+def test_cli_network_localize_and_model_mismatch_warning(bundled, movie, tmp_path) -> None:
+    model_dir, _ = bundled
+    path, _, _ = movie
+    runner = CliRunner()
+    out = tmp_path / "locs.csv"
+    result = runner.invoke(app, ["localize", str(path), "--out", str(out)])  # bundled model
+    assert result.exit_code == 0, result.output
+    assert "using those the model was trained for" in result.output
+    table = pd.read_csv(out)
+    assert len(table) > 0 and table["frame"].between(0, 23).all()
+    result = runner.invoke(app, ["localize", str(path), "--model", str(model_dir),
+                                 "--pixel-size-nm", "160", "--camera", "scmos",
+                                 "--out", str(tmp_path / "l2.csv")])
+    assert result.exit_code == 0, result.output
+    assert "160 nm" in result.output and "scmos" in result.output
+
+
+def test_missing_model_folder_is_a_clear_error(movie, tmp_path) -> None:
+    path, _, _ = movie
+    result = CliRunner().invoke(app, ["localize", str(path), "--model", str(tmp_path / "none"),
+                                      "--out", str(tmp_path / "l.csv")])
+    assert result.exit_code == 2 and "model folder not found" in result.output
+
+
+def test_check_model_matches() -> None:
+    cfg = Config()
+    assert check_model_matches(cfg, cfg) == []
+    other = cfg.model_copy(update={"image": cfg.image.model_copy(update={"pixel_size_nm": 130})})
+    assert "130 nm" in check_model_matches(cfg, other)[0]
