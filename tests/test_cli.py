@@ -43,6 +43,14 @@ def test_flags_override_the_config_file(tmp_path) -> None:
     assert tifffile.imread(tmp_path / "o" / "frames.tif").shape == (2, 20, 20)
 
 
+def test_bundled_psf_by_name(tmp_path) -> None:
+    result = run("simulate", "--out", str(tmp_path / "o"), "--frames", "1", "--frame-size", "16",
+                 "--psf", "denseloc:psf_epfl_beads_as.h5")
+    assert result.exit_code == 0, result.output
+    assert str(load_config(tmp_path / "o" / "config.yaml").psf.path) == (
+        "denseloc:psf_epfl_beads_as.h5")
+
+
 def test_camera_from_a_simulation_config(tmp_path) -> None:
     source = tmp_path / "source.yaml"
     source.write_text(Config().with_camera_preset("ideal").to_yaml())

@@ -95,10 +95,13 @@ def resolve_config(
     if psf is not None:
         if psf in ("gaussian", "astigmatic"):
             update = {"kind": psf}
-        elif Path(psf).suffix or Path(psf).exists():
-            if not Path(psf).is_file():
+        elif psf.startswith("denseloc:") or Path(psf).suffix or Path(psf).exists():
+            from denseloc.calibration import resolve_builtin
+
+            if not resolve_builtin(psf).is_file():
                 raise DenselocError(f"{psf}: PSF calibration file not found")
-            update = {"kind": "file", "path": Path(psf).resolve()}
+            bundled = psf.startswith("denseloc:")  # kept symbolic: portable across installs
+            update = {"kind": "file", "path": Path(psf) if bundled else Path(psf).resolve()}
         else:
             raise ConfigError(
                 f"unknown PSF {psf!r}: use gaussian, astigmatic or a calibration file path"
