@@ -7,10 +7,11 @@ with code 2, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -175,13 +176,10 @@ def simulate(
 
 
 def _simulate_with_progress(cfg, out: Path) -> dict[str, Path]:
-    from rich.progress import Progress
-
     from denseloc.sim.simulator import simulate_movie
 
-    with Progress(console=_stderr_console(), transient=True) as bar:
-        task = bar.add_task("simulating", total=cfg.simulation.n_frames)
-        return simulate_movie(cfg, out, progress=lambda done, _: bar.update(task, completed=done))
+    with _frames_progress("simulating", cfg.simulation.n_frames) as update:
+        return simulate_movie(cfg, out, progress=update)
 
 
 def _is_full_config(path: Path) -> bool:
@@ -296,15 +294,32 @@ def localize(
                      "mle: noise standard deviations (default 5)."),
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda (network).")] = "auto",
+    batch_size: Annotated[
+        str, typer.Option(help="network: frames per forward pass, or auto (~260k px per pass).")
+    ] = "auto",
+    max_sigma_nm: Annotated[
+        float | None,
+        typer.Option(help="Drop localizations with lateral sigma sqrt(sx^2 + sy^2) above this."),
+    ] = None,
+    sigma_quantile: Annotated[
+        float | None,
+        typer.Option(help="Keep this fraction (0-1] with the smallest lateral sigma."),
+    ] = None,
+    group: Annotated[
+        bool, typer.Option(help="Merge one emitter's localizations in consecutive frames.")
+    ] = False,
+    group_radius_nm: Annotated[
+        float, typer.Option(help="--group: largest lateral distance between frames, nm.")
+    ] = 50.0,
+    group_gap: Annotated[int, typer.Option(help="--group: dark frames a group may skip.")] = 0,
 ) -> None:
     """Localize the emitters in a movie and write a localization table."""
-    from rich.progress import Progress
-
     from denseloc.io import open_movie, write_table
     from denseloc.localize.pipeline import frame_range, localize_movie_mle
 
     if method not in ("network", "mle"):
         raise DenselocError(f"unknown method {method!r}; available: network, mle")
+    batch = _batch_size(batch_size)
     camera_values = {"baseline_adu": baseline, "e_per_adu": e_per_adu, "em_gain": em_gain,
                      "qe": qe, "read_noise_e": read_noise_e}
     if method == "mle":
@@ -313,20 +328,73 @@ def localize(
         trained = None
     else:
         trained, cfg = _network_config(model, device, camera, pixel_size_nm, camera_values)
-    with open_movie(stack) as movie, Progress(console=_stderr_console(), transient=True) as bar:
+    with open_movie(stack) as movie:
         selected = frame_range(frames, len(movie))
-        task = bar.add_task("localizing", total=len(selected))
-        update = lambda done, _: bar.update(task, completed=done)  # noqa: E731
-        if trained is None:
-            table = localize_movie_mle(movie, cfg, frames=selected, progress=update,
-                                       threshold=5.0 if threshold is None else threshold)
-        else:
-            from denseloc.localize.pipeline import localize_movie_network
+        with _frames_progress("localizing", len(selected)) as update:
+            if trained is None:
+                table = localize_movie_mle(movie, cfg, frames=selected, progress=update,
+                                           threshold=5.0 if threshold is None else threshold)
+            else:
+                from denseloc.localize.pipeline import localize_movie_network
 
-            table = localize_movie_network(movie, trained, cfg, frames=selected,
-                                           threshold=threshold, progress=update)
+                table = localize_movie_network(movie, trained, cfg, frames=selected,
+                                               threshold=threshold, batch_size=batch,
+                                               progress=update)
+    n_raw = len(table)
+    if max_sigma_nm is not None or sigma_quantile is not None:
+        from denseloc.localize.postprocess import filter_by_sigma
+
+        if "sigma_x_nm" not in table:
+            raise DenselocError("sigma filters need predicted sigmas (--method network)")
+        try:
+            table = filter_by_sigma(table, max_sigma_nm=max_sigma_nm, quantile=sigma_quantile)
+        except ValueError as exc:
+            raise DenselocError(f"--sigma-quantile: {exc}") from None
+    if group:
+        from denseloc.localize.grouping import group_consecutive
+
+        table = group_consecutive(table, radius_nm=group_radius_nm, max_gap_frames=group_gap)
     write_table(table, out, pixel_size_nm=cfg.image.pixel_size_nm)
-    typer.echo(f"wrote {len(table)} localizations from {len(selected)} frames to {out}")
+    detail = "" if len(table) == n_raw else f" ({n_raw} before filtering/grouping)"
+    typer.echo(f"wrote {len(table)} localizations{detail} from {len(selected)} frames to {out}")
+
+
+def _batch_size(text: str) -> int | None:
+    if text == "auto":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise DenselocError(f"--batch-size must be auto or a positive integer, got {text!r}")
+    return value
+
+
+@contextlib.contextmanager
+def _frames_progress(description: str, total: int) -> Iterator[Callable[[int, int], None]]:
+    """A progress bar over frames with the processing rate; yields update(done, total)."""
+    import time
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    start = time.perf_counter()
+    with Progress(*columns, console=_stderr_console(), transient=True) as bar:
+        task = bar.add_task(description, total=total, rate="")
+
+        def update(done: int, _total: int) -> None:
+            rate = done / max(time.perf_counter() - start, 1e-9)
+            bar.update(task, completed=done, rate=f"{rate:.1f} frames/s")
+
+        yield update
 
 
 def _network_config(model: str, device: str, camera: str | None, pixel_size_nm: float | None,
@@ -539,6 +607,115 @@ def config_check(config: Annotated[Path, typer.Argument(help="Configuration YAML
     from denseloc.config import load_config
 
     sys.stdout.write(load_config(config).to_yaml())
+
+
+def _read_locs(path: Path, pixel_size_nm: float | None = None):
+    from denseloc.io import read_table
+
+    table = read_table(path, pixel_size_nm=pixel_size_nm)
+    if table.empty:
+        raise DenselocError(f"{path}: the table holds no localizations")
+    return table
+
+
+@app.command()
+@reports_errors
+def render(
+    locs: Annotated[Path, typer.Argument(help="Localization table (any table format).")],
+    out: Annotated[Path, typer.Option("--out", help="Image to write (.png or .tif).")],
+    pixel_size_nm: Annotated[float, typer.Option(help="Render pixel size, nm.")] = 10.0,
+    mode: Annotated[
+        str, typer.Option(help="histogram (counts) | gaussian (each with its predicted sigma).")
+    ] = "histogram",
+    color_by: Annotated[
+        str | None, typer.Option(help="Colour by a column, e.g. z (hue) over density.")
+    ] = None,
+    camera_pixel_nm: Annotated[
+        float | None, typer.Option(help="Camera pixel size, nm, for tables stored in px.")
+    ] = None,
+) -> None:
+    """Render a super-resolution image from a localization table."""
+    from denseloc.analysis.render import render as draw
+    from denseloc.analysis.render import render_colored, save_image
+
+    table = _read_locs(locs, camera_pixel_nm)
+    if mode not in ("histogram", "gaussian"):
+        raise DenselocError(f"unknown --mode {mode!r}; available: histogram, gaussian")
+    if color_by is None:
+        image = draw(table, pixel_size_nm=pixel_size_nm, mode=mode)
+    else:
+        column = {"z": "z_nm", "x": "x_nm", "y": "y_nm"}.get(color_by, color_by)
+        image = render_colored(table, by=column, pixel_size_nm=pixel_size_nm, mode=mode)
+    save_image(image, out, pixel_size_nm=pixel_size_nm)
+    typer.echo(f"wrote {out}: {image.shape[1]} x {image.shape[0]} px at {pixel_size_nm:g} nm/px "
+               f"from {len(table)} localizations")
+
+
+@app.command()
+@reports_errors
+def drift(
+    locs: Annotated[Path, typer.Argument(help="Localization table (any table format).")],
+    out: Annotated[Path, typer.Option("--out", help="Drift-corrected table to write.")],
+    segments: Annotated[int, typer.Option(help="Blocks of frames cross-correlated (>= 3).")] = 10,
+    pixel_size_nm: Annotated[float, typer.Option(help="Pixel of the block images, nm.")] = 20.0,
+    max_drift_nm: Annotated[
+        float, typer.Option(help="Largest drift between two blocks, nm.")
+    ] = 1000.0,
+    plot: Annotated[
+        Path | None, typer.Option(help="Drift plot (PNG); default: OUT with _drift.png.")
+    ] = None,
+    camera_pixel_nm: Annotated[
+        float | None, typer.Option(help="Camera pixel size, nm, for tables stored in px.")
+    ] = None,
+) -> None:
+    """Estimate lateral drift by redundant cross-correlation and write the corrected table."""
+    import numpy as np
+
+    from denseloc.analysis.drift import correct_drift, estimate_drift, plot_drift
+    from denseloc.io import write_table
+
+    table = _read_locs(locs, camera_pixel_nm)
+    estimate = estimate_drift(table, n_segments=segments, pixel_size_nm=pixel_size_nm,
+                              max_shift_nm=max_drift_nm)
+    plot = plot or out.with_name(f"{out.stem}_drift.png")
+    plot_drift(estimate, plot)
+    write_table(correct_drift(table, estimate), out)
+    typer.echo(
+        f"wrote {out} and {plot}: drift over the movie {np.ptp(estimate.x_nm):.1f} nm in x, "
+        f"{np.ptp(estimate.y_nm):.1f} nm in y ({estimate.pairs_used}/{estimate.pairs_total} "
+        "segment pairs used)"
+    )
+
+
+@app.command()
+@reports_errors
+def frc(
+    locs: Annotated[Path, typer.Argument(help="Localization table (any table format).")],
+    pixel_size_nm: Annotated[
+        float, typer.Option(help="Render pixel, nm (a few times below the resolution).")
+    ] = 5.0,
+    blocks: Annotated[int, typer.Option(help="Frame blocks split at random into halves.")] = 20,
+    plot: Annotated[Path | None, typer.Option(help="Write the FRC curve (PNG) here.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random split.")] = 0,
+    camera_pixel_nm: Annotated[
+        float | None, typer.Option(help="Camera pixel size, nm, for tables stored in px.")
+    ] = None,
+) -> None:
+    """Fourier ring correlation resolution (1/7 threshold) of a localization table."""
+    import numpy as np
+
+    from denseloc.analysis.frc import fourier_ring_correlation, plot_frc
+
+    table = _read_locs(locs, camera_pixel_nm)
+    result = fourier_ring_correlation(table, pixel_size_nm=pixel_size_nm, n_blocks=blocks,
+                                      seed=seed)
+    if plot is not None:
+        plot_frc(result, plot)
+        typer.echo(f"wrote {plot}")
+    if np.isfinite(result.resolution_nm):
+        typer.echo(f"FRC resolution: {result.resolution_nm:.1f} nm")
+    else:
+        typer.echo("FRC resolution: the curve stays above 1/7; use a smaller --pixel-size-nm")
 
 
 @app.command()

@@ -208,6 +208,15 @@ class EmitterConfig(_Model):
     photons_std: float = Field(1000.0, ge=0, description="std of the brightness, photons")
     on_time_frames: float = Field(2.0, gt=0, description="mean on-time (exponential), frames")
     z_range_nm: Range = Field((-750.0, 750.0), description="z range of 3D emitters, nm")
+    structure: Literal["uniform", "filaments"] = Field(
+        "uniform",
+        description="where emitters sit: uniform over the frame, or along random filaments "
+        "(worm-like curves whose z varies smoothly within z_range_nm)",
+    )
+    filaments: int = Field(6, ge=1, description="structure filaments: filaments per movie")
+    filament_persistence_nm: float = Field(
+        5000.0, gt=0, description="structure filaments: persistence length, nm"
+    )
 
     @field_validator("z_range_nm")
     @classmethod

@@ -1,11 +1,14 @@
 """The demo behind ``make demo``: the whole pipeline on built-in defaults.
 
-1. Simulate a 3D movie with the microscope the bundled model was trained for (astigmatic
-   spline PSF calibrated from the EPFL 2016 beads, EMCCD camera, 100 nm pixels).
-2. Localize it with the bundled network and, for comparison, with the classical MLE fitter.
+1. Simulate a 3D movie of random filaments with the microscope the bundled model was trained
+   for (astigmatic spline PSF calibrated from the EPFL 2016 beads, EMCCD camera, 100 nm
+   pixels).
+2. Localize it with the bundled network and, for comparison, the first frames with the
+   classical MLE fitter (it is about 50 times slower).
 3. Evaluate both against the ground truth (SMLM-challenge metrics, Cramer-Rao ratios,
-   uncertainty calibration) and write a report folder: preview, metrics JSON, error plots and
-   a markdown summary.
+   uncertainty calibration), render the super-resolution image coloured by z, measure its FRC
+   resolution, and write a report folder: images, metrics JSON, error and sigma-calibration
+   plots and a markdown summary.
 """
 
 from __future__ import annotations
@@ -20,17 +23,19 @@ from denseloc.config import Config
 __all__ = ["demo_config", "plot_frames_with_truth", "run_demo"]
 
 DEMO_DENSITY_PER_UM2 = 0.5
-DEMO_FRAMES = 100
+DEMO_FRAMES = 1000
+DEMO_MLE_FRAMES = 200
 
 
-def demo_config(model_config: Config) -> Config:
-    """The simulation of the demo: the model's microscope, 64x64 px, 100 frames."""
+def demo_config(model_config: Config, n_frames: int = DEMO_FRAMES) -> Config:
+    """The simulation of the demo: the model's microscope, 64x64 px, filaments, 1000 frames."""
     return model_config.model_copy(update={
         "image": model_config.image.model_copy(update={"size_px": (64, 64)}),
         "emitters": model_config.emitters.model_copy(
-            update={"density_per_um2": DEMO_DENSITY_PER_UM2, "count_per_frame": None}),
+            update={"density_per_um2": DEMO_DENSITY_PER_UM2, "count_per_frame": None,
+                    "structure": "filaments", "filaments": 6}),
         "simulation": model_config.simulation.model_copy(
-            update={"n_frames": DEMO_FRAMES, "seed": 2021}),
+            update={"n_frames": n_frames, "seed": 2021}),
     })
 
 
@@ -83,6 +88,8 @@ def run_demo(
     model_dir: str | Path,
     simulate: Callable[[Config, Path], dict[str, Path]],
     echo: Callable[[str], None] = print,
+    n_frames: int = DEMO_FRAMES,
+    mle_frames: int = DEMO_MLE_FRAMES,
 ) -> dict[str, Path]:
     """Run the demo into `out_dir` with the model in `model_dir`; return the written files."""
     import pandas as pd
@@ -98,24 +105,34 @@ def run_demo(
 
     configure_cpu()
     model = TrainedModel.load(resolve_builtin(model_dir))
-    config = demo_config(model.config)
+    config = demo_config(model.config, n_frames)
     out_dir = Path(out_dir)
     paths = simulate(config, out_dir / "simulation")
     truth = pd.read_csv(paths["ground_truth"])
     truth["bg"] = float(sum(config.background.level_photons) / 2)
     truth = add_crlb_columns(truth, config)
-    results: dict[str, Any] = {}
+    mle_frames = min(mle_frames, n_frames)
     tables = {}
     with open_movie(paths["frames"]) as movie:
+        echo(f"localizing {n_frames} frames with the network ...")
         tables["network"] = localize_movie_network(movie, model, config)
-        tables["mle"] = localize_movie_mle(movie, config)
+        echo(f"localizing the first {mle_frames} frames with the classical MLE fitter ...")
+        tables["mle"] = localize_movie_mle(movie, config, frames=range(mle_frames))
+    first = {name: t[t["frame"] < mle_frames] for name, t in (("truth", truth), *tables.items())}
+    runs = {"network": (tables["network"], truth), "network_first": (first["network"],
+            first["truth"]), "mle_first": (tables["mle"], first["truth"])}
+    results: dict[str, Any] = {"frames": n_frames, "mle_frames": mle_frames}
     for method, table in tables.items():
         paths[f"locs_{method}"] = out_dir / f"localizations_{method}.csv"
         write_table(table, paths[f"locs_{method}"])
-        metrics, pairs = evaluate(table, truth, min_photons=500.0)
-        results[method] = metrics.to_dict()
-        for png in plot_evaluation(pairs, out_dir / f"plots_{method}"):
-            paths[f"{method}_{png.stem}"] = png
+    for name, (table, reference) in runs.items():
+        metrics, pairs = evaluate(table, reference, min_photons=500.0)
+        results[name] = metrics.to_dict()
+        if name != "network_first":
+            method = name.split("_")[0]
+            for png in plot_evaluation(pairs, out_dir / f"plots_{method}"):
+                paths[f"{method}_{png.stem}"] = png
+    results.update(_images(tables["network"], truth, config, out_dir, paths))
     paths["metrics"] = out_dir / "metrics.json"
     with atomic_path(paths["metrics"]) as tmp:
         tmp.write_text(json.dumps(results, indent=2) + "\n")
@@ -124,11 +141,61 @@ def run_demo(
         out_dir / "preview.png", predictions=tables["network"],
     )
     paths["summary"] = out_dir / "summary.md"
+    summary = _summary(config, model, results, len(truth))
     with atomic_path(paths["summary"]) as tmp:
-        tmp.write_text(_summary(config, model, results, len(truth)))
-    echo(_summary(config, model, results, len(truth)))
+        tmp.write_text(summary)
+    echo(summary)
     echo(f"report written to {out_dir}/")
     return paths
+
+
+RENDER_PIXEL_NM = 10.0
+TRUTH_BLUR_NM = 10.0
+
+
+def _images(network: Any, truth: Any, config: Config, out_dir: Path,
+            paths: dict[str, Path]) -> dict[str, Any]:
+    """Rendered images (network and ground truth, coloured by z) and the FRC resolution."""
+    from denseloc._plotting import new_figure, save_figure
+    from denseloc.analysis.frc import fourier_ring_correlation, plot_frc
+    from denseloc.analysis.render import render_colored, save_image
+
+    height, width = config.image.size_px
+    px = config.image.pixel_size_nm
+    extent = (0.0, width * px, 0.0, height * px)
+    z_range = config.emitters.z_range_nm
+    truth = truth.assign(sigma_x_nm=TRUTH_BLUR_NM, sigma_y_nm=TRUTH_BLUR_NM)
+    images = {}
+    for name, table in (("network", network), ("truth", truth)):
+        images[name] = render_colored(table, by="z_nm", value_range=z_range, mode="gaussian",
+                                      pixel_size_nm=RENDER_PIXEL_NM, extent_nm=extent)
+    paths["render"] = save_image(images["network"], out_dir / "render_network_z.png",
+                                 pixel_size_nm=RENDER_PIXEL_NM)
+    fig = new_figure(11.0, 5.6)
+    axes = fig.subplots(1, 2)
+    titles = {"truth": f"ground truth ({TRUTH_BLUR_NM:g} nm blur)",
+              "network": "network (each with its predicted sigma)"}
+    for ax, (name, title) in zip(axes, titles.items(), strict=True):
+        ax.imshow(images[name], extent=(0, width * px / 1000, height * px / 1000, 0))
+        ax.set_title(title)
+        ax.set_xlabel("x (um)")
+    axes[0].set_ylabel("y (um)")
+    sm = _z_colorbar(z_range)
+    fig.colorbar(sm, ax=axes, label="z (nm)", shrink=0.8)
+    paths["render_comparison"] = save_figure(fig, out_dir / "render_comparison.png")
+    out: dict[str, Any] = {"render_pixel_nm": RENDER_PIXEL_NM}
+    if len(network) >= 100 and network["frame"].nunique() >= 2:
+        frc = fourier_ring_correlation(network, pixel_size_nm=5.0)
+        paths["frc"] = plot_frc(frc, out_dir / "frc.png")
+        out["frc_resolution_nm"] = frc.to_dict()["resolution_nm"]
+    out["localizations_per_frame"] = float(len(network) / max(1, network["frame"].nunique()))
+    return out
+
+
+def _z_colorbar(z_range: tuple[float, float]):
+    from matplotlib import cm, colors
+
+    return cm.ScalarMappable(norm=colors.Normalize(*z_range), cmap="turbo")
 
 
 def _summary(config: Config, model: Any, results: dict[str, dict], n_truth: int) -> str:
@@ -158,10 +225,23 @@ def _summary(config: Config, model: Any, results: dict[str, dict], n_truth: int)
         f"Bundled model: {model.net.filters} filters, trained "
         f"{model.summary.get('minutes', '?')} CPU-minutes, threshold {model.threshold:.2f}.",
         "",
-        "| metric | network | classical MLE |",
-        "| --- | --- | --- |",
+        f"| metric | network, all {results['frames']} frames | network, first "
+        f"{results['mle_frames']} | classical MLE, first {results['mle_frames']} |",
+        "| --- | --- | --- | --- |",
     ]
     for label, key, fmt in rows:
         lines.append(f"| {label} | {cell(results['network'], key, fmt)} | "
-                     f"{cell(results['mle'], key, fmt)} |")
+                     f"{cell(results['network_first'], key, fmt)} | "
+                     f"{cell(results['mle_first'], key, fmt)} |")
+    frc = results.get("frc_resolution_nm")
+    lines += [
+        "",
+        f"FRC resolution of the network's image (1/7 threshold): "
+        f"{'n/a' if frc is None else f'{frc:.1f} nm'}.",
+        "",
+        "Files: `render_comparison.png` (ground truth and network, coloured by z), "
+        "`render_network_z.png` (10 nm pixels), `frc.png`, `preview.png` (first frames with "
+        "ground truth and localizations), `plots_network/` and `plots_mle/` (errors, error "
+        "against z, error against predicted sigma), `metrics.json`, `localizations_*.csv`.",
+    ]
     return "\n".join(lines) + "\n"

@@ -96,3 +96,23 @@ def test_density_factor_scales_each_movie() -> None:
     assert per_movie[0::3].sum().item() == 0
     assert per_movie[1::3].mean().item() == pytest.approx(10.0, rel=0.05)
     assert per_movie[2::3].mean().item() == pytest.approx(30.0, rel=0.05)
+
+
+def test_filament_structure_puts_emitters_on_smooth_3d_curves() -> None:
+    from scipy.spatial import cKDTree
+
+    cfg = EmitterConfig(density_per_um2=1.0, structure="filaments", filaments=3,
+                        z_range_nm=(-600.0, 600.0))
+    emitters = sample_emitters(cfg, n_movies=1, n_frames=2000, frame_shape=SHAPE,
+                               pixel_size_nm=PIXEL_NM, is_3d=True,
+                               generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    x, y, z = (t.numpy() for t in (emitters.x_px, emitters.y_px, emitters.z_nm))
+    assert len(x) / 2000 == pytest.approx(20.0, rel=0.1)  # the density holds on a structure
+    assert x.min() >= -0.5 and x.max() < SHAPE[1] - 0.5 and z.min() >= -600 and z.max() <= 600
+    occupied = np.unique(np.floor(np.column_stack([x, y]) + 0.5), axis=0)
+    assert len(occupied) < 0.25 * SHAPE[0] * SHAPE[1]  # uniform emitters would fill the frame
+    # neighbours along a filament have nearly the same z (smooth profile), unlike uniform z
+    pairs = cKDTree(np.column_stack([x, y])).query_pairs(0.2, output_type="ndarray")
+    assert len(pairs) > 1000
+    assert np.median(np.abs(z[pairs[:, 0]] - z[pairs[:, 1]])) < 30.0
+    assert np.ptp(z) > 700  # and z spans most of the range

@@ -1,12 +1,20 @@
-"""Apply a trained network to a stack of frames (photons), in chunks.
+"""Apply a trained network to a stack of frames (photons), in chunks and tiles.
 
 Each frame goes through the frame-analysis U-Net once; its features are reused by the three
 3-frame windows that contain it (1.6-1.8x faster than running each window; DESIGN
 section 9). The first and last frames of the movie use replicated neighbours, as in training.
 Chunks overlap by one frame on each side, so results do not depend on the chunk size.
+
+Frames larger than `max_tile_px` are cut into tiles that overlap by the network's receptive
+field (:attr:`DecodeNet.receptive_radius`, rounded up to the network's size multiple) and start
+on that multiple, so every output pixel of a tile's core is computed from exactly the input
+the whole frame would give it; a detection is kept by the one tile whose core holds its pixel.
+Tiled and whole-frame results therefore agree to floating-point rounding.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -16,7 +24,68 @@ from denseloc.localize.postprocess import maps_to_table
 from denseloc.train.artifact import TrainedModel
 from denseloc.train.data import scale_frames
 
-__all__ = ["network_outputs", "predict_frames"]
+__all__ = ["Tile", "auto_batch_size", "network_outputs", "predict_frames", "tile_grid"]
+
+MAX_TILE_PX = 640
+"""Default largest tile side, px; larger frames are tiled (bounds memory per forward pass)."""
+_PIXELS_PER_PASS = 2**18
+
+
+def auto_batch_size(height: int, width: int) -> int:
+    """Frames per forward pass for frames of this size: about 260k pixels per pass."""
+    return max(1, min(64, _PIXELS_PER_PASS // (height * width)))
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A tile: input region (padded-frame coordinates) and the core it is responsible for."""
+
+    rows: slice
+    cols: slice
+    core_rows: slice
+    core_cols: slice
+
+
+def _spans(size: int, padded: int, multiple: int, overlap: int, max_tile: int):
+    if padded <= max_tile:
+        return [(0, padded, 0, size)]
+    core_max = (max_tile - 2 * overlap) // multiple * multiple
+    if core_max < multiple:
+        raise ValueError(
+            f"tiles of {max_tile} px cannot hold the network's overlap of {overlap} px per side"
+        )
+    n = -(-size // core_max)
+    core = -(-size // (n * multiple)) * multiple
+    spans = []
+    for start in range(0, size, core):
+        stop = min(start + core, size)
+        spans.append((max(0, start - overlap), min(padded, stop + overlap), start, stop))
+    return spans
+
+
+def tile_grid(
+    height: int, width: int, *, multiple: int, overlap: int, max_tile: int = MAX_TILE_PX
+) -> list[Tile]:
+    """Tiles covering a frame of `height` x `width` px (padded up to `multiple`).
+
+    Cores partition the frame; each tile extends its core by `overlap` px where the frame
+    allows. Tile starts and `overlap` are multiples of `multiple`, so the pooling grid of the
+    network is the same as for the whole frame.
+    """
+    if overlap % multiple:
+        raise ValueError(f"overlap {overlap} is not a multiple of {multiple}")
+    pad_h, pad_w = -(-height // multiple) * multiple, -(-width // multiple) * multiple
+    return [
+        Tile(slice(r0, r1), slice(c0, c1), slice(cr0, cr1), slice(cc0, cc1))
+        for r0, r1, cr0, cr1 in _spans(height, pad_h, multiple, overlap, max_tile)
+        for c0, c1, cc0, cc1 in _spans(width, pad_w, multiple, overlap, max_tile)
+    ]
+
+
+def network_overlap(model: TrainedModel) -> int:
+    """Tile overlap for `model`: its receptive radius rounded up to its size multiple."""
+    multiple = model.net.multiple
+    return -(-model.net.receptive_radius // multiple) * multiple
 
 
 @torch.no_grad()
@@ -26,7 +95,7 @@ def network_outputs(
     *,
     before: torch.Tensor | None = None,
     after: torch.Tensor | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
 ) -> torch.Tensor:
     """Output maps (T, 10, H, W) for frames (T, H, W) in photons.
 
@@ -39,13 +108,14 @@ def network_outputs(
     before, after : Tensor of shape (H, W), optional
         The movie's frames just before and after this chunk; when None (start or end of the
         movie) the first/last frame is replicated.
-    batch_size : int
-        Frames per forward pass.
+    batch_size : int, optional
+        Frames per forward pass (default: :func:`auto_batch_size`).
     """
     net = model.net
     device = next(net.parameters()).device
     channels_last = device.type == "cpu"
     n, height, width = photons.shape
+    batch_size = batch_size or auto_batch_size(height, width)
     frames = photons
     if net.context_frames == 3:
         first = photons[:1] if before is None else before[None]
@@ -82,15 +152,55 @@ def predict_frames(
     threshold: float | None = None,
     before: torch.Tensor | None = None,
     after: torch.Tensor | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
+    max_tile_px: int = MAX_TILE_PX,
 ) -> pd.DataFrame:
-    """Localizations in frames (T, H, W) given in photons, with the model's threshold."""
-    out = network_outputs(model, photons, before=before, after=after, batch_size=batch_size)
-    return maps_to_table(
-        out,
-        model.scaling,
-        pixel_size_nm=pixel_size_nm,
-        threshold=model.threshold if threshold is None else threshold,
-        frames=torch.arange(len(out)) + frame_offset,
-        sigma_scale=model.sigma_scale,
-    )
+    """Localizations in frames (T, H, W) given in photons, with the model's threshold.
+
+    Frames larger than `max_tile_px` are processed in overlapping tiles (see the module
+    docstring). Rows are sorted by frame, then y, then x.
+    """
+    _, height, width = photons.shape
+    multiple = model.net.multiple
+    tiles = tile_grid(height, width, multiple=multiple, overlap=network_overlap(model),
+                      max_tile=max_tile_px)
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+
+    def padded(frames: torch.Tensor | None) -> torch.Tensor | None:
+        if frames is None or not (pad_h or pad_w):
+            return frames
+        return F.pad(frames[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
+
+    photons = padded(photons)
+    before = None if before is None else padded(before[None])[0]
+    after = None if after is None else padded(after[None])[0]
+    threshold = model.threshold if threshold is None else threshold
+    frames = torch.arange(len(photons)) + frame_offset
+    tables = []
+    for tile in tiles:
+        window = (tile.rows, tile.cols)
+        out = network_outputs(
+            model,
+            photons[(slice(None), *window)],
+            before=None if before is None else before[window],
+            after=None if after is None else after[window],
+            batch_size=batch_size,
+        )
+        row0, col0 = tile.rows.start, tile.cols.start
+        tables.append(
+            maps_to_table(
+                out,
+                model.scaling,
+                pixel_size_nm=pixel_size_nm,
+                threshold=threshold,
+                frames=frames,
+                origin_px=(row0, col0),
+                sigma_scale=model.sigma_scale,
+                core=(
+                    slice(tile.core_rows.start - row0, tile.core_rows.stop - row0),
+                    slice(tile.core_cols.start - col0, tile.core_cols.stop - col0),
+                ),
+            )
+        )
+    table = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)
+    return table.sort_values(["frame", "y_nm", "x_nm"], kind="stable", ignore_index=True)

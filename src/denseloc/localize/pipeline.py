@@ -1,7 +1,9 @@
 """Localize a movie: ADU -> photons through the camera model, then a localizer, in chunks.
 
 The movie is read lazily (:func:`denseloc.io.open_movie`) and processed `chunk_frames` at a
-time, so memory is bounded by the chunk, not the movie.
+time (by default about 4 million pixels: 256 frames of 128x128, 4 of 1024x1024), so memory is
+bounded by the chunk, not the movie. Large frames are also tiled
+(:mod:`denseloc.localize.network`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,22 @@ from denseloc.config import Config
 from denseloc.io.movie import Movie
 from denseloc.sim.camera import Camera
 
-__all__ = ["check_model_matches", "frame_range", "localize_movie_mle", "localize_movie_network"]
+__all__ = [
+    "auto_chunk_frames",
+    "check_model_matches",
+    "frame_range",
+    "localize_movie_mle",
+    "localize_movie_network",
+]
 
 logger = logging.getLogger(__name__)
+
+_PIXELS_PER_CHUNK = 2**22
+
+
+def auto_chunk_frames(height: int, width: int) -> int:
+    """Frames read at once for frames of this size (about 4 million pixels, 1-256 frames)."""
+    return max(1, min(256, _PIXELS_PER_CHUNK // (height * width)))
 
 
 def frame_range(spec: str | None, n_frames: int) -> range:
@@ -126,21 +141,45 @@ def localize_movie_network(
     config: Config,
     *,
     frames: range | None = None,
-    chunk_frames: int = 64,
+    chunk_frames: int | None = None,
     threshold: float | None = None,
+    batch_size: int | None = None,
+    max_tile_px: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Localize every frame of `movie` with a trained network.
 
     Frames are converted to photons with ``config.camera``; chunks are processed with their
     neighbouring frames as temporal context, so the result does not depend on the chunk size.
+
+    Parameters
+    ----------
+    movie : Movie
+        Frames in ADU.
+    model : TrainedModel
+        The network.
+    config : Config
+        Camera and pixel size of the data.
+    frames : range, optional
+        Frames to process (default: all).
+    chunk_frames : int, optional
+        Frames read at once (default: :func:`auto_chunk_frames`).
+    threshold : float, optional
+        Detection probability (default: the model's tuned threshold).
+    batch_size : int, optional
+        Frames per forward pass (default: about 260k pixels per pass).
+    max_tile_px : int, optional
+        Frames larger than this are tiled (default 640).
+    progress : callable(done, total), optional
+        Called after each chunk.
     """
-    from denseloc.localize.network import predict_frames
+    from denseloc.localize.network import MAX_TILE_PX, predict_frames
     from denseloc.table import validate
 
     frames = frames or range(len(movie))
     _, height, width = movie.shape
     camera = Camera.from_config(config.camera, (height, width))
+    chunk_frames = chunk_frames or auto_chunk_frames(height, width)
 
     def photons(a: int, b: int) -> torch.Tensor:
         return camera.adu_to_photons(torch.from_numpy(movie[a:b].astype("float32")))
@@ -155,6 +194,7 @@ def localize_movie_network(
             predict_frames(
                 model, chunk_photons, pixel_size_nm=config.image.pixel_size_nm,
                 frame_offset=start, threshold=threshold, before=before, after=after,
+                batch_size=batch_size, max_tile_px=max_tile_px or MAX_TILE_PX,
             )
         )
         done += len(chunk)

@@ -46,6 +46,7 @@ def maps_to_table(
     frames: torch.Tensor | np.ndarray | None = None,
     origin_px: tuple[int, int] = (0, 0),
     sigma_scale: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    core: tuple[slice, slice] | None = None,
 ) -> pd.DataFrame:
     """Localizations from network output (B, 10, H, W).
 
@@ -65,6 +66,9 @@ def maps_to_table(
         Position of the maps' pixel (0, 0) in the full frame (tiles).
     sigma_scale : (float, float, float)
         Calibration factors of the predicted sigmas (x, y, z), from validation data.
+    core : (slice, slice), optional
+        Keep only detections whose pixel lies in these rows and columns of the maps (the core
+        of a tile; the rest of the tile is context).
     """
     from denseloc.table import px_to_nm, validate
 
@@ -72,6 +76,10 @@ def maps_to_table(
     p = torch.sigmoid(output[:, 0])
     is_max, integrated = spatial_integration(p)
     keep = is_max & (integrated >= threshold)
+    if core is not None:
+        inside = torch.zeros_like(keep)
+        inside[:, core[0], core[1]] = True
+        keep &= inside
     b, row, col = torch.nonzero(keep, as_tuple=True)
     vals = output[b, :, row, col].cpu().double().numpy()  # (N, 10)
     rows, cols = row.cpu().numpy(), col.cpu().numpy()

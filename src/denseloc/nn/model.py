@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from denseloc.nn.unet import UNet
+from denseloc.nn.unet import UNet, unet_receptive_radius
 
 __all__ = ["CHANNELS", "DecodeNet", "Scaling"]
 
@@ -110,6 +110,15 @@ class DecodeNet(nn.Module):
     def multiple(self) -> int:
         """Frame sizes are padded to a multiple of this."""
         return 2**self.depth
+
+    @property
+    def receptive_radius(self) -> int:
+        """Pixels from an output pixel to the farthest input pixel that can change it.
+
+        An upper bound from the architecture: two U-Nets and the heads' 3x3 convolution.
+        Tiles that overlap by this much give the same outputs as the whole frame.
+        """
+        return 2 * unet_receptive_radius(self.depth) + 1
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
         """Frame-analysis features of single frames (N, 1, H, W) -> (N, F, H, W)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["UNet", "conv_block"]
+__all__ = ["UNet", "conv_block", "unet_receptive_radius"]
 
 
 def conv_block(in_channels: int, out_channels: int, n_convs: int = 2) -> nn.Sequential:
@@ -15,6 +15,21 @@ def conv_block(in_channels: int, out_channels: int, n_convs: int = 2) -> nn.Sequ
         layers += [nn.Conv2d(in_channels if i == 0 else out_channels, out_channels, 3, padding=1),
                    nn.ELU()]
     return nn.Sequential(*layers)
+
+
+def unet_receptive_radius(depth: int) -> int:
+    """Upper bound on the receptive-field radius (px) of :class:`UNet` with `depth` stages.
+
+    Two 3x3 convolutions at full resolution; per stage l down: the 2x2 pool (2**(l-1) px)
+    and two convolutions at scale 2**l; per stage up: the nearest-neighbour upsampling
+    (2**(l-1) px), the up-convolution and two merge convolutions at scale 2**(l-1).
+    """
+    radius = 2
+    for level in range(1, depth + 1):
+        half = 2 ** (level - 1)
+        radius += half + 2 * 2**level  # down
+        radius += half + half + 2 * half  # up
+    return radius
 
 
 class UNet(nn.Module):

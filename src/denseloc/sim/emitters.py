@@ -7,6 +7,10 @@ both sides; each stays on for an Exponential(tau) time, so an emitter touches on
 ``tau + 1`` frames and ``n`` are on (at least partly) in every frame. Photons in a frame are the
 emitter's brightness (Normal(mean, std), clamped > 0) times the fraction of the frame it was on.
 An emitter keeps its id in every frame it spans.
+
+Positions are uniform over the frame (``structure: uniform``, training) or drawn along random
+filaments fixed per movie (``structure: filaments``, a structure to render): worm-like curves
+with the configured persistence length whose z follows a slow sinusoid inside the z range.
 """
 
 from __future__ import annotations
@@ -132,13 +136,18 @@ def sample_emitters(
         per_movie = torch.poisson(means, generator=generator).long()
         movie = torch.repeat_interleave(torch.arange(n_movies, device=device), per_movie)
         count = int(movie.numel())
-    x = torch.rand(count, dtype=dtype, **kw) * width - 0.5
-    y = torch.rand(count, dtype=dtype, **kw) * height - 0.5
-    if is_3d:
-        z_lo, z_hi = config.z_range_nm
-        z = torch.rand(count, dtype=dtype, **kw) * (z_hi - z_lo) + z_lo
+    if config.structure == "filaments":
+        x, y, z = _on_filaments(config, movie, n_movies, frame_shape, pixel_size_nm, generator)
+        x, y = x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype)
+        z = z.to(device=device, dtype=dtype) if is_3d else torch.zeros_like(x)
     else:
-        z = torch.zeros(count, dtype=dtype, device=device)
+        x = torch.rand(count, dtype=dtype, **kw) * width - 0.5
+        y = torch.rand(count, dtype=dtype, **kw) * height - 0.5
+        if is_3d:
+            z_lo, z_hi = config.z_range_nm
+            z = torch.rand(count, dtype=dtype, **kw) * (z_hi - z_lo) + z_lo
+        else:
+            z = torch.zeros(count, dtype=dtype, device=device)
     brightness = torch.randn(count, dtype=dtype, **kw) * config.photons_std + config.photons_mean
     brightness = brightness.clamp_min(1e-3)
     start = torch.rand(count, dtype=torch.float64, **kw) * span - pad
@@ -164,6 +173,63 @@ def sample_emitters(
         z_nm=z[row],
         photons=brightness[row] * overlap.to(dtype),
     )
+
+
+def filament_paths(
+    config: EmitterConfig,
+    frame_shape: tuple[int, int],
+    pixel_size_nm: float,
+    generator: torch.Generator | None = None,
+) -> list[torch.Tensor]:
+    """Random filaments for one movie: a list of (L, 3) paths (x_px, y_px, z_nm), 0.25 px apart.
+
+    Each starts at a uniform point of the frame with a uniform direction and bends as a 2D
+    worm-like chain (angle steps with variance step / persistence length); it is 1.5 frame
+    diagonals long and only the part inside the frame is kept. z is a sinusoid along the
+    filament (random phase, period one frame diagonal) spanning 80 % of the z range.
+    """
+    height, width = frame_shape
+    step = 0.25
+    diagonal = math.hypot(height, width)
+    n_steps = int(1.5 * diagonal / step)
+    z_lo, z_hi = config.z_range_nm
+    persistence_px = config.filament_persistence_nm / pixel_size_nm
+    kw = {"generator": generator, "dtype": torch.float64,
+          "device": generator.device if generator is not None else "cpu"}
+    paths = []
+    for _ in range(config.filaments):
+        u = torch.rand(4, **kw).cpu()
+        start = torch.stack([u[0] * width - 0.5, u[1] * height - 0.5])
+        turns = torch.randn(n_steps, **kw).cpu()
+        angle = u[2] * 2 * math.pi + torch.cumsum(turns * math.sqrt(step / persistence_px), 0)
+        # centre the path on its start point, so the filament crosses the frame there
+        xy = torch.cumsum(torch.stack([angle.cos(), angle.sin()], 1) * step, 0)
+        xy = xy - xy[n_steps // 2] + start
+        arc = torch.arange(n_steps, dtype=torch.float64) * step
+        z = (z_lo + z_hi) / 2 + 0.4 * (z_hi - z_lo) * torch.sin(
+            2 * math.pi * arc / diagonal + u[3] * 2 * math.pi
+        )
+        inside = ((xy[:, 0] >= -0.5) & (xy[:, 0] < width - 0.5)
+                  & (xy[:, 1] >= -0.5) & (xy[:, 1] < height - 0.5))
+        paths.append(torch.column_stack([xy, z])[inside])
+    return paths
+
+
+def _on_filaments(config, movie, n_movies, frame_shape, pixel_size_nm, generator):
+    """Positions (x_px, y_px, z_nm) of emitters of each movie, uniform along its filaments."""
+    x = torch.empty(len(movie), dtype=torch.float64)
+    y, z = torch.empty_like(x), torch.empty_like(x)
+    movie = movie.cpu()
+    for m in range(n_movies):
+        points = torch.cat(filament_paths(config, frame_shape, pixel_size_nm, generator))
+        rows = torch.nonzero(movie == m).flatten()
+        if not len(points):
+            raise ValueError("no filament crosses the frame; use more filaments")
+        device = generator.device if generator is not None else "cpu"
+        pick = torch.randint(0, len(points), (len(rows),), generator=generator, device=device)
+        pick = pick.cpu()
+        x[rows], y[rows], z[rows] = points[pick].unbind(1)
+    return x, y, z
 
 
 def _poisson_count(mean: float, generator: torch.Generator | None) -> int:

@@ -1,0 +1,102 @@
+"""Throughput and memory of `denseloc localize` with the bundled model on 2 cores.
+
+Usage: python benchmarks/bench_localize.py [--long-frames 12000] [--skip-long]
+
+For each case a movie is simulated with the bundled model's microscope (0.5 emitters/um^2)
+and written as a TIFF; then a fresh process (the way a user runs it) opens the movie lazily,
+localizes it with the default chunking and tiling, and reports the frames/s of the
+localization itself (movie reading, ADU -> photons, network, post-processing; not the imports
+and model loading) and its peak resident memory. The long 128x128 movie is several times
+larger than the process's peak memory: memory does not grow with the movie.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import write_results
+
+CASES = [  # (name, size px, frames)
+    ("64x64", 64, 2000),
+    ("128x128", 128, 500),
+    ("256x256", 256, 100),
+    ("1024x1024", 1024, 24),
+]
+
+
+def simulate(size: int, n_frames: int, out: Path) -> Path:
+    from denseloc.calibration import resolve_builtin
+    from denseloc.cli import DEFAULT_MODEL
+    from denseloc.sim.simulator import simulate_movie
+    from denseloc.train.artifact import TrainedModel
+
+    cfg = TrainedModel.load(resolve_builtin(DEFAULT_MODEL)).config
+    cfg = cfg.model_copy(update={
+        "image": cfg.image.model_copy(update={"size_px": (size, size)}),
+        "emitters": cfg.emitters.model_copy(update={"density_per_um2": 0.5}),
+        "simulation": cfg.simulation.model_copy(update={"n_frames": n_frames, "seed": 1}),
+    })
+    return simulate_movie(cfg, out)["frames"]
+
+
+WORKER = """
+import json, resource, sys, time
+from denseloc._runtime import configure_cpu
+from denseloc.calibration import resolve_builtin
+from denseloc.cli import DEFAULT_MODEL
+from denseloc.io import open_movie
+from denseloc.localize.pipeline import localize_movie_network
+from denseloc.train.artifact import TrainedModel
+configure_cpu()
+model = TrainedModel.load(resolve_builtin(DEFAULT_MODEL))
+with open_movie(sys.argv[1]) as movie:
+    localize_movie_network(movie, model, model.config, frames=range(2))  # warm-up
+    start = time.perf_counter()
+    table = localize_movie_network(movie, model, model.config)
+    seconds = time.perf_counter() - start
+    n = len(movie)
+print(json.dumps({"frames": n, "seconds": seconds, "localizations": len(table),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def run_case(name: str, size: int, n_frames: int, workdir: Path) -> dict[str, object]:
+    movie = simulate(size, n_frames, workdir / name)
+    result = json.loads(subprocess.run([sys.executable, "-c", WORKER, str(movie)], check=True,
+                                       capture_output=True, text=True).stdout)
+    movie_mb = movie.stat().st_size / 2**20
+    movie.unlink()
+    row = {"case": name, "frames": result["frames"], "movie_mb": round(movie_mb, 1),
+           "frames_per_s": round(result["frames"] / result["seconds"], 2),
+           "megapixels_per_s": round(result["frames"] * size * size / result["seconds"] / 1e6, 3),
+           "localizations": result["localizations"],
+           "peak_rss_mb": round(result["peak_rss_mb"])}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--long-frames", type=int, default=12000)
+    parser.add_argument("--skip-long", action="store_true")
+    args = parser.parse_args()
+    cases = list(CASES)
+    if not args.skip_long:
+        cases.append((f"128x128 long ({args.long_frames} frames)", 128, args.long_frames))
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [run_case(name, size, n, Path(tmp)) for name, size, n in cases]
+    notes = ("Bundled default model (16 filters, depth 2), 2 torch threads, default chunks "
+             "(about 4 Mpx per read) and tiles (frames above 640 px are cut into tiles "
+             "overlapping by the receptive field, 60 px). peak_rss_mb is the whole process "
+             "(Python, torch, model) measured by getrusage; compare it with movie_mb.")
+    write_results("localize_speed", rows, notes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,223 @@
+"""Super-resolution images from localization tables.
+
+Two modes:
+
+- ``histogram``: the number of localizations per render pixel (sums to the number of
+  localizations inside the image);
+- ``gaussian``: each localization drawn as a normalised 2D Gaussian with its own predicted
+  ``sigma_x_nm`` and ``sigma_y_nm``, integrated over each render pixel (error functions, so a
+  sigma smaller than a pixel is still exact); each localization adds 1 to the image sum,
+  apart from the part that falls outside the image.
+
+Images can be coloured by a column (usually ``z_nm``): hue from the locally averaged value,
+brightness from the density. Pixel (0, 0) of an image covers ``[x0, x0 + pixel) x [y0, y0 +
+pixel)`` of the extent; rows are y.
+
+Examples
+--------
+>>> import pandas as pd
+>>> t = pd.DataFrame({"frame": [0, 0, 1], "x_nm": [5.0, 15.0, 15.0], "y_nm": [5.0, 5.0, 5.0]})
+>>> render(t, pixel_size_nm=10.0, extent_nm=(0.0, 20.0, 0.0, 10.0)).tolist()
+[[1.0, 2.0]]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from scipy.special import erf
+
+from denseloc.errors import DenselocError
+
+__all__ = ["render", "render_colored", "render_extent", "save_image"]
+
+Extent = tuple[float, float, float, float]
+"""(x0, x1, y0, y1) in nm."""
+
+_MAX_PIXELS = 400_000_000
+_MAX_HALF_WIDTH_PX = 100
+_ROWS_PER_BLOCK = 20_000
+
+
+def render_extent(table: pd.DataFrame, pixel_size_nm: float) -> Extent:
+    """The default extent: from the camera origin (0, 0) to past the largest x and y."""
+    if table.empty:
+        raise DenselocError("cannot render an empty localization table")
+    x1 = (math.floor(table["x_nm"].max() / pixel_size_nm) + 1) * pixel_size_nm
+    y1 = (math.floor(table["y_nm"].max() / pixel_size_nm) + 1) * pixel_size_nm
+    x0 = min(0.0, math.floor(table["x_nm"].min() / pixel_size_nm) * pixel_size_nm)
+    y0 = min(0.0, math.floor(table["y_nm"].min() / pixel_size_nm) * pixel_size_nm)
+    return (x0, x1, y0, y1)
+
+
+def _shape(extent: Extent, pixel_size_nm: float) -> tuple[int, int]:
+    x0, x1, y0, y1 = extent
+    if not (x1 > x0 and y1 > y0):
+        raise DenselocError(f"empty render extent {extent} (x0, x1, y0, y1 in nm)")
+    ny = max(1, round((y1 - y0) / pixel_size_nm))
+    nx = max(1, round((x1 - x0) / pixel_size_nm))
+    if nx * ny > _MAX_PIXELS:
+        raise DenselocError(
+            f"a {nx} x {ny} px image at {pixel_size_nm:g} nm/px is too large; "
+            "choose a larger --pixel-size-nm"
+        )
+    return ny, nx
+
+
+def render(
+    table: pd.DataFrame,
+    *,
+    pixel_size_nm: float = 10.0,
+    mode: Literal["histogram", "gaussian"] = "histogram",
+    extent_nm: Extent | None = None,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """Render localizations into a 2D image of shape (ny, nx).
+
+    Parameters
+    ----------
+    table : DataFrame
+        Localizations (``x_nm``, ``y_nm``; ``sigma_x_nm``, ``sigma_y_nm`` for gaussian).
+    pixel_size_nm : float
+        Size of a render pixel.
+    mode : {"histogram", "gaussian"}
+        Counts per pixel, or each localization as a Gaussian with its predicted sigma.
+    extent_nm : (x0, x1, y0, y1), optional
+        Region to render (default: :func:`render_extent`).
+    weights : array of shape (len(table),), optional
+        Value each localization contributes instead of 1 (e.g. z for a z-weighted sum).
+    """
+    if pixel_size_nm <= 0:
+        raise DenselocError(f"render pixel size must be > 0 nm, got {pixel_size_nm}")
+    extent = render_extent(table, pixel_size_nm) if extent_nm is None else extent_nm
+    ny, nx = _shape(extent, pixel_size_nm)
+    x0, _, y0, _ = extent
+    u = (table["x_nm"].to_numpy(dtype=float) - x0) / pixel_size_nm
+    v = (table["y_nm"].to_numpy(dtype=float) - y0) / pixel_size_nm
+    w = np.ones(len(table)) if weights is None else np.asarray(weights, dtype=float)
+    if mode == "histogram":
+        image, _, _ = np.histogram2d(v, u, bins=(ny, nx), range=((0, ny), (0, nx)), weights=w)
+        return image
+    if mode != "gaussian":
+        raise DenselocError(f"unknown render mode {mode!r}; available: histogram, gaussian")
+    missing = [c for c in ("sigma_x_nm", "sigma_y_nm") if c not in table]
+    if missing:
+        raise DenselocError(
+            f"gaussian rendering needs the predicted uncertainties ({', '.join(missing)} "
+            "missing); use --mode histogram"
+        )
+    su = np.maximum(table["sigma_x_nm"].to_numpy(dtype=float) / pixel_size_nm, 1e-3)
+    sv = np.maximum(table["sigma_y_nm"].to_numpy(dtype=float) / pixel_size_nm, 1e-3)
+    if not (np.isfinite(su).all() and np.isfinite(sv).all()):
+        raise DenselocError("sigma_x_nm / sigma_y_nm hold missing or non-finite values")
+    half = np.clip(np.ceil(4 * np.maximum(su, sv)), 1, _MAX_HALF_WIDTH_PX).astype(int)
+    flat = np.zeros(ny * nx)
+    for k in np.unique(half):
+        rows = np.flatnonzero(half == k)
+        for block in np.array_split(rows, -(-len(rows) // _ROWS_PER_BLOCK)):
+            _splat(flat, (ny, nx), u[block], v[block], su[block], sv[block], w[block], k)
+    return flat.reshape(ny, nx)
+
+
+def _pixel_weights(centre: np.ndarray, sigma: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel indices (N, 2k+1) around each centre and the Gaussian mass in each pixel."""
+    index = np.floor(centre).astype(np.int64)[:, None] + np.arange(-k, k + 1)
+    scale = np.sqrt(2.0) * sigma[:, None]
+    edges = (index - centre[:, None]) / scale
+    mass = 0.5 * (erf(edges + 1 / scale) - erf(edges))
+    return index, mass / mass.sum(axis=1, keepdims=True)
+
+
+def _splat(flat, shape, u, v, su, sv, w, k) -> None:
+    ny, nx = shape
+    cols, wx = _pixel_weights(u, su, k)
+    rows, wy = _pixel_weights(v, sv, k)
+    mass = wy[:, :, None] * wx[:, None, :] * w[:, None, None]
+    inside = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :]
+    index = rows[:, :, None] * nx + cols[:, None, :]
+    flat += np.bincount(index[inside], weights=mass[inside], minlength=flat.size)
+
+
+def render_colored(
+    table: pd.DataFrame,
+    *,
+    by: str = "z_nm",
+    value_range: tuple[float, float] | None = None,
+    cmap: str = "turbo",
+    saturation: float = 0.995,
+    **kwargs,
+) -> np.ndarray:
+    """RGB image (ny, nx, 3) in [0, 1]: hue from the mean of column `by`, brightness density.
+
+    `value_range` maps onto the colormap (default: the 1st-99th percentile of the column);
+    brightness saturates at the `saturation` quantile of the non-empty pixels. Other keyword
+    arguments go to :func:`render`.
+    """
+    from matplotlib import colormaps
+
+    if by not in table:
+        raise DenselocError(f"cannot colour by {by!r}: the table has no such column")
+    values = table[by].to_numpy(dtype=float)
+    density = render(table, **kwargs)
+    weighted = render(table, weights=values, **kwargs)
+    lo, hi = np.percentile(values, [1, 99]) if value_range is None else value_range
+    mean = np.divide(weighted, density, out=np.zeros_like(density), where=density > 0)
+    hue = colormaps[cmap](np.clip((mean - lo) / max(hi - lo, 1e-12), 0, 1))[..., :3]
+    return hue * _brightness(density, saturation)[..., None]
+
+
+def _brightness(image: np.ndarray, saturation: float) -> np.ndarray:
+    positive = image[image > 0]
+    if not len(positive):
+        return np.zeros_like(image)
+    top = float(np.quantile(positive, saturation)) or float(positive.max())
+    return np.clip(image / top, 0, 1)
+
+
+def save_image(
+    image: np.ndarray,
+    path: str | os.PathLike,
+    *,
+    pixel_size_nm: float,
+    cmap: str = "hot",
+    saturation: float = 0.995,
+) -> Path:
+    """Write a rendered image atomically.
+
+    ``.png``: 8-bit, a grey-level image through `cmap` with contrast saturating at the
+    `saturation` quantile of the non-empty pixels (RGB images as they are).
+    ``.tif``/``.tiff``: the values themselves (float32 counts, or 8-bit RGB) with the pixel size
+    in the ImageJ metadata, so Fiji shows a calibrated scale.
+    """
+    import tifffile
+    from matplotlib import colormaps
+
+    from denseloc._atomic import atomic_path
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".png", ".tif", ".tiff"):
+        raise DenselocError(f"{path}: image format must be .png, .tif or .tiff")
+    rgb = image.ndim == 3
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        if suffix == ".png":
+            from PIL import Image
+
+            pixels = image if rgb else colormaps[cmap](_brightness(image, saturation))[..., :3]
+            Image.fromarray(np.round(pixels * 255).astype(np.uint8)).save(tmp, format="PNG")
+        else:
+            data = np.round(image * 255).astype(np.uint8) if rgb else image.astype(np.float32)
+            per_um = 1000.0 / pixel_size_nm
+            with open(tmp, "wb") as fh:
+                tifffile.imwrite(
+                    fh, data, imagej=True, resolution=(per_um, per_um),
+                    metadata={"unit": "um", "axes": "YXS" if rgb else "YX"},
+                    photometric="rgb" if rgb else "minisblack",
+                )
+    return path

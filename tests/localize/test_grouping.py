@@ -1,0 +1,90 @@
+"""Grouping of one emitter's localizations over consecutive frames."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from denseloc.localize.grouping import group_consecutive, link_consecutive
+
+
+def _blinking(n_emitters: int, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Emitters on a 2 um grid, each on for 1-6 consecutive frames with sigma 5-30 nm."""
+    truth = pd.DataFrame({
+        "x_nm": (np.arange(n_emitters) % 50) * 2000.0 + 500,
+        "y_nm": (np.arange(n_emitters) // 50) * 2000.0 + 500,
+        "z_nm": rng.uniform(-400, 400, n_emitters),
+        "start": rng.integers(0, 50, n_emitters),
+        "length": rng.integers(1, 7, n_emitters),
+    })
+    rows = []
+    for i, t in truth.iterrows():
+        for f in range(int(t["start"]), int(t["start"] + t["length"])):
+            sigma = rng.uniform(5, 30, 3)
+            rows.append({"frame": f, "x_nm": t["x_nm"] + rng.normal(0, sigma[0]),
+                         "y_nm": t["y_nm"] + rng.normal(0, sigma[1]),
+                         "z_nm": t["z_nm"] + rng.normal(0, sigma[2]),
+                         "sigma_x_nm": sigma[0], "sigma_y_nm": sigma[1], "sigma_z_nm": sigma[2],
+                         "photons": 1000.0, "sigma_photons": 30.0, "p": 0.9, "truth": i})
+    table = pd.DataFrame(rows).sample(frac=1.0, random_state=1)  # any row order
+    return table, truth
+
+
+def test_groups_follow_emitters_and_sigmas_shrink_as_theory_says() -> None:
+    rng = np.random.default_rng(3)
+    table, truth = _blinking(1000, rng)
+    groups = link_consecutive(table, radius_nm=150.0)
+    # one group per emitter, and every group holds one emitter only
+    assert len(np.unique(groups)) == len(truth)
+    assert (pd.Series(table["truth"].to_numpy()).groupby(groups).nunique() == 1).all()
+    merged = group_consecutive(table.drop(columns="truth"), radius_nm=150.0)
+    assert len(merged) == len(truth)
+    assert merged["n_frames"].sum() == len(table)
+    assert merged["photons"].sum() == pytest.approx(table["photons"].sum())
+    # match merged rows back to emitters by position (emitters are 2 um apart)
+    index = (np.round((merged["y_nm"] - 500) / 2000) * 50 + np.round((merged["x_nm"] - 500) / 2000))
+    true = truth.loc[index.astype(int).to_numpy()]
+    assert (merged["n_frames"].to_numpy() == true["length"].to_numpy()).all()
+    assert (merged["frame"].to_numpy() == true["start"].to_numpy()).all()
+    for axis in "xyz":
+        z_scores = (merged[f"{axis}_nm"].to_numpy() - true[f"{axis}_nm"].to_numpy()) / merged[
+            f"sigma_{axis}_nm"
+        ].to_numpy()
+        # inverse-variance weighting: the merged sigma is the true standard error
+        assert np.sqrt(np.mean(z_scores**2)) == pytest.approx(1.0, abs=0.07)
+
+
+def test_merged_sigma_is_inverse_variance_sum() -> None:
+    table = pd.DataFrame({"frame": [3, 4, 5], "x_nm": [0.0, 30.0, 10.0], "y_nm": [0.0, 0.0, 0.0],
+                          "sigma_x_nm": [10.0, 20.0, 10.0], "sigma_y_nm": [5.0, 5.0, 5.0],
+                          "sigma_z_nm": [40.0, 40.0, 40.0]})
+    merged = group_consecutive(table, radius_nm=50.0)
+    w = np.array([1 / 100, 1 / 400, 1 / 100])
+    assert merged["x_nm"].item() == pytest.approx((w * [0, 30, 10]).sum() / w.sum())
+    assert merged["sigma_x_nm"].item() == pytest.approx(w.sum() ** -0.5)
+    assert merged["sigma_y_nm"].item() == pytest.approx(5 / np.sqrt(3))
+    assert merged["frame"].item() == 3 and merged["n_frames"].item() == 3
+
+
+def test_gaps_radius_and_one_to_one_linking() -> None:
+    table = pd.DataFrame({"frame": [0, 2, 0, 1], "x_nm": [0.0, 5.0, 500.0, 510.0],
+                          "y_nm": [0.0] * 4})
+    groups = link_consecutive(table, radius_nm=20.0)
+    assert groups[0] != groups[1]  # frame 2 follows frame 0 after a dark frame
+    assert groups[2] == groups[3]
+    groups = link_consecutive(table, radius_nm=20.0, max_gap_frames=1)
+    assert groups[0] == groups[1]
+    assert link_consecutive(table, radius_nm=5.0).tolist() == [0, 3, 1, 2]
+    # two emitters close together in the same frame are never merged with each other
+    pair = pd.DataFrame({"frame": [0, 0, 1, 1], "x_nm": [0.0, 30.0, 2.0, 31.0],
+                         "y_nm": [0.0] * 4})
+    groups = link_consecutive(pair, radius_nm=40.0)
+    assert groups.tolist() == [0, 1, 0, 1]
+    with pytest.raises(ValueError, match="radius_nm"):
+        link_consecutive(pair, radius_nm=0.0)
+
+
+def test_grouping_an_empty_table() -> None:
+    empty = pd.DataFrame({"frame": [], "x_nm": [], "y_nm": []})
+    assert group_consecutive(empty).empty
