@@ -14,6 +14,7 @@ Tiled and whole-frame results therefore agree to floating-point rounding.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pandas as pd
@@ -24,7 +25,14 @@ from denseloc.localize.postprocess import maps_to_table
 from denseloc.train.artifact import TrainedModel
 from denseloc.train.data import scale_frames
 
-__all__ = ["Tile", "auto_batch_size", "network_outputs", "predict_frames", "tile_grid"]
+__all__ = [
+    "Tile",
+    "auto_batch_size",
+    "iter_network_outputs",
+    "network_outputs",
+    "predict_frames",
+    "tile_grid",
+]
 
 MAX_TILE_PX = 640
 """Default largest tile side, px; larger frames are tiled (bounds memory per forward pass)."""
@@ -89,15 +97,19 @@ def network_overlap(model: TrainedModel) -> int:
 
 
 @torch.no_grad()
-def network_outputs(
+def iter_network_outputs(
     model: TrainedModel,
     photons: torch.Tensor,
     *,
     before: torch.Tensor | None = None,
     after: torch.Tensor | None = None,
     batch_size: int | None = None,
-) -> torch.Tensor:
-    """Output maps (T, 10, H, W) for frames (T, H, W) in photons.
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Output maps for frames (T, H, W) in photons, one batch at a time.
+
+    Yields ``(start, outputs)`` with outputs of shape (B, 10, H, W) for frames
+    ``start .. start + B - 1``. Frame features are computed once per frame and kept only
+    while a window still needs them, so memory is bounded by the batch, not by T.
 
     Parameters
     ----------
@@ -106,8 +118,8 @@ def network_outputs(
     photons : Tensor of shape (T, H, W)
         Frames in photons.
     before, after : Tensor of shape (H, W), optional
-        The movie's frames just before and after this chunk; when None (start or end of the
-        movie) the first/last frame is replicated.
+        The movie's frames just before and after these frames; when None (start or end of
+        the movie) the first/last frame is replicated.
     batch_size : int, optional
         Frames per forward pass (default: :func:`auto_batch_size`).
     """
@@ -121,26 +133,41 @@ def network_outputs(
         first = photons[:1] if before is None else before[None]
         last = photons[-1:] if after is None else after[None]
         frames = torch.cat([first, photons, last])
-    x = scale_frames(frames.to(device=device, dtype=torch.float32), model.scaling)
     pad_h, pad_w = (-height) % net.multiple, (-width) % net.multiple
-    if pad_h or pad_w:
-        x = F.pad(x[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
-    x = x[:, None]
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    features = torch.cat(
-        [net.frame_features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-    )
-    outputs = []
     ctx = net.context_frames
+
+    def features_of(a: int, b: int) -> torch.Tensor:
+        x = scale_frames(frames[a:b].to(device=device, dtype=torch.float32), model.scaling)
+        if pad_h or pad_w:
+            x = F.pad(x[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
+        x = x[:, None]
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return net.frame_features(x)
+
+    cached = features_of(0, ctx - 1) if ctx > 1 else None  # features of frames[start:start+ctx-1]
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
-        windows = torch.stack([features[t : t + ctx] for t in range(start, stop)])
-        windows = windows.flatten(1, 2)
+        fresh = features_of(start + ctx - 1, stop + ctx - 1)
+        features = fresh if cached is None else torch.cat([cached, fresh])
+        windows = torch.stack([features[t : t + ctx] for t in range(stop - start)]).flatten(1, 2)
         if channels_last:
             windows = windows.contiguous(memory_format=torch.channels_last)
-        outputs.append(net.from_features(windows)[:, :, :height, :width].float().cpu())
-    return torch.cat(outputs)
+        yield start, net.from_features(windows)[:, :, :height, :width].float().cpu()
+        cached = features[len(features) - (ctx - 1) :] if ctx > 1 else None
+
+
+def network_outputs(
+    model: TrainedModel,
+    photons: torch.Tensor,
+    *,
+    before: torch.Tensor | None = None,
+    after: torch.Tensor | None = None,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """All output maps (T, 10, H, W) for frames (T, H, W); see :func:`iter_network_outputs`."""
+    return torch.cat([out for _, out in iter_network_outputs(
+        model, photons, before=before, after=after, batch_size=batch_size)])
 
 
 def predict_frames(
@@ -179,28 +206,28 @@ def predict_frames(
     tables = []
     for tile in tiles:
         window = (tile.rows, tile.cols)
-        out = network_outputs(
+        row0, col0 = tile.rows.start, tile.cols.start
+        core = (slice(tile.core_rows.start - row0, tile.core_rows.stop - row0),
+                slice(tile.core_cols.start - col0, tile.core_cols.stop - col0))
+        batches = iter_network_outputs(
             model,
             photons[(slice(None), *window)],
             before=None if before is None else before[window],
             after=None if after is None else after[window],
             batch_size=batch_size,
         )
-        row0, col0 = tile.rows.start, tile.cols.start
-        tables.append(
-            maps_to_table(
-                out,
-                model.scaling,
-                pixel_size_nm=pixel_size_nm,
-                threshold=threshold,
-                frames=frames,
-                origin_px=(row0, col0),
-                sigma_scale=model.sigma_scale,
-                core=(
-                    slice(tile.core_rows.start - row0, tile.core_rows.stop - row0),
-                    slice(tile.core_cols.start - col0, tile.core_cols.stop - col0),
-                ),
+        for start, out in batches:
+            tables.append(
+                maps_to_table(
+                    out,
+                    model.scaling,
+                    pixel_size_nm=pixel_size_nm,
+                    threshold=threshold,
+                    frames=frames[start : start + len(out)],
+                    origin_px=(row0, col0),
+                    sigma_scale=model.sigma_scale,
+                    core=core,
+                )
             )
-        )
     table = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)
     return table.sort_values(["frame", "y_nm", "x_nm"], kind="stable", ignore_index=True)
