@@ -92,3 +92,31 @@ def test_check_model_matches() -> None:
     assert check_model_matches(cfg, cfg) == []
     other = cfg.model_copy(update={"image": cfg.image.model_copy(update={"pixel_size_nm": 130})})
     assert "130 nm" in check_model_matches(cfg, other)[0]
+
+
+def test_cli_sigma_filter_grouping_and_bad_flags(movie, tmp_path) -> None:
+    path, _, _ = movie
+    runner = CliRunner()
+    plain, filtered, grouped = (tmp_path / f"{n}.csv" for n in ("plain", "filtered", "grouped"))
+    assert runner.invoke(app, ["localize", str(path), "--out", str(plain)]).exit_code == 0
+    result = runner.invoke(app, ["localize", str(path), "--out", str(filtered),
+                                 "--sigma-quantile", "0.5"])
+    assert result.exit_code == 0, result.output
+    full, half = pd.read_csv(plain), pd.read_csv(filtered)
+    assert len(half) == pytest.approx(len(full) / 2, abs=1)
+    lateral = lambda t: (t["sigma_x_nm"] ** 2 + t["sigma_y_nm"] ** 2) ** 0.5  # noqa: E731
+    assert lateral(half).max() <= lateral(full).median() + 1e-6
+    result = runner.invoke(app, ["localize", str(path), "--out", str(grouped), "--group"])
+    assert result.exit_code == 0, result.output
+    merged = pd.read_csv(grouped)
+    assert len(merged) < len(full) and merged["n_frames"].sum() == len(full)
+    bad = [
+        (["--batch-size", "zero"], "--batch-size must be auto or a positive integer"),
+        (["--sigma-quantile", "1.5"], "quantile must be in (0, 1]"),
+        (["--frames", "50:60"], "selects no frame"),
+    ]
+    for flags, message in bad:
+        out = tmp_path / "bad.csv"
+        result = runner.invoke(app, ["localize", str(path), "--out", str(out), *flags])
+        assert result.exit_code == 2 and message in result.output, (flags, result.output)
+        assert not out.exists()
