@@ -50,16 +50,13 @@ def plot_frames_with_truth(
     """Save a PNG of the first `n` frames with ground truth (and predictions) marked."""
     import pandas as pd
     import tifffile
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
 
-    from denseloc._atomic import atomic_path
+    from denseloc._plotting import new_figure, save_figure
     from denseloc.table import nm_to_px
 
     frames = tifffile.imread(frames_path, key=range(n))
     truth = pd.read_csv(truth_path)
-    fig = Figure(figsize=(3.2 * n, 3.5))
-    FigureCanvasAgg(fig)
+    fig = new_figure(3.2 * n, 3.5)
     axes = fig.subplots(1, n, squeeze=False)[0]
     for t, ax in enumerate(axes):
         ax.imshow(frames[t], cmap="gray")
@@ -76,10 +73,7 @@ def plot_frames_with_truth(
         ax.set_axis_off()
     axes[0].legend(loc="lower left", fontsize=7)
     fig.suptitle("simulated frames (ADU): ground truth (red), network localizations (cyan)")
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    return out_png
+    return save_figure(fig, out_png, dpi=100)
 
 
 def run_demo(

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from denseloc._atomic import atomic_path
+from denseloc._plotting import new_figure, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -58,22 +58,7 @@ def write_report(calibration: BeadCalibration, out_dir: str | os.PathLike) -> li
         "psf_planes.png": _planes_figure(calibration),
         "psf_widths.png": _widths_figure(calibration),
     }
-    written = []
-    for name, fig in figures.items():
-        path = out / name
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
-        written.append(path)
-    return written
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+    return [save_figure(fig, out / name) for name, fig in figures.items()]
 
 
 def _title(calibration: BeadCalibration) -> str:
@@ -96,7 +81,7 @@ def _sections_figure(calibration: BeadCalibration) -> Figure:
     }
     vmax = max(float(measured.max()), float(model.max()))
     dmax = max(float(np.abs(m - f).max()) for m, f in sections.values()) or 1.0
-    fig = _new_figure(10, 8)
+    fig = new_figure(10, 8)
     axes = fig.subplots(2, 3, sharey=True)
     for row, (name, (meas, fit)) in enumerate(sections.items()):
         axis = name[0]
@@ -129,7 +114,7 @@ def _sections_figure(calibration: BeadCalibration) -> Figure:
 def _planes_figure(calibration: BeadCalibration) -> Figure:
     measured, model, z = calibration.measured, calibration.model, calibration.z_nm
     picks = np.unique(np.linspace(0, len(z) - 1, 7).round().astype(int))
-    fig = _new_figure(1.7 * len(picks) + 1, 6)
+    fig = new_figure(1.7 * len(picks) + 1, 6)
     axes = fig.subplots(3, len(picks), squeeze=False)
     for col, k in enumerate(picks):
         vmax = max(float(measured[k].max()), float(model[k].max()))
@@ -154,7 +139,7 @@ def _planes_figure(calibration: BeadCalibration) -> Figure:
 
 
 def _widths_figure(calibration: BeadCalibration) -> Figure:
-    fig = _new_figure(10, 4.2)
+    fig = new_figure(10, 4.2)
     ax_w, ax_f = fig.subplots(1, 2, width_ratios=(2, 1))
     fit = calibration.astigmatic
     if fit is None:

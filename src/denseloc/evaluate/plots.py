@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from denseloc._atomic import atomic_path
+from denseloc._plotting import new_figure, save_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -69,22 +69,12 @@ def plot_evaluation(
     sigma_axes = [a for a in _AXES if f"sigma_{a}_nm" in pairs.columns]
     if sigma_axes:
         figures["sigma_vs_error.png"] = _sigma_vs_error(pairs, sigma_axes, n_bins)
-    written = []
-    for name, fig in figures.items():
-        path = out_dir / name
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=dpi)
-        written.append(path)
-    return written
+    return [save_figure(fig, out_dir / name, dpi=dpi) for name, fig in figures.items()]
 
 
 def _figure(n_panels: int) -> Figure:
-    """A row of `n_panels` axes on an Agg canvas."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(4.0 * n_panels, 3.4), layout="constrained")
-    FigureCanvasAgg(fig)
+    """A row of `n_panels` axes."""
+    fig = new_figure(4.0 * n_panels, 3.4)
     fig.subplots(1, n_panels, squeeze=False)
     return fig
 

@@ -6,23 +6,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from denseloc._atomic import atomic_path
+from denseloc._plotting import new_figure, save_figure
 
 __all__ = ["plot_training_curves"]
 
 
 def plot_training_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Save a PNG with train/validation loss, Jaccard, RMSE and CRLB ratios per epoch."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     minutes = [r["minutes"] for r in rows]
 
     def series(key: str) -> list[float]:
         return [float("nan") if r.get(key) is None else float(r[key]) for r in rows]
 
-    fig = Figure(figsize=(12, 3.4))
-    FigureCanvasAgg(fig)
+    fig = new_figure(12, 3.4)
     axes = fig.subplots(1, 4)
     axes[0].plot(minutes, series("train_loss"), label="train")
     axes[0].plot(minutes, series("val_loss"), label="validation")
@@ -43,7 +39,4 @@ def plot_training_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     for ax in axes:
         ax.set_xlabel("training minutes")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    return path
+    return save_figure(fig, path, dpi=90)
