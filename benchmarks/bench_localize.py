@@ -52,20 +52,32 @@ from denseloc.cli import DEFAULT_MODEL
 from denseloc.io import open_movie
 from denseloc.localize.pipeline import localize_movie_network
 from denseloc.train.artifact import TrainedModel
+
+def status(*keys):
+    with open("/proc/self/status") as f:
+        values = {line.split(":")[0]: int(line.split()[1]) / 1024 for line in f}
+    return [values[k] for k in keys]
+
+peak = {"RssAnon": 0.0, "RssFile": 0.0}
+def sample(done, total):
+    for key, value in zip(peak, status(*peak)):
+        peak[key] = max(peak[key], value)
+
 configure_cpu()
 model = TrainedModel.load(resolve_builtin(DEFAULT_MODEL))
 with open_movie(sys.argv[1]) as movie:
     localize_movie_network(movie, model, model.config, frames=range(2))  # warm-up
     start = time.perf_counter()
-    table = localize_movie_network(movie, model, model.config)
+    table = localize_movie_network(movie, model, model.config, progress=sample)
     seconds = time.perf_counter() - start
     n = len(movie)
+sample(0, 0)
 # VmHWM belongs to this address space; getrusage's ru_maxrss would survive execve and
 # report the parent's peak (the simulation of the movie) instead.
-with open("/proc/self/status") as status:
-    hwm_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+(hwm,) = status("VmHWM")
 print(json.dumps({"frames": n, "seconds": seconds, "localizations": len(table),
-                  "peak_rss_mb": hwm_kb / 1024}))
+                  "table_mb": table.memory_usage(deep=True).sum() / 2**20,
+                  "peak_rss_mb": hwm, "anon_mb": peak["RssAnon"], "file_mb": peak["RssFile"]}))
 """
 
 
@@ -79,7 +91,10 @@ def run_case(name: str, size: int, n_frames: int, workdir: Path) -> dict[str, ob
            "frames_per_s": round(result["frames"] / result["seconds"], 2),
            "megapixels_per_s": round(result["frames"] * size * size / result["seconds"] / 1e6, 3),
            "localizations": result["localizations"],
-           "peak_rss_mb": round(result["peak_rss_mb"])}
+           "table_mb": round(result["table_mb"]),
+           "peak_rss_mb": round(result["peak_rss_mb"]),
+           "anon_mb_after_chunks": round(result["anon_mb"]),
+           "file_mb_after_chunks": round(result["file_mb"])}
     print(json.dumps(row), flush=True)
     return row
 
@@ -98,7 +113,10 @@ def main() -> None:
     notes = ("Bundled default model (16 filters, depth 2), 2 torch threads, default chunks "
              "(about 4 Mpx per read) and tiles (frames above 640 px are cut into tiles "
              "overlapping by the receptive field, 60 px). peak_rss_mb is the whole process "
-             "(Python, torch, model): VmHWM of the worker process; compare it with movie_mb.")
+             "(Python, torch, model): VmHWM of the worker process; compare it with movie_mb. "
+             "anon_mb/file_mb_after_chunks: the largest anonymous (heap) and file-backed "
+             "(memory-mapped movie pages, which the kernel can drop) resident memory seen "
+             "after each chunk; table_mb: the localization table returned.")
     write_results("localize_speed", rows, notes)
 
 
