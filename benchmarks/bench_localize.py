@@ -55,8 +55,8 @@ from denseloc.train.artifact import TrainedModel
 
 def status(*keys):
     with open("/proc/self/status") as f:
-        values = {line.split(":")[0]: int(line.split()[1]) / 1024 for line in f}
-    return [values[k] for k in keys]
+        values = {line.split(":")[0]: line.split()[1] for line in f}
+    return [int(values[k]) / 1024 for k in keys]
 
 peak = {"RssAnon": 0.0, "RssFile": 0.0}
 def sample(done, total):
@@ -83,8 +83,11 @@ print(json.dumps({"frames": n, "seconds": seconds, "localizations": len(table),
 
 def run_case(name: str, size: int, n_frames: int, workdir: Path) -> dict[str, object]:
     movie = simulate(size, n_frames, workdir / name)
-    result = json.loads(subprocess.run([sys.executable, "-c", WORKER, str(movie)], check=True,
-                                       capture_output=True, text=True).stdout)
+    run = subprocess.run([sys.executable, "-c", WORKER, str(movie)], capture_output=True,
+                         text=True)
+    if run.returncode:
+        raise RuntimeError(f"worker failed on {name}:\n{run.stderr}")
+    result = json.loads(run.stdout)
     movie_mb = movie.stat().st_size / 2**20
     movie.unlink()
     row = {"case": name, "frames": result["frames"], "movie_mb": round(movie_mb, 1),
