@@ -55,8 +55,8 @@ from denseloc.train.artifact import TrainedModel
 
 def status(*keys):
     with open("/proc/self/status") as f:
-        values = {line.split(":")[0]: line.split()[1] for line in f}
-    return [int(values[k]) / 1024 for k in keys]
+        values = dict(line.split(":", 1) for line in f)
+    return [int(values[k].split()[0]) / 1024 for k in keys]
 
 peak = {"RssAnon": 0.0, "RssFile": 0.0}
 def sample(done, total):
