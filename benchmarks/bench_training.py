@@ -64,12 +64,13 @@ def score(pred: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float | None]:
     return row
 
 
-def evaluate_model(model: TrainedModel, tests: dict) -> dict[str, dict]:
+def evaluate_model(model: TrainedModel, tests: dict, readout: str = "mixture") -> dict[str, dict]:
     from denseloc.localize.network import predict_frames
 
     out = {}
     for name, (cfg, photons, truth) in tests.items():
-        pred = predict_frames(model, photons, pixel_size_nm=cfg.image.pixel_size_nm)
+        pred = predict_frames(model, photons, pixel_size_nm=cfg.image.pixel_size_nm,
+                              readout=readout)
         out[name] = score(pred, truth)
     return out
 

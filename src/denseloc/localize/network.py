@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from denseloc.localize.postprocess import maps_to_table
+from denseloc.localize.postprocess import Readout, maps_to_table
 from denseloc.train.artifact import TrainedModel
 from denseloc.train.data import scale_frames
 
@@ -181,11 +181,13 @@ def predict_frames(
     after: torch.Tensor | None = None,
     batch_size: int | None = None,
     max_tile_px: int = MAX_TILE_PX,
+    readout: Readout = "mixture",
 ) -> pd.DataFrame:
     """Localizations in frames (T, H, W) given in photons, with the model's threshold.
 
     Frames larger than `max_tile_px` are processed in overlapping tiles (see the module
-    docstring). Rows are sorted by frame, then y, then x.
+    docstring). `readout` is passed to :func:`~denseloc.localize.postprocess.maps_to_table`.
+    Rows are sorted by frame, then y, then x.
     """
     _, height, width = photons.shape
     multiple = model.net.multiple
@@ -225,8 +227,8 @@ def predict_frames(
                     threshold=threshold,
                     frames=frames[start : start + len(out)],
                     origin_px=(row0, col0),
-                    sigma_scale=model.sigma_scale,
                     core=core,
+                    readout=readout,
                 )
             )
     table = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)

@@ -42,8 +42,6 @@ class TrainedModel:
     config: Config
     threshold: float = 0.5
     summary: dict[str, Any] = field(default_factory=dict)
-    sigma_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    """Factors on the predicted sigmas (x, y, z) that calibrate them on validation data."""
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write config.yaml, model.yaml and weights.pt into `directory`."""
@@ -59,7 +57,6 @@ class TrainedModel:
             "architecture": self.net.config(),
             "scaling": self.scaling.to_dict(),
             "threshold": float(self.threshold),
-            "sigma_scale": [float(v) for v in self.sigma_scale],
             "summary": self.summary,
         }
         with atomic_path(directory / "model.yaml") as tmp:
@@ -97,5 +94,4 @@ class TrainedModel:
             config=config,
             threshold=float(meta["threshold"]),
             summary=meta.get("summary") or {},
-            sigma_scale=tuple(float(v) for v in meta.get("sigma_scale", (1.0, 1.0, 1.0))),
         )

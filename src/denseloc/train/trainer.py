@@ -39,7 +39,6 @@ __all__ = [
     "Trainer",
     "TrainingDiverged",
     "evaluate_batches",
-    "fit_sigma_scale",
     "tune_threshold",
 ]
 
@@ -115,26 +114,6 @@ def evaluate_batches(
     )
     metrics, _ = evaluate(pred, truth, min_photons=min_photons)
     return metrics.to_dict()
-
-
-def fit_sigma_scale(
-    outputs: torch.Tensor, truth: pd.DataFrame, data: TrainingData, threshold: float
-) -> tuple[float, float, float]:
-    """Per-axis factors that make RMS(error / predicted sigma) = 1 on validation data.
-
-    The mixture loss trains the sigmas, but a localization reads them at a single pixel while
-    the predicted mixture spreads over neighbours, so they come out somewhat overconfident;
-    one factor per axis, fitted where the threshold is tuned, corrects that.
-    """
-    from denseloc.evaluate import evaluate
-    from denseloc.localize.postprocess import maps_to_table
-
-    pred = maps_to_table(
-        outputs, data.scaling, pixel_size_nm=data.config.image.pixel_size_nm, threshold=threshold
-    )
-    metrics, _ = evaluate(pred, truth, min_photons=500.0)
-    scale = [metrics.z_score_rms_x, metrics.z_score_rms_y, metrics.z_score_rms_z]
-    return tuple(float(v) if v is not None and np.isfinite(v) and v > 0 else 1.0 for v in scale)
 
 
 def tune_threshold(
@@ -430,7 +409,6 @@ class Trainer:
         batches, truth = self.validation_set()
         outputs = predict_batches(self.net, batches, self.channels_last)
         threshold, metrics = tune_threshold(outputs, truth, self.val_data, min_photons=500.0)
-        sigma_scale = fit_sigma_scale(outputs, truth, self.val_data, threshold)
         net = DecodeNet(**self.config.model.model_dump())
         net.load_state_dict({k: v.cpu() for k, v in self.net.state_dict().items()})
         model = TrainedModel(
@@ -438,7 +416,6 @@ class Trainer:
             scaling=self.data.scaling,
             config=self.config,
             threshold=threshold,
-            sigma_scale=sigma_scale,
             summary={
                 "epochs": self.state.epoch,
                 "steps": self.state.step,

@@ -1,0 +1,87 @@
+"""Output maps -> localizations: spatial integration and the mixture readout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from denseloc.localize.postprocess import maps_to_table
+from denseloc.nn.model import Scaling
+
+SCALING = Scaling(input_offset=0.0, input_scale=1.0, photons=1000.0, z_nm=500.0, bg_photons=10.0)
+PX = 100.0
+
+
+def _maps(size: int = 9) -> torch.Tensor:
+    """Output maps (1, 10, size, size) with p ~ 0 everywhere and unit-ish sigmas."""
+    out = torch.zeros(1, 10, size, size, dtype=torch.float64)
+    out[:, 0] = -30.0  # p = sigmoid(-30) ~ 1e-13
+    out[:, 5:9] = 0.1
+    return out
+
+
+def _logit(p: float) -> float:
+    return float(np.log(p / (1 - p)))
+
+
+def test_single_pixel_mixture_equals_the_pixel() -> None:
+    out = _maps()
+    out[0, :9, 4, 4] = torch.tensor([_logit(0.9), 0.5, 0.2, -0.3, 0.4, 0.05, 0.07, 0.02, 0.03],
+                                    dtype=torch.float64)
+    for readout in ("mixture", "max"):
+        row = maps_to_table(out, SCALING, pixel_size_nm=PX, threshold=0.5, readout=readout)
+        assert len(row) == 1
+        r = row.iloc[0]
+        assert r.x_nm == pytest.approx((4 + 0.2 + 0.5) * PX)
+        assert r.y_nm == pytest.approx((4 - 0.3 + 0.5) * PX)
+        assert r.z_nm == pytest.approx(0.4 * 500.0)
+        assert r.photons == pytest.approx(500.0)
+        assert r.sigma_x_nm == pytest.approx(0.05 * PX, rel=1e-6)
+        assert r.sigma_y_nm == pytest.approx(0.07 * PX, rel=1e-6)
+        assert r.sigma_z_nm == pytest.approx(0.02 * 500.0, rel=1e-6)
+        assert r.sigma_photons == pytest.approx(30.0, rel=1e-6)
+
+
+def test_mixture_readout_is_the_mixture_mean_and_total_variance() -> None:
+    """Two neighbouring pixels share an emitter: weights 0.6 / 0.3, different offsets."""
+    out = _maps()
+    out[0, 0, 4, 4], out[0, 0, 4, 5] = _logit(0.6), _logit(0.3)
+    out[0, 2, 4, 4], out[0, 2, 4, 5] = 0.3, -0.5  # x: 4.3 and 4.5 px
+    out[0, 4, 4, 4], out[0, 4, 4, 5] = 0.2, 0.4  # z
+    out[0, 5, 4, 4], out[0, 5, 4, 5] = 0.1, 0.2  # sigma_x
+    out[0, 7, 4, 4], out[0, 7, 4, 5] = 0.05, 0.05  # sigma_z
+    w = np.array([0.6, 0.3]) / 0.9
+    mu_x, s_x = np.array([4.3, 4.5]), np.array([0.1, 0.2])
+    mu_z, s_z = np.array([0.2, 0.4]), np.array([0.05, 0.05])
+
+    table = maps_to_table(out, SCALING, pixel_size_nm=PX, threshold=0.5)
+    assert len(table) == 1  # one local maximum; integrated p = 0.9
+    r = table.iloc[0]
+    mean_x = w @ mu_x
+    assert r.x_nm == pytest.approx((mean_x + 0.5) * PX, rel=1e-6)
+    sd_x = np.sqrt(w @ (s_x**2 + (mu_x - mean_x) ** 2))
+    assert r.sigma_x_nm == pytest.approx(sd_x * PX, rel=1e-6)
+    mean_z = w @ mu_z
+    assert r.z_nm == pytest.approx(mean_z * 500.0, rel=1e-6)
+    assert r.sigma_z_nm == pytest.approx(np.sqrt(w @ (s_z**2 + (mu_z - mean_z) ** 2)) * 500.0,
+                                         rel=1e-6)
+    # The maximum pixel alone understates the uncertainty.
+    top = maps_to_table(out, SCALING, pixel_size_nm=PX, threshold=0.5, readout="max").iloc[0]
+    assert top.x_nm == pytest.approx(4.8 * PX) and top.sigma_x_nm == pytest.approx(0.1 * PX)
+    assert r.sigma_x_nm > top.sigma_x_nm
+
+
+def test_detection_at_the_frame_corner_uses_only_pixels_inside() -> None:
+    """Clamped out-of-frame neighbours would count pixel (0, 0) four times and (0, 1) twice."""
+    out = _maps()
+    out[0, 0, 0, 0], out[0, 0, 0, 1] = _logit(0.6), _logit(0.3)
+    out[0, 2, 0, 0], out[0, 2, 0, 1] = -0.2, 0.1  # x: -0.2 and 1.1 px
+    table = maps_to_table(out, SCALING, pixel_size_nm=PX, threshold=0.5)
+    assert len(table) == 1
+    assert table.x_nm[0] == pytest.approx((2 / 3 * -0.2 + 1 / 3 * 1.1 + 0.5) * PX, rel=1e-6)
+
+
+def test_unknown_readout_is_an_error() -> None:
+    with pytest.raises(ValueError, match="readout"):
+        maps_to_table(_maps(), SCALING, pixel_size_nm=PX, readout="mean")
