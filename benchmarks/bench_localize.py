@@ -118,7 +118,8 @@ def main() -> None:
              "overlapping by the receptive field, 60 px). peak_rss_mb is the whole process "
              "(Python, torch, model): VmHWM of the worker process; compare it with movie_mb. "
              "anon_mb/file_mb_after_chunks: the largest anonymous (heap) and file-backed "
-             "(memory-mapped movie pages, which the kernel can drop) resident memory seen "
+             "(shared libraries such as torch, about 160 MB, and memory-mapped movie pages, "
+             "which the kernel can drop) resident memory seen "
              "after each chunk; table_mb: the localization table returned.")
     write_results("localize_speed", rows, notes)
 
