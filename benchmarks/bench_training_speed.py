@@ -1,12 +1,15 @@
 """Training and inference throughput of the network on this machine.
 
-Usage: python benchmarks/bench_training_speed.py [--seconds S]
+Usage: python benchmarks/bench_training_speed.py [--seconds S] [--compile-only]
 
 Training: samples per second of full training steps (simulation of the batch, forward,
 Gaussian-mixture loss, backward, AdamW) for several network widths, training frame sizes
 and movie lengths (``frames_per_movie`` 3: independent samples; 8: consecutive windows share
 frame features). Inference: frames per second of the network (3-frame context, features
-reused across windows) on 64x64 and 256x256 frames, without post-processing.
+reused across windows) on 64x64 and 256x256 frames, without post-processing. Compiled: the
+same training step with the network's forward pass through ``torch.compile`` (inductor,
+compilation excluded from the timing); ``--compile-only`` measures just that pair and writes
+``training_speed_compile``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from denseloc.train.artifact import TrainedModel
 from denseloc.train.trainer import Trainer
 
 
-def training_rate(filters: int, frame_px: int, frames_per_movie: int, seconds: float) -> float:
+def training_rate(
+    filters: int, frame_px: int, frames_per_movie: int, seconds: float, compiled: bool = False
+) -> float:
     cfg = Config.model_validate({
         "emitters": {"density_per_um2": 1.0},
         "model": {"filters": filters},
@@ -33,6 +38,8 @@ def training_rate(filters: int, frame_px: int, frames_per_movie: int, seconds: f
                   "density_range_per_um2": [0.05, 2.5], "validation_samples": 1},
     })
     trainer = Trainer(cfg, "/tmp/denseloc-speed-unused", device="cpu")
+    if compiled:
+        trainer.net.forward_windows = torch.compile(trainer.net.forward_windows)
     gen = trainer.generator
     for _ in range(3):  # warm-up
         trainer._step(trainer.data.batch(cfg.train.batch_size, gen))
@@ -61,8 +68,20 @@ def inference_rate(filters: int, size: int, seconds: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--compile-only", action="store_true")
     args = parser.parse_args()
     configure_cpu(2)
+    if args.compile_only:
+        rows = []
+        for compiled in (False, True):
+            rate = training_rate(16, 40, 8, args.seconds, compiled=compiled)
+            rows.append({"kind": "train", "filters": 16, "frame_px": 40, "frames_per_movie": 8,
+                         "compiled": compiled, "rate": round(rate, 1), "unit": "samples/s"})
+            print(rows[-1], flush=True)
+        write_results("training_speed_compile", rows,
+                      "2 torch threads, channels-last, batch 32; compiled = torch.compile of "
+                      "the forward pass (default inductor backend), timed after 3 warm-up steps.")
+        return
     rows = []
     for filters, frame_px, fpm in [(16, 40, 3), (16, 40, 8), (16, 32, 8), (8, 40, 8),
                                    (24, 40, 8), (32, 40, 8), (48, 40, 3), (48, 40, 8)]:
