@@ -72,14 +72,39 @@ def test_mixture_readout_is_the_mixture_mean_and_total_variance() -> None:
     assert r.sigma_x_nm > top.sigma_x_nm
 
 
-def test_detection_at_the_frame_corner_uses_only_pixels_inside() -> None:
-    """Clamped out-of-frame neighbours would count pixel (0, 0) four times and (0, 1) twice."""
+@pytest.mark.parametrize("corner", [(0, 0), (8, 8)])
+def test_detection_at_the_frame_corner_uses_only_pixels_inside(corner) -> None:
+    """Clamping or wrapping out-of-frame neighbours would change the weights.
+
+    Clamped, the detection's pixel would count four times and its neighbour twice; wrapped
+    (negative indices), the dim pixel in the opposite corner would join the mixture.
+    """
+    row, col = corner
+    side = 1 if col == 0 else -1  # the neighbour towards the inside
     out = _maps()
-    out[0, 0, 0, 0], out[0, 0, 0, 1] = _logit(0.6), _logit(0.3)
-    out[0, 2, 0, 0], out[0, 2, 0, 1] = -0.2, 0.1  # x: -0.2 and 1.1 px
+    out[0, 0, row, col], out[0, 0, row, col + side] = _logit(0.6), _logit(0.3)
+    out[0, 2, row, col], out[0, 2, row, col + side] = -0.2, 0.1
+    out[0, 0, 8 - row, 8 - col], out[0, 2, 8 - row, 8 - col] = _logit(0.1), 0.4  # opposite
     table = maps_to_table(out, SCALING, pixel_size_nm=PX, threshold=0.5)
-    assert len(table) == 1
-    assert table.x_nm[0] == pytest.approx((2 / 3 * -0.2 + 1 / 3 * 1.1 + 0.5) * PX, rel=1e-6)
+    assert len(table) == 1  # the dim corner is below the threshold
+    x_px = 2 / 3 * (col - 0.2) + 1 / 3 * (col + side + 0.1)
+    assert table.x_nm[0] == pytest.approx((x_px + 0.5) * PX, rel=1e-6)
+
+
+def test_each_frame_reads_its_own_maps() -> None:
+    out = _maps().repeat(2, 1, 1, 1)
+    out[0, 0, 2, 2], out[0, 2, 2, 2] = _logit(0.9), 0.3
+    out[1, 0, 6, 5], out[1, 2, 6, 5], out[1, 5, 6, 5] = _logit(0.8), -0.1, 0.2
+    out[1, 0, 6, 6] = _logit(0.05)  # a faint neighbour in frame 1 only
+    table = maps_to_table(out, SCALING, pixel_size_nm=PX, threshold=0.5, frames=[10, 11])
+    assert table.frame.tolist() == [10, 11]
+    assert table.x_nm[0] == pytest.approx(2.8 * PX) and table.sigma_x_nm[0] == pytest.approx(10.0)
+    w = np.array([0.8, 0.05]) / 0.85
+    mu, sd = np.array([4.9, 6.0]), np.array([0.2, 0.1])
+    mean = w @ mu
+    assert table.x_nm[1] == pytest.approx((mean + 0.5) * PX, rel=1e-6)
+    assert table.sigma_x_nm[1] == pytest.approx(
+        np.sqrt(w @ (sd**2 + (mu - mean) ** 2)) * PX, rel=1e-6)
 
 
 def test_unknown_readout_is_an_error() -> None:

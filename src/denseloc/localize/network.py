@@ -6,10 +6,13 @@ section 9). The first and last frames of the movie use replicated neighbours, as
 Chunks overlap by one frame on each side, so results do not depend on the chunk size.
 
 Frames larger than `max_tile_px` are cut into tiles that overlap by the network's receptive
-field (:attr:`DecodeNet.receptive_radius`, rounded up to the network's size multiple) and start
-on that multiple, so every output pixel of a tile's core is computed from exactly the input
-the whole frame would give it; a detection is kept by the one tile whose core holds its pixel.
-Tiled and whole-frame results therefore agree to floating-point rounding.
+field plus one pixel (:attr:`DecodeNet.receptive_radius` + 1, rounded up to the network's size
+multiple) and start on that multiple, so every output pixel of a tile's core, and the ring of
+pixels around it that post-processing reads (3x3 maxima, the mixture readout), is computed from
+exactly the input the whole frame would give it; a detection is kept by the one tile whose core
+holds its pixel. Tiled and whole-frame results therefore agree to floating-point rounding.
+Output rows and columns that only exist because the frame was padded to the size multiple are
+cut off before post-processing.
 """
 
 from __future__ import annotations
@@ -91,9 +94,9 @@ def tile_grid(
 
 
 def network_overlap(model: TrainedModel) -> int:
-    """Tile overlap for `model`: its receptive radius rounded up to its size multiple."""
+    """Tile overlap for `model`: its receptive radius + 1 rounded up to its size multiple."""
     multiple = model.net.multiple
-    return -(-model.net.receptive_radius // multiple) * multiple
+    return -(-(model.net.receptive_radius + 1) // multiple) * multiple
 
 
 @torch.no_grad()
@@ -221,7 +224,7 @@ def predict_frames(
         for start, out in batches:
             tables.append(
                 maps_to_table(
-                    out,
+                    out[:, :, : height - row0, : width - col0],  # drop the padding
                     model.scaling,
                     pixel_size_nm=pixel_size_nm,
                     threshold=threshold,

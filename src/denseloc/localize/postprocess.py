@@ -13,7 +13,8 @@ deviation (law of total variance: the p-weighted mean of ``sigma_k^2 + (mu_k - m
 Reading the single maximum pixel instead ignores the spread between components and makes
 the sigmas 1.2-1.9 times too small, more so at high density; the mixture's are calibrated
 (RMS(error / sigma) 0.93-1.0 at 0.1 and 2 emitters/um^2 for the bundled model) and its means
-slightly more accurate (``benchmarks/results/readout_*.md``).
+slightly more accurate (``benchmarks/results/training_default_f16_final.md``). The background
+is read at the detection's pixel; ``p`` is the integrated probability above.
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ def maps_to_table(
         Keep only detections whose pixel lies in these rows and columns of the maps (the core
         of a tile; the rest of the tile is context).
     readout : {"mixture", "max"}
-        Values and sigmas from the 3x3 mixture around each detection (default, see the
-        module docstring) or from its maximum pixel alone (DECODE's readout).
+        Photons, position and their sigmas from the 3x3 mixture around each detection
+        (default, see the module docstring) or from its maximum pixel alone (DECODE's
+        readout). The background is always read at the maximum.
     """
     if readout not in ("mixture", "max"):
         raise ValueError(f"readout must be 'mixture' or 'max', got {readout!r}")
