@@ -11,8 +11,9 @@ multiple) and start on that multiple, so every output pixel of a tile's core, an
 pixels around it that post-processing reads (3x3 maxima, the mixture readout), is computed from
 exactly the input the whole frame would give it; a detection is kept by the one tile whose core
 holds its pixel. Tiled and whole-frame results therefore agree to floating-point rounding.
-Output rows and columns that only exist because the frame was padded to the size multiple are
-cut off before post-processing.
+A tile at the bottom or right edge ends with the frame; the network pads it to its size
+multiple (replicating the last row and column, exactly as padding the whole frame would) and
+crops its output back, so post-processing never sees padded pixels.
 """
 
 from __future__ import annotations
@@ -196,16 +197,6 @@ def predict_frames(
     multiple = model.net.multiple
     tiles = tile_grid(height, width, multiple=multiple, overlap=network_overlap(model),
                       max_tile=max_tile_px)
-    pad_h, pad_w = (-height) % multiple, (-width) % multiple
-
-    def padded(frames: torch.Tensor | None) -> torch.Tensor | None:
-        if frames is None or not (pad_h or pad_w):
-            return frames
-        return F.pad(frames[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
-
-    photons = padded(photons)
-    before = None if before is None else padded(before[None])[0]
-    after = None if after is None else padded(after[None])[0]
     threshold = model.threshold if threshold is None else threshold
     frames = torch.arange(len(photons)) + frame_offset
     tables = []
@@ -224,7 +215,7 @@ def predict_frames(
         for start, out in batches:
             tables.append(
                 maps_to_table(
-                    out[:, :, : height - row0, : width - col0],  # drop the padding
+                    out,
                     model.scaling,
                     pixel_size_nm=pixel_size_nm,
                     threshold=threshold,

@@ -19,7 +19,7 @@ is read at the detection's pixel; ``p`` is the integrated probability above.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -87,8 +87,8 @@ def maps_to_table(
         (default, see the module docstring) or from its maximum pixel alone (DECODE's
         readout). The background is always read at the maximum.
     """
-    if readout not in ("mixture", "max"):
-        raise ValueError(f"readout must be 'mixture' or 'max', got {readout!r}")
+    if readout not in get_args(Readout):
+        raise ValueError(f"readout must be one of {get_args(Readout)}, got {readout!r}")
     from denseloc.table import px_to_nm, validate
 
     output = output.detach().float()
