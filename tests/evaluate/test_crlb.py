@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from denseloc.config import Config
-from denseloc.evaluate.crlb import NoiseModel, add_crlb_columns, crlb
+from denseloc.evaluate.crlb import (
+    NoiseModel,
+    add_crlb_columns,
+    add_crowded_bounds,
+    crlb,
+    fisher_information,
+)
 from denseloc.sim.psf import AstigmaticPSF, GaussianPSF
+from denseloc.sim.simulator import psf_from_config
 
 
 def t(*values: float) -> torch.Tensor:
@@ -109,3 +116,70 @@ def test_spline_crlb_matches_the_model_it_was_built_from() -> None:
     expected = crlb(model, z, photons, bg, **args)
     got = crlb(spline, z, photons, bg, **args)
     torch.testing.assert_close(got, expected, rtol=0.02, atol=0)
+
+
+def emitters(xs_px, ys_px, photons=3000.0, z_nm=150.0, frame=0) -> pd.DataFrame:
+    """Ground truth on 100 nm pixels from pixel-index positions."""
+    xs_px, ys_px = np.atleast_1d(xs_px), np.atleast_1d(ys_px)
+    return pd.DataFrame({"frame": frame, "x_nm": (xs_px + 0.5) * 100.0,
+                         "y_nm": (ys_px + 0.5) * 100.0, "z_nm": z_nm, "photons": photons})
+
+
+def test_crowded_bound_of_a_lone_emitter_is_the_single_emitter_bound() -> None:
+    # Same pixels (a frame the size of the patch) and the same parameters: the same bound.
+    cfg = Config()  # astigmatic Gaussian PSF, EMCCD camera
+    psf = psf_from_config(cfg.psf, cfg.emitters.z_range_nm)
+    size = psf.default_patch_size()
+    truth = emitters(size // 2 + 0.2, size // 2 - 0.3, photons=2500.0, z_nm=-230.0)
+    out = add_crowded_bounds(truth, cfg, frame_shape=(size, size), bg_photons=40.0)
+    single = add_crlb_columns(truth, cfg, bg_photons=40.0)
+    for axis in "xyz":
+        np.testing.assert_allclose(out[f"crlb_crowded_{axis}_nm"], single[f"crlb_{axis}_nm"],
+                                   rtol=1e-9)
+    # Detection SNR: the photons' bound with the position known, background still fitted.
+    info = fisher_information(psf, t(-230.0), t(2500.0), t(40.0), dx_px=t(0.2),
+                              dy_px=t(-0.3), noise=NoiseModel.from_camera(cfg.camera))[0]
+    amplitude_info = info[3, 3] - info[3, 4] ** 2 / info[4, 4]
+    np.testing.assert_allclose(out["detection_snr"], 2500.0 * amplitude_info.sqrt().item(),
+                               rtol=1e-9)
+
+
+def test_distant_emitters_keep_their_single_emitter_bounds() -> None:
+    cfg = Config()
+    truth = emitters([12.3, 50.1], [12.6, 47.8])
+    out = add_crowded_bounds(truth, cfg, frame_shape=(64, 64), bg_photons=40.0)
+    single = add_crlb_columns(truth, cfg, bg_photons=40.0)
+    for axis in "xyz":
+        ratio = out[f"crlb_crowded_{axis}_nm"] / single[f"crlb_{axis}_nm"]
+        # A background shared by the whole frame is known a little better than per patch.
+        assert ((ratio > 0.95) & (ratio <= 1.0 + 1e-9)).all(), ratio
+
+
+def test_neighbours_raise_the_bound_and_lower_the_detection_snr() -> None:
+    cfg = Config()
+    separations = [6.0, 3.0, 1.5, 0.8, 0.3]
+    rows = []
+    for k, sep in enumerate(separations):
+        pair = emitters([30.0, 30.0 + sep], [30.2, 30.2], frame=k)
+        rows.append(add_crowded_bounds(pair, cfg, frame_shape=(64, 64), bg_photons=40.0))
+    first = pd.concat(rows).groupby("frame").first()
+    assert np.all(np.diff(first["crlb_crowded_x_nm"]) > 0)
+    assert np.all(np.diff(first["detection_snr"]) < 0)
+    # Nearly coincident twins: their photons can hardly be told apart.
+    assert first["detection_snr"].iloc[-1] < 0.3 * first["detection_snr"].iloc[0]
+    # Frames are independent: each pair was bounded in its own frame.
+    both = add_crowded_bounds(pd.concat([emitters([30.0, 36.0], [30.2, 30.2], frame=0),
+                                         emitters([30.0, 30.3], [30.2, 30.2], frame=1)]),
+                              cfg, frame_shape=(64, 64), bg_photons=40.0)
+    np.testing.assert_allclose(both["detection_snr"].iloc[[0, 2]],
+                               first["detection_snr"].iloc[[0, -1]], rtol=1e-9)
+
+
+def test_crowded_bounds_for_a_2d_psf_leave_z_empty_and_refuse_huge_frames() -> None:
+    cfg = Config.model_validate({"psf": {"kind": "gaussian", "sigma_px": 1.3}})
+    out = add_crowded_bounds(emitters([10.0, 20.0], [10.0, 10.0]), cfg, frame_shape=(32, 32))
+    assert out["crlb_crowded_z_nm"].isna().all()
+    assert (out["crlb_crowded_x_nm"] > 0).all()
+    with pytest.raises(ValueError, match="smaller frames"):
+        add_crowded_bounds(emitters([10.0], [10.0]), cfg, frame_shape=(32, 32),
+                           max_elements=1000)

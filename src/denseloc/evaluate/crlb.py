@@ -21,11 +21,12 @@ import pandas as pd
 import torch
 
 from denseloc.config import CameraConfig, Config
-from denseloc.sim.psf import PSF
+from denseloc.sim.psf import PSF, patch_origin, place_patches
 
 __all__ = [
     "NoiseModel",
     "add_crlb_columns",
+    "add_crowded_bounds",
     "crlb",
     "expected_and_jacobian",
     "fisher_information",
@@ -220,3 +221,138 @@ def add_crlb_columns(
     out["crlb_y_nm"] = bound[:, 1] * px
     out["crlb_z_nm"] = bound[:, 2]
     return out
+
+
+def add_crowded_bounds(
+    truth: pd.DataFrame,
+    config: Config,
+    *,
+    frame_shape: tuple[int, int],
+    bg_photons: float | None = None,
+    max_elements: int = 50_000_000,
+) -> pd.DataFrame:
+    """Add bounds that count the neighbours: ``crlb_crowded_{x,y,z}_nm`` and ``detection_snr``.
+
+    The bound of :func:`add_crlb_columns` treats every emitter as alone. In a dense frame the
+    light of overlapping neighbours is confused with its own, and no estimator that must also
+    find the neighbours can do as well. Here the Fisher information is that of the whole
+    frame: the parameters are (x, y, [z,] photons) of every emitter of the frame and one
+    uniform background, the pixels are the frame's (light falling outside is lost), and the
+    bounds are the diagonal of its inverse. For an isolated emitter far from the edges they
+    equal the single-emitter bounds (to the background's share of the information).
+
+    ``detection_snr`` is ``photons / bound of photons`` with the emitter's own position and z
+    known (its neighbours' and the background still fitted): how many standard deviations the
+    emitter's light stands above none at all. It is the signal-to-noise ratio of the best test
+    for the emitter's presence at its place (at zero photons its position means nothing, so
+    the test is made at a given place), and no detector reliably finds emitters below about
+    3-5 (the threshold depends on how many places it searches). For a lone emitter it is
+    ``photons * sqrt(I_NN - I_Nb^2 / I_bb)`` of the single-emitter information.
+
+    Parameters
+    ----------
+    truth : DataFrame
+        Ground truth with columns ``frame, x_nm, y_nm, z_nm, photons`` (and optionally ``bg``,
+        the background photons per pixel of each row's frame).
+    config : Config
+        The simulation's configuration (PSF, camera, pixel size).
+    frame_shape : (H, W)
+        Frame size, px.
+    bg_photons : float, optional
+        Background photons per pixel; the ``bg`` column's mean per frame if present, else the
+        middle of ``config.background.level_photons``.
+    max_elements : int
+        Largest Jacobian (parameters x pixels) of one frame; beyond it a ValueError asks for
+        smaller frames (the cost grows as emitters x pixels).
+
+    Returns
+    -------
+    DataFrame
+        A copy of `truth` with the four columns added (nm for the bounds).
+    """
+    from denseloc.sim.simulator import psf_from_config
+
+    psf = psf_from_config(config.psf, config.emitters.z_range_nm)
+    noise = NoiseModel.from_camera(config.camera)
+    px = config.image.pixel_size_nm
+    height, width = (int(v) for v in frame_shape)
+    n_par = 4 if psf.is_3d else 3
+    columns = {
+        name: np.full(len(truth), np.nan)
+        for name in ("crlb_crowded_x_nm", "crlb_crowded_y_nm", "crlb_crowded_z_nm",
+                     "detection_snr")
+    }
+    default_bg = float(np.mean(config.background.level_photons))
+    for _, rows in truth.groupby("frame").indices.items():
+        n = len(rows)
+        if (n * n_par + 1) * height * width > max_elements:
+            raise ValueError(
+                f"a frame with {n} emitters on {height}x{width} px needs a Jacobian of "
+                f"{(n * n_par + 1) * height * width:,} elements (max_elements={max_elements:,});"
+                " evaluate smaller frames"
+            )
+        frame = truth.iloc[rows]
+        if bg_photons is not None:
+            bg = float(bg_photons)
+        elif "bg" in frame:
+            bg = float(frame["bg"].mean())
+        else:
+            bg = default_bg
+        std, snr = _frame_bounds(psf, noise, frame, bg, px, (height, width))
+        columns["crlb_crowded_x_nm"][rows] = std[:, 0].numpy() * px
+        columns["crlb_crowded_y_nm"][rows] = std[:, 1].numpy() * px
+        if psf.is_3d:
+            columns["crlb_crowded_z_nm"][rows] = std[:, 2].numpy()
+        columns["detection_snr"][rows] = snr.numpy()
+    out = truth.copy()
+    for name, values in columns.items():
+        out[name] = values
+    return out
+
+
+def _frame_bounds(
+    psf: PSF,
+    noise: NoiseModel,
+    frame: pd.DataFrame,
+    bg: float,
+    pixel_size_nm: float,
+    shape: tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds (n, P) of (x [px], y [px], [z [nm],] photons) of one frame's emitters, all fitted
+    jointly with a uniform background, and their detection SNRs (n,) (see
+    :func:`add_crowded_bounds`)."""
+    height, width = shape
+    size = psf.default_patch_size()
+    n = len(frame)
+    n_par = 4 if psf.is_3d else 3
+    col = {c: torch.tensor(frame[c].to_numpy(), dtype=torch.float64)
+           for c in ("x_nm", "y_nm", "z_nm", "photons")}
+    photons = col["photons"].clamp_min(1e-3)
+    row0, col0, dx, dy = patch_origin(
+        col["x_nm"] / pixel_size_nm - 0.5, col["y_nm"] / pixel_size_nm - 0.5, size
+    )
+    f, df = psf.evaluate(dx, dy, col["z_nm"], size, derivatives=True)
+    grads = [photons[:, None, None] * df[:, k] for k in range(n_par - 1)]
+    patches = torch.stack([*grads, f], dim=1).reshape(n * n_par, size, size)
+    placed = place_patches(
+        patches,
+        torch.arange(n * n_par),
+        row0.repeat_interleave(n_par),
+        col0.repeat_interleave(n_par),
+        (n * n_par, height, width),
+    ).reshape(n, n_par, height * width)
+    mu = bg + (photons[:, None] * placed[:, -1]).sum(dim=0)
+    ones = torch.ones(1, height * width, dtype=torch.float64)
+    jac = torch.cat([placed.reshape(n * n_par, -1), ones])
+    info = information_from_jacobian(mu[None], jac[None], noise)[0]
+    cov = torch.linalg.inv(info)
+    std = cov.diagonal().clamp_min(0).sqrt()[:-1].reshape(n, n_par)
+    # The photons' variance with the emitter's own position known: conditioning the joint
+    # covariance on it (its Schur complement) is the inverse of the information without it.
+    first = torch.arange(n) * n_par
+    own = first[:, None] + torch.arange(n_par - 1)  # (n, P-1) own position indices
+    amp = first + n_par - 1
+    c_ss = cov[own[:, :, None], own[:, None, :]]
+    c_ns = cov[amp[:, None], own]
+    known = cov[amp, amp] - (c_ns * torch.linalg.solve(c_ss, c_ns)).sum(dim=1)
+    return std, photons / known.clamp_min(1e-300).sqrt()

@@ -24,6 +24,7 @@ __all__ = [
     "AstigmaticPSF",
     "GaussianPSF",
     "patch_origin",
+    "place_patches",
     "render_patches",
 ]
 
@@ -269,21 +270,39 @@ def render_patches(
     if frame.numel() == 0:
         return out
     size = size or psf.default_patch_size()
-    _, height, width = shape
     row0, col0, dx, dy = patch_origin(x_px, y_px, size)
     patches = psf.evaluate(dx, dy, z_nm, size) * photons[:, None, None]
+    out += place_patches(patches, frame, row0, col0, shape)
+    return out
+
+
+def place_patches(
+    patches: torch.Tensor,
+    frame: torch.Tensor,
+    row0: torch.Tensor,
+    col0: torch.Tensor,
+    shape: tuple[int, int, int],
+) -> torch.Tensor:
+    """Add square patches (N, S, S) into a stack of frames (T, H, W), clipped to the frames.
+
+    Patch ``n`` goes to frame ``frame[n]`` with its top-left pixel at ``(row0[n], col0[n])``
+    (any integers, e.g. from :func:`patch_origin`); overlapping patches add up.
+    """
+    n_frames, height, width = shape
+    size = patches.shape[-1]
     # Render into a stack padded by a patch on every side, so no patch needs clipping; light
     # falling outside the frame (and patches of emitters far outside) lands in the margin.
     pad = size
     padded_w = width + 2 * pad
     padded = torch.zeros(
-        (shape[0], height + 2 * pad, padded_w), dtype=out.dtype, device=out.device
+        (n_frames, height + 2 * pad, padded_w), dtype=patches.dtype, device=patches.device
     )
+    if frame.numel() == 0:
+        return padded[:, pad : pad + height, pad : pad + width]
     row0 = (row0 + pad).clamp(0, height + pad)
     col0 = (col0 + pad).clamp(0, width + pad)
-    offs = torch.arange(size, device=x_px.device)
+    offs = torch.arange(size, device=patches.device)
     start = (frame * (height + 2 * pad) + row0) * padded_w + col0
     flat = start[:, None, None] + offs[None, :, None] * padded_w + offs[None, None, :]
-    padded.view(-1).index_add_(0, flat.reshape(-1), patches.reshape(-1).to(out.dtype))
-    out += padded[:, pad : pad + height, pad : pad + width]
-    return out
+    padded.view(-1).index_add_(0, flat.reshape(-1), patches.reshape(-1))
+    return padded[:, pad : pad + height, pad : pad + width]
