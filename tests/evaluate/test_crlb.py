@@ -142,6 +142,8 @@ def test_crowded_bound_of_a_lone_emitter_is_the_single_emitter_bound() -> None:
     amplitude_info = info[3, 3] - info[3, 4] ** 2 / info[4, 4]
     np.testing.assert_allclose(out["detection_snr"], 2500.0 * amplitude_info.sqrt().item(),
                                rtol=1e-9)
+    np.testing.assert_allclose(out["detection_snr_known_neighbours"], out["detection_snr"],
+                               rtol=1e-9)
 
 
 def test_distant_emitters_keep_their_single_emitter_bounds() -> None:
@@ -167,6 +169,9 @@ def test_neighbours_raise_the_bound_and_lower_the_detection_snr() -> None:
     assert np.all(np.diff(first["detection_snr"]) < 0)
     # Nearly coincident twins: their photons can hardly be told apart.
     assert first["detection_snr"].iloc[-1] < 0.3 * first["detection_snr"].iloc[0]
+    # Knowing where the neighbour is helps, most when it is close.
+    gain = first["detection_snr_known_neighbours"] / first["detection_snr"]
+    assert (gain >= 1 - 1e-9).all() and gain.iloc[-1] > gain.iloc[0]
     # Frames are independent: each pair was bounded in its own frame.
     both = add_crowded_bounds(pd.concat([emitters([30.0, 36.0], [30.2, 30.2], frame=0),
                                          emitters([30.0, 30.3], [30.2, 30.2], frame=1)]),

@@ -231,7 +231,7 @@ def add_crowded_bounds(
     bg_photons: float | None = None,
     max_elements: int = 50_000_000,
 ) -> pd.DataFrame:
-    """Add bounds that count the neighbours: ``crlb_crowded_{x,y,z}_nm`` and ``detection_snr``.
+    """Add bounds that count the neighbours: ``crlb_crowded_{x,y,z}_nm`` and detection SNRs.
 
     The bound of :func:`add_crlb_columns` treats every emitter as alone. In a dense frame the
     light of overlapping neighbours is confused with its own, and no estimator that must also
@@ -248,6 +248,12 @@ def add_crowded_bounds(
     the test is made at a given place), and no detector reliably finds emitters below about
     3-5 (the threshold depends on how many places it searches). For a lone emitter it is
     ``photons * sqrt(I_NN - I_Nb^2 / I_bb)`` of the single-emitter information.
+    ``detection_snr_known_neighbours`` is the same with every position in the frame known
+    (only photons and background fitted), an optimistic version: it cannot be lower.
+
+    Two nearly coincident emitters both get a low detection SNR (their photons cannot be told
+    apart), yet one detection there finds one of them: a ceiling built on these numbers
+    undercounts such pairs.
 
     Parameters
     ----------
@@ -268,7 +274,7 @@ def add_crowded_bounds(
     Returns
     -------
     DataFrame
-        A copy of `truth` with the four columns added (nm for the bounds).
+        A copy of `truth` with the five columns added (nm for the bounds).
     """
     from denseloc.sim.simulator import psf_from_config
 
@@ -280,7 +286,7 @@ def add_crowded_bounds(
     columns = {
         name: np.full(len(truth), np.nan)
         for name in ("crlb_crowded_x_nm", "crlb_crowded_y_nm", "crlb_crowded_z_nm",
-                     "detection_snr")
+                     "detection_snr", "detection_snr_known_neighbours")
     }
     default_bg = float(np.mean(config.background.level_photons))
     for _, rows in truth.groupby("frame").indices.items():
@@ -303,7 +309,8 @@ def add_crowded_bounds(
         columns["crlb_crowded_y_nm"][rows] = std[:, 1].numpy() * px
         if psf.is_3d:
             columns["crlb_crowded_z_nm"][rows] = std[:, 2].numpy()
-        columns["detection_snr"][rows] = snr.numpy()
+        columns["detection_snr"][rows] = snr[:, 0].numpy()
+        columns["detection_snr_known_neighbours"][rows] = snr[:, 1].numpy()
     out = truth.copy()
     for name, values in columns.items():
         out[name] = values
@@ -319,8 +326,8 @@ def _frame_bounds(
     shape: tuple[int, int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bounds (n, P) of (x [px], y [px], [z [nm],] photons) of one frame's emitters, all fitted
-    jointly with a uniform background, and their detection SNRs (n,) (see
-    :func:`add_crowded_bounds`)."""
+    jointly with a uniform background, and their detection SNRs (n, 2) with the neighbours'
+    positions fitted and known (see :func:`add_crowded_bounds`)."""
     height, width = shape
     size = psf.default_patch_size()
     n = len(frame)
@@ -355,4 +362,9 @@ def _frame_bounds(
     c_ss = cov[own[:, :, None], own[:, None, :]]
     c_ns = cov[amp[:, None], own]
     known = cov[amp, amp] - (c_ns * torch.linalg.solve(c_ss, c_ns)).sum(dim=1)
-    return std, photons / known.clamp_min(1e-300).sqrt()
+    # Every position known: only the photons and the background are fitted.
+    linear = torch.cat([amp, torch.tensor([n * n_par])])
+    all_known = torch.linalg.inv(info[linear[:, None], linear[None, :]]).diagonal()[:-1]
+    snr = torch.stack([photons / known.clamp_min(1e-300).sqrt(),
+                       photons / all_known.clamp_min(1e-300).sqrt()], dim=1)
+    return std, snr
