@@ -138,8 +138,8 @@ def main() -> None:
     write_results(args.name, summary,
                   "Ceilings: best Jaccard of an ideal detector (see the script's docstring), "
                   "emitters with >= 500 photons in the frame; n_tests independent places "
-                  "searched per frame. ratio_*: per-emitter RMS(error / sqrt(single-emitter CRLB)) for "
-                  "matched emitters with >= 2000 photons (the network issue's measure); "
+                  "searched per frame. ratio_*: per-emitter RMS(error / sqrt(single-emitter "
+                  "CRLB)) for matched emitters with >= 2000 photons (the network issue's measure); "
                   "crowded_ratio_*: the same against the crowded bound.")
     write_results(f"{args.name}_recall", recall,
                   "Recall of emitters with >= 500 photons by their crowded detection SNR: the "
