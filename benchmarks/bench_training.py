@@ -6,10 +6,10 @@ Usage:
 
 Test movies (fixed seeds): 64x64 px, low density (0.1 /um^2) and high density (2 /um^2),
 z in -700..700 nm, with the configuration's PSF, camera, photons and background. Metrics per
-the network issue: Jaccard counting ground-truth emitters with >= 500 photons in the frame; per-emitter
-RMS(error / sqrt(CRLB)) per axis for matched emitters with >= 2000 photons (each emitter's
-own bound: its photons, z and background, with the camera's excess noise); RMS(error /
-predicted sigma) per axis; and the classical MLE fitter's Jaccard on the same frames.
+the network issue: Jaccard counting ground-truth emitters with >= 500 photons in the frame;
+per-emitter RMS(error / sqrt(CRLB)) per axis for matched emitters with >= 2000 photons (each
+emitter's own bound: its photons, z and background, with the camera's excess noise);
+RMS(error / predicted sigma) per axis; and the classical MLE fitter's Jaccard on the same frames.
 Training time excludes these evaluations.
 """
 
