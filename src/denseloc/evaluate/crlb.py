@@ -10,6 +10,10 @@ model (Huang et al., Nat. Methods 2013, for sCMOS; the factor F for EMCCDs, Chao
 
 over parameters ``theta = (x, y, z, N, b)`` (z omitted for 2D PSFs). The bound on the standard
 deviation of an unbiased estimator is ``sqrt(diag(I^-1))``.
+
+These bounds treat each emitter as alone. :func:`add_crowded_bounds` sums the same information
+over a whole frame, with the parameters of every emitter in it and one background, for the
+bounds and detection signal-to-noise ratios of emitters whose light overlaps.
 """
 
 from __future__ import annotations
