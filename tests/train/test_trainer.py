@@ -86,3 +86,47 @@ def test_nan_loss_rolls_back_with_a_lower_learning_rate(tmp_path, monkeypatch) -
     assert trainer.state.epoch == 2
     assert trainer.state.step == 6  # the failed epoch was redone from its checkpoint
     assert all(torch.isfinite(p).all() for p in trainer.net.parameters())
+
+
+def stalling_validation(monkeypatch, stalled_epochs: int) -> None:
+    """Validation reports no detections for the first `stalled_epochs` epochs, some after
+    (a tiny network after a few steps may detect nothing for real)."""
+    real_validate = Trainer.validate
+    calls = {"n": 0}
+
+    def validate(self):
+        metrics = real_validate(self)
+        calls["n"] += 1
+        metrics["recall"] = 0.0 if calls["n"] <= stalled_epochs else 0.5
+        return metrics
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    monkeypatch.setattr(trainer_module, "STALL_MIN_STEPS", 3)
+
+
+def test_a_stalled_run_restarts_from_new_weights(tmp_path, monkeypatch, caplog) -> None:
+    stalling_validation(monkeypatch, stalled_epochs=1)
+    config = tiny_config()
+    config.train.detection_warmup_steps = 0
+    trainer = Trainer(config, tmp_path / "m", device="cpu")
+    first = [p.detach().clone() for p in Trainer(config, tmp_path / "x", device="cpu")
+             .net.parameters()]
+    trainer.fit(epochs=3)
+    assert trainer.state.restarts == 1
+    assert "restarting from new random weights" in caplog.text
+    # The two epochs left were trained from the new start (steps count from the restart).
+    assert trainer.state.epoch == 3 and trainer.state.step == 6
+    assert trainer.state.planned_steps == 6
+    start = Trainer(config, tmp_path / "y", device="cpu")
+    torch.manual_seed(config.train.seed + 104_729)
+    start._fresh_network()
+    changed = [not torch.equal(a, b) for a, b in zip(first, start.net.parameters(), strict=True)]
+    assert any(changed)  # the restart draws different weights than the first start
+
+
+def test_a_run_that_keeps_stalling_ends_with_a_clear_error(tmp_path, monkeypatch) -> None:
+    stalling_validation(monkeypatch, stalled_epochs=100)
+    config = tiny_config()
+    config.train.detection_warmup_steps = 0
+    with pytest.raises(trainer_module.TrainingStalled, match="can the emitters"):
+        Trainer(config, tmp_path / "m", device="cpu").fit(epochs=10)

@@ -272,8 +272,9 @@ def add_crowded_bounds(
         Background photons per pixel; the ``bg`` column's mean per frame if present, else the
         middle of ``config.background.level_photons``.
     max_elements : int
-        Largest Jacobian (parameters x pixels) of one frame; beyond it a ValueError asks for
-        smaller frames (the cost grows as emitters x pixels).
+        Largest Jacobian (parameters x pixels, with a margin of a patch on every side) of one
+        frame; beyond it a ValueError asks for smaller frames (the cost grows as emitters x
+        pixels, 8 bytes each).
 
     Returns
     -------
@@ -293,13 +294,14 @@ def add_crowded_bounds(
                      "detection_snr", "detection_snr_known_neighbours")
     }
     default_bg = float(np.mean(config.background.level_photons))
+    margin = 2 * psf.default_patch_size()  # place_patches renders into a padded stack
     for _, rows in truth.groupby("frame").indices.items():
         n = len(rows)
-        if (n * n_par + 1) * height * width > max_elements:
+        elements = (n * n_par + 1) * (height + margin) * (width + margin)
+        if elements > max_elements:
             raise ValueError(
                 f"a frame with {n} emitters on {height}x{width} px needs a Jacobian of "
-                f"{(n * n_par + 1) * height * width:,} elements (max_elements={max_elements:,});"
-                " evaluate smaller frames"
+                f"{elements:,} elements (max_elements={max_elements:,}); evaluate smaller frames"
             )
         frame = truth.iloc[rows]
         if bg_photons is not None:

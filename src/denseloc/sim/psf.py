@@ -272,7 +272,7 @@ def render_patches(
     size = size or psf.default_patch_size()
     row0, col0, dx, dy = patch_origin(x_px, y_px, size)
     patches = psf.evaluate(dx, dy, z_nm, size) * photons[:, None, None]
-    out += place_patches(patches, frame, row0, col0, shape)
+    out += place_patches(patches.to(out.dtype), frame, row0, col0, shape)
     return out
 
 

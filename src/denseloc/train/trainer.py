@@ -5,6 +5,9 @@ by a validation on a fixed-seed set scored with the project's own metrics. After
 a checkpoint is written atomically, so an interrupted run (even ``kill -9``) resumes losing at
 most one epoch. A step whose loss is not finite, or explodes far above its recent level,
 rolls the run back to the last checkpoint with half the learning rate instead of ending it.
+A run that has stalled, whose network still detects nothing on the validation set once the
+detection warm-up is over (it can stay with p uniform over the frame, a plateau of the mixture
+loss), restarts from new random weights on the remaining budget.
 
 The learning rate warms up linearly, then follows a cosine decay to
 ``lr * lr_final_fraction`` over the planned number of steps. With a time budget the plan is
@@ -38,6 +41,7 @@ from denseloc.train.data import Batch, TrainingData
 __all__ = [
     "Trainer",
     "TrainingDiverged",
+    "TrainingStalled",
     "evaluate_batches",
     "tune_threshold",
 ]
@@ -47,11 +51,17 @@ logger = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 LOG = "training_log.csv"
 MAX_ROLLBACKS = 6
+MAX_RESTARTS = 2
+STALL_MIN_STEPS = 500  # a network that detects nothing this early may just be slow
 EXPLOSION_FACTOR = 20.0
 
 
 class TrainingDiverged(DenselocError):
     """Training kept diverging after repeated rollbacks."""
+
+
+class TrainingStalled(DenselocError):
+    """Training kept detecting nothing after repeated restarts."""
 
 
 @dataclass
@@ -61,6 +71,7 @@ class _State:
     planned_steps: int | None = None
     lr_factor: float = 1.0
     rollbacks: int = 0
+    restarts: int = 0
     elapsed_s: float = 0.0
     samples: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -152,15 +163,20 @@ class Trainer:
         torch.manual_seed(tc.seed)
         self.data = TrainingData(config, self.device)
         self.val_data = self.data
-        self.net = DecodeNet(**config.model.model_dump()).to(self.device)
-        if self.channels_last:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.AdamW(
-            self.net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay
-        )
+        self._fresh_network()
         self.generator = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
         self.state = _State()
         self._validation: tuple[list[Batch], pd.DataFrame] | None = None
+
+    def _fresh_network(self) -> None:
+        """New random weights (from torch's global generator) and a new optimiser."""
+        self.net = DecodeNet(**self.config.model.model_dump()).to(self.device)
+        if self.channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.AdamW(
+            self.net.parameters(), lr=self.config.train.lr,
+            weight_decay=self.config.train.weight_decay,
+        )
 
     # -- schedule ---------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
@@ -267,13 +283,7 @@ class Trainer:
         factor = self.state.lr_factor * 0.5
         rollbacks = self.state.rollbacks
         if not self.load_checkpoint():
-            self.net = DecodeNet(**self.config.model.model_dump()).to(self.device)
-            if self.channels_last:
-                self.net = self.net.to(memory_format=torch.channels_last)
-            self.optimizer = torch.optim.AdamW(
-                self.net.parameters(), lr=self.config.train.lr,
-                weight_decay=self.config.train.weight_decay,
-            )
+            self._fresh_network()
             self.state = _State()
         self.state.lr_factor = factor
         self.state.rollbacks = rollbacks
@@ -281,6 +291,30 @@ class Trainer:
         self.generator.manual_seed(self.config.train.seed + 1 + 7919 * rollbacks)
         logger.warning("%s: rolled back to epoch %d, learning rate x%.3g",
                        reason, self.state.epoch, factor)
+
+    def _restart(self, reason: str, epochs: int | None, budget_s: float | None) -> None:
+        """Start again from new random weights on what is left of the epochs or the budget."""
+        state, tc = self.state, self.config.train
+        state.restarts += 1
+        if state.restarts > MAX_RESTARTS:
+            raise TrainingStalled(
+                f"training stalled {MAX_RESTARTS + 1} times ({reason}); can the emitters of "
+                "this configuration be seen at all? Check photons, background and the PSF, "
+                "or try another train.seed"
+            )
+        seed = tc.seed + 104_729 * state.restarts
+        torch.manual_seed(seed)
+        self._fresh_network()
+        self.generator.manual_seed(seed + 1)
+        if budget_s is not None:
+            per_step = state.elapsed_s / max(state.step, 1)
+            remaining = max(budget_s - state.elapsed_s, 0.0)
+            state.planned_steps = max(int(0.95 * remaining / per_step), 1)
+        elif epochs is not None:
+            state.planned_steps = max(epochs - state.epoch, 1) * tc.steps_per_epoch
+        state.step, state.lr_factor = 0, 1.0
+        logger.warning("%s: restarting from new random weights (seed %d, restart %d of %d)",
+                       reason, seed, state.restarts, MAX_RESTARTS)
 
     def fit(
         self,
@@ -379,6 +413,10 @@ class Trainer:
                 **{k: metrics.get(k) for k in _LOGGED},
             }
             self.state.history.append(record)
+            if self.state.step >= max(tc.detection_warmup_steps, STALL_MIN_STEPS) and not (
+                    metrics.get("recall")):
+                self._restart(f"no detections on the validation set after {self.state.step} "
+                              "steps", epochs, budget_s)
             self.save_checkpoint()
             self._write_log()
             if progress is not None:
