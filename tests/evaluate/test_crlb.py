@@ -188,3 +188,56 @@ def test_crowded_bounds_for_a_2d_psf_leave_z_empty_and_refuse_huge_frames() -> N
     with pytest.raises(ValueError, match="smaller frames"):
         add_crowded_bounds(emitters([10.0], [10.0]), cfg, frame_shape=(32, 32),
                            max_elements=1000)
+
+
+def test_crowded_bounds_match_an_independent_finite_difference_fisher_matrix() -> None:
+    # Three overlapping emitters (one cut by the frame's edge) in frame 1, one in frame 0,
+    # rows out of order; the Jacobian by central differences of the rendered frame.
+    from denseloc.evaluate.crlb import information_from_jacobian
+    from denseloc.sim.psf import render_patches
+
+    cfg = Config()
+    psf = psf_from_config(cfg.psf, cfg.emitters.z_range_nm)
+    noise = NoiseModel.from_camera(cfg.camera)
+    shape, bg = (24, 20), 30.0
+    truth = pd.concat([emitters([8.2, 9.9, 0.3], [10.2, 11.6, 9.7], frame=1),
+                       emitters([12.2], [5.3], frame=0)], ignore_index=True)
+    truth["z_nm"] = [-310.0, 120.0, 40.0, 250.0]
+    truth["photons"] = [2500.0, 1200.0, 4000.0, 3000.0]
+    out = add_crowded_bounds(truth.iloc[[2, 0, 3, 1]], cfg, frame_shape=shape, bg_photons=bg)
+    out = out.sort_index()
+
+    frame = truth[truth["frame"] == 1]
+    theta = np.concatenate([np.stack([frame["x_nm"] / 100 - 0.5, frame["y_nm"] / 100 - 0.5,
+                                      frame["z_nm"], frame["photons"]], axis=1).ravel(), [bg]])
+
+    def expected(th: np.ndarray) -> torch.Tensor:
+        p = torch.tensor(th[:-1]).reshape(-1, 4)
+        image = render_patches(psf, torch.zeros(len(p), dtype=torch.long), p[:, 0], p[:, 1],
+                               p[:, 2], p[:, 3], (1, *shape))
+        return (image + th[-1]).flatten()
+
+    steps = [*np.tile([1e-4, 1e-4, 1e-2, 1e-2], 3).tolist(), 1e-3]
+    jac = torch.stack([(expected(theta + h * e) - expected(theta - h * e)) / (2 * h)
+                       for h, e in zip(steps, np.eye(len(theta)), strict=True)])
+    info = information_from_jacobian(expected(theta)[None], jac[None], noise)[0]
+    cov = torch.linalg.inv(info).numpy()
+    std = np.sqrt(np.diag(cov))[:-1].reshape(3, 4)
+    got = out[out["frame"] == 1]
+    np.testing.assert_allclose(got["crlb_crowded_x_nm"], std[:, 0] * 100, rtol=1e-5)
+    np.testing.assert_allclose(got["crlb_crowded_y_nm"], std[:, 1] * 100, rtol=1e-5)
+    np.testing.assert_allclose(got["crlb_crowded_z_nm"], std[:, 2], rtol=1e-5)
+    info = info.numpy()
+    for k in range(3):
+        rest = [i for i in range(13) if i not in (4 * k, 4 * k + 1, 4 * k + 2)]
+        var = np.linalg.inv(info[np.ix_(rest, rest)])[rest.index(4 * k + 3)][rest.index(4 * k + 3)]
+        np.testing.assert_allclose(got["detection_snr"].iloc[k],
+                                   frame["photons"].iloc[k] / np.sqrt(var), rtol=1e-5)
+        linear = [3, 7, 11, 12]
+        var = np.linalg.inv(info[np.ix_(linear, linear)])[k, k]
+        np.testing.assert_allclose(got["detection_snr_known_neighbours"].iloc[k],
+                                   frame["photons"].iloc[k] / np.sqrt(var), rtol=1e-5)
+    # The emitter alone in frame 0 is untouched by the others.
+    alone = add_crowded_bounds(truth.iloc[[3]], cfg, frame_shape=shape, bg_photons=bg)
+    np.testing.assert_allclose(out.loc[3, "detection_snr"], alone["detection_snr"].iloc[0],
+                               rtol=1e-12)
