@@ -345,8 +345,9 @@ def _frame_bounds(
         col["x_nm"] / pixel_size_nm - 0.5, col["y_nm"] / pixel_size_nm - 0.5, size
     )
     f, df = psf.evaluate(dx, dy, col["z_nm"], size, derivatives=True)
-    grads = [photons[:, None, None] * df[:, k] for k in range(n_par - 1)]
-    patches = torch.stack([*grads, f], dim=1).reshape(n * n_par, size, size)
+    # Each emitter's own Jacobian rows, without its local background (the frame has one).
+    _, jac = expected_and_jacobian(f, df, photons, torch.zeros_like(photons), is_3d=psf.is_3d)
+    patches = jac[:, :-1].reshape(n * n_par, size, size)
     placed = place_patches(
         patches,
         torch.arange(n * n_par),

@@ -413,8 +413,9 @@ class Trainer:
                 **{k: metrics.get(k) for k in _LOGGED},
             }
             self.state.history.append(record)
-            if self.state.step >= max(tc.detection_warmup_steps, STALL_MIN_STEPS) and not (
-                    metrics.get("recall")):
+            detects_nothing = not metrics.get("recall")
+            if detects_nothing and self.state.step >= max(tc.detection_warmup_steps,
+                                                          STALL_MIN_STEPS):
                 self._restart(f"no detections on the validation set after {self.state.step} "
                               "steps", epochs, budget_s)
             self.save_checkpoint()
