@@ -55,3 +55,17 @@ def test_tiny_network_overfits_a_fixed_batch() -> None:
         losses.append(loss.item())
     # Measured: 48 -> 18 in 120 steps; the loss of an untrained network is ~ 48.
     assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
+
+
+def test_initial_features_keep_the_input_signal() -> None:
+    # With PyTorch's default initialisation the features reaching the heads vary 1/30 as
+    # much as the input, and training starts with a long plateau of uniform p.
+    torch.manual_seed(0)
+    net = DecodeNet(filters=16, depth=2)
+    seen = {}
+    net.head_p.register_forward_hook(lambda module, args, out: seen.update(x=args[0]))
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        net(x)
+    relative = float(seen["x"].std(dim=(2, 3)).mean() / x.std())
+    assert relative > 0.1

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from denseloc.nn.unet import UNet, unet_receptive_radius
+from denseloc.nn.unet import UNet, he_init, unet_receptive_radius
 
 __all__ = ["CHANNELS", "DecodeNet", "Scaling"]
 
@@ -68,7 +68,9 @@ class Scaling:
 
 def _head(features: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(features, features, 3, padding=1), nn.ELU(), nn.Conv2d(features, out_channels, 1)
+        he_init(nn.Conv2d(features, features, 3, padding=1)),
+        nn.ELU(),
+        nn.Conv2d(features, out_channels, 1),
     )
 
 
