@@ -30,7 +30,9 @@ default-psf: $(STAMP)
 
 # The bundled network (src/denseloc/data/default_model/): 30 CPU-minutes of training on the
 # benchmark setting. Runs are deterministic for a seed except for how many steps fit in the
-# time budget on the machine at hand.
+# time budget on the machine at hand. The bundled files come from the same 30-minute run made
+# by benchmarks/bench_training.py (--out-model, evaluations outside the budget) and
+# benchmarks/finish_model.py: see training_default_he*.md in benchmarks/results/.
 MODEL_FILES := config.yaml model.yaml weights.pt training_log.csv curves.png
 default-model: $(STAMP)
 	$(BIN)/denseloc train benchmarks/configs/epfl_as.yaml --out build/default_model \

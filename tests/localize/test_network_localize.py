@@ -45,8 +45,8 @@ def test_bundled_model_localizes_a_simulated_movie(bundled, movie) -> None:
     with open_movie(path) as mv:
         table = localize_movie_network(mv, model, cfg)
     metrics, _ = evaluate(table, pd.read_csv(truth_path), min_photons=500.0)
-    # The benchmark measured Jaccard 0.89 at 0.1 /um^2 and 0.60 at 2 /um^2 with lateral RMSE
-    # 57-81 nm (benchmarks/results/training_default_f16*.md); a broken model or pipeline
+    # The benchmark measured Jaccard 0.90 at 0.1 /um^2 and 0.63 at 2 /um^2 with lateral RMSE
+    # 52-81 nm (benchmarks/results/training_default_he*.md); a broken model or pipeline
     # falls far below these bounds.
     assert metrics.jaccard > 0.6, metrics
     assert metrics.rmse_lateral_nm < 90 and metrics.rmse_axial_nm < 110, metrics
