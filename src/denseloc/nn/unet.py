@@ -4,8 +4,8 @@ Convolutions followed by ELU start from He-normal weights (std ``sqrt(2 / fan_in
 biases. PyTorch's default initialisation shrinks the signal by about ``sqrt(3)`` per layer;
 through the two U-Nets of :class:`~denseloc.nn.model.DecodeNet` the heads then see feature maps
 whose spatial variation is about 1/30 of the input's for simulated frames (1/150 for white
-noise), and training starts with a plateau of a hundred
-or more steps with p uniform over the frame (on some seeds it never leaves it).
+noise), and training starts with a plateau of a hundred or more steps with p uniform over the
+frame (on some seeds it never leaves it).
 """
 
 from __future__ import annotations
