@@ -292,6 +292,13 @@ class TrainConfig(_Model):
     min_target_photons: float = Field(
         100.0, ge=0, description="emitters with fewer photons in a frame are not targets"
     )
+    z_margin: float = Field(
+        1.0,
+        ge=1.0,
+        le=3.0,
+        description="the z head spans this multiple of the largest simulated |z|, so the "
+        "ends of the range are not where its tanh saturates",
+    )
     bg_weight: float = Field(1.0, ge=0, description="weight of the background loss term")
     detection_warmup_steps: int = Field(
         600,

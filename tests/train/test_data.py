@@ -48,3 +48,22 @@ def test_network_units() -> None:
     assert (batch.targets[batch.mask][:, 0] <= 1).all()
     assert (batch.targets[batch.mask][:, 3].abs() <= 1).all()
     assert ((batch.bg > 0) & (batch.bg < 1)).all()
+
+
+@pytest.mark.parametrize("z_margin", [1.0, 1.25])
+def test_z_targets_span_the_range_over_the_margin(z_margin: float) -> None:
+    # The z head outputs tanh x scaling.z_nm; with a margin, the simulated range maps inside
+    # +-1 / z_margin, away from where tanh saturates.
+    cfg = Config.model_validate({
+        "psf": {"kind": "astigmatic"},
+        "emitters": {"density_per_um2": 2.0, "z_range_nm": [-400.0, 600.0]},
+        "train": {"frame_size_px": 32, "z_margin": z_margin},
+    })
+    data = TrainingData(cfg)
+    assert data.scaling.z_nm == pytest.approx(600.0 * z_margin)
+    batch = data.batch(64, torch.Generator().manual_seed(0))
+    z = batch.targets[..., 3][batch.mask]
+    assert len(z) > 100
+    assert z.max() <= 1.0 / z_margin + 1e-6
+    assert z.min() >= -400.0 / (600.0 * z_margin) - 1e-6
+    assert z.max() > 0.95 / z_margin and z.min() < -0.95 * 400.0 / (600.0 * z_margin)

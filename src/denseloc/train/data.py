@@ -60,13 +60,14 @@ def derive_scaling(config: Config, peak_fraction: float) -> Scaling:
     `peak_fraction` is the fraction of an in-focus emitter's photons in its brightest pixel.
     """
     em, bg = config.emitters, config.background
+    z_max = max(abs(em.z_range_nm[0]), abs(em.z_range_nm[1]), 1.0)
     photons_max = 2.0 * (em.photons_mean + 4 * em.photons_std)
     bg_max = 1.5 * (bg.level_photons[1] + bg.structured_amplitude_photons) + 1.0
     return Scaling(
         input_offset=float(sum(bg.level_photons) / 2),
         input_scale=float(max(em.photons_mean * peak_fraction, 1.0)),
         photons=float(photons_max),
-        z_nm=float(max(abs(em.z_range_nm[0]), abs(em.z_range_nm[1]), 1.0)),
+        z_nm=float(config.train.z_margin * z_max),
         bg_photons=float(bg_max),
     )
 
