@@ -9,7 +9,7 @@ from denseloc.config import Config
 from denseloc.errors import DenselocError
 from denseloc.train import trainer as trainer_module
 from denseloc.train.artifact import TrainedModel
-from denseloc.train.trainer import Trainer
+from denseloc.train.trainer import CHECKPOINT, Trainer
 
 
 def tiny_config() -> Config:
@@ -64,6 +64,21 @@ def test_resume_refuses_another_configuration(tmp_path) -> None:
     cfg.train.lr = 5e-4
     with pytest.raises(DenselocError, match="another configuration"):
         Trainer(cfg, tmp_path / "m", device="cpu").fit(epochs=2, resume=True)
+
+
+def test_resume_accepts_a_checkpoint_from_before_a_new_option(tmp_path) -> None:
+    # A checkpoint written before train.z_margin existed holds no such key; its default
+    # reproduces that run, so resuming must go on rather than refuse the configuration.
+    trainer = Trainer(tiny_config(), tmp_path / "m", device="cpu")
+    trainer.fit(epochs=1)
+    path = tmp_path / "m" / CHECKPOINT
+    ckpt = torch.load(path, weights_only=False)
+    del ckpt["config"]["train"]["z_margin"]
+    torch.save(ckpt, path)
+    resumed = Trainer(tiny_config(), tmp_path / "m", device="cpu")
+    resumed.fit(epochs=2, resume=True)
+    assert resumed.state.epoch == 2
+    assert resumed.state.step == 2 * trainer.state.step
 
 
 def test_nan_loss_rolls_back_with_a_lower_learning_rate(tmp_path, monkeypatch) -> None:

@@ -215,7 +215,13 @@ class Trainer:
             ckpt = torch.load(path, map_location=self.device, weights_only=False)
         except Exception as exc:
             raise DenselocError(f"{path}: checkpoint cannot be read ({exc})") from None
-        if ckpt["config"] != self.config.model_dump(mode="json"):
+        # Validating fills in options added since the checkpoint was written with their
+        # defaults, so a newer denseloc resumes an older run of the same configuration.
+        try:
+            saved = Config.model_validate(ckpt["config"]).model_dump(mode="json")
+        except ValueError:
+            saved = None
+        if saved != self.config.model_dump(mode="json"):
             raise DenselocError(
                 f"{path}: checkpoint was written for another configuration; "
                 "use the same CONFIG.yaml to resume, or another --out"
