@@ -2,7 +2,10 @@
 
 Usage:
     python benchmarks/bench_training.py CONFIG.yaml --name NAME --minutes 30 \
-        --eval-at 5 10 20 30 [--filters 16] [--out-model DIR]
+        --eval-at 5 10 20 30 [--filters 16] [--set SECTION.FIELD=VALUE ...] [--out-model DIR]
+
+``--set train.lr=3e-3 --set train.seed=5`` runs a variant of CONFIG without a copy of it; the
+results file records the command and the effective configuration.
 
 Test movies (fixed seeds): 64x64 px, low density (0.1 /um^2) and high density (2 /um^2),
 z in -700..700 nm, with the configuration's PSF, camera, photons and background. Metrics per
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from _common import RESULTS, write_results
 from denseloc.config import Config, load_config
@@ -33,6 +37,22 @@ from denseloc.train.trainer import Trainer
 
 DENSITIES = {"low": 0.1, "high": 2.0}
 TEST_Z_RANGE_NM = (-700.0, 700.0)  # the network issue's; a config may train on a wider range
+
+
+def apply_overrides(config: Config, assignments: list[str]) -> Config:
+    """Set ``SECTION.FIELD=VALUE`` assignments (VALUE in YAML) on a configuration."""
+    data = config.model_dump(mode="json")
+    for item in assignments:
+        key, eq, value = item.partition("=")
+        section, dot, field = key.partition(".")
+        fields = data.get(section)
+        if not (eq and dot) or not isinstance(fields, dict) or field not in fields:
+            raise SystemExit(f"--set {item}: expected SECTION.FIELD=VALUE naming a known field")
+        data[section][field] = yaml.safe_load(value)
+    try:
+        return Config.model_validate(data)
+    except ValueError as exc:  # pydantic's ValidationError names the field
+        raise SystemExit(f"--set: {exc}") from None
 
 
 def test_movie(config: Config, density: float, n_frames: int, seed: int):
@@ -102,12 +122,14 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--eval-at", type=float, nargs="+", default=[5, 10, 20, 30])
     parser.add_argument("--filters", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a configuration field (repeatable)")
     parser.add_argument("--frames", type=int, default=100, help="frames per test movie")
     parser.add_argument("--out-model", type=Path, default=None)
     parser.add_argument("--skip-mle", action="store_true")
     args = parser.parse_args()
 
-    config = load_config(args.config)
+    config = apply_overrides(load_config(args.config), args.set)
     if args.filters is not None:
         config = config.model_copy(
             update={"model": config.model.model_copy(update={"filters": args.filters})})
