@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
+from scipy.stats import median_abs_deviation, norm
 
 from _common import write_results
 from bench_training import DENSITIES, TEST_Z_RANGE_NM, score, test_movie
@@ -155,7 +155,7 @@ def z_error_rows(density: str, pairs: pd.DataFrame, crowded: pd.DataFrame) -> li
         rows.append({
             "density": density, "by": by, "interval": interval, "emitters": len(group),
             "ratio_z": round(float(np.sqrt(squares.mean())), 3),
-            "robust_ratio_z": round(float(1.4826 * np.median(np.abs(r - np.median(r)))), 3),
+            "robust_ratio_z": round(float(median_abs_deviation(r, scale="normal")), 3),
             "ratio_z_without_worst_1pc": round(
                 float(np.sqrt(squares[: len(r) - len(r) // 100].mean())), 3),
             "crowded_ratio_z": round(float(np.sqrt(np.mean(group["crowded"] ** 2))), 3),

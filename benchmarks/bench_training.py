@@ -28,7 +28,7 @@ import pandas as pd
 import yaml
 
 from _common import RESULTS, write_results
-from denseloc.config import Config, load_config
+from denseloc.config import Config, ConfigError, load_config, validated
 from denseloc.evaluate import evaluate
 from denseloc.evaluate.crlb import NoiseModel, add_crlb_columns
 from denseloc.sim.simulator import Simulator
@@ -50,9 +50,9 @@ def apply_overrides(config: Config, assignments: list[str]) -> Config:
             raise SystemExit(f"--set {item}: expected SECTION.FIELD=VALUE naming a known field")
         data[section][field] = yaml.safe_load(value)
     try:
-        return Config.model_validate(data)
-    except ValueError as exc:  # pydantic's ValidationError names the field
-        raise SystemExit(f"--set: {exc}") from None
+        return validated(Config, data, name="--set")
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def test_movie(config: Config, density: float, n_frames: int, seed: int):
@@ -129,10 +129,8 @@ def main() -> None:
     parser.add_argument("--skip-mle", action="store_true")
     args = parser.parse_args()
 
-    config = apply_overrides(load_config(args.config), args.set)
-    if args.filters is not None:
-        config = config.model_copy(
-            update={"model": config.model.model_copy(update={"filters": args.filters})})
+    filters = [] if args.filters is None else [f"model.filters={args.filters}"]
+    config = apply_overrides(load_config(args.config), filters + args.set)
     tests = {name: test_movie(config, d, args.frames, seed=100 + i)
              for i, (name, d) in enumerate(DENSITIES.items())}
     baseline = {} if args.skip_mle else mle_baseline(tests)
