@@ -300,6 +300,12 @@ class TrainConfig(_Model):
         "ends of the range are not where its tanh saturates",
     )
     bg_weight: float = Field(1.0, ge=0, description="weight of the background loss term")
+    count_weight: Literal["one", "emitters"] = Field(
+        "one",
+        description="weight of each frame's count term: 1, or its number of true emitters "
+        "(at least 1) as in DECODE, which balances it against the mixture term's one summand "
+        "per emitter in crowded frames",
+    )
     detection_warmup_steps: int = Field(
         600,
         ge=0,

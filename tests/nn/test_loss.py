@@ -79,6 +79,10 @@ def test_count_term_is_a_normal_nll() -> None:
         mean, var = 64 * p, 64 * p * (1 - p)
         expected = 0.5 * math.log(2 * math.pi * var) + (m - mean) ** 2 / (2 * var)
         assert count == pytest.approx(expected, rel=1e-9)
+        # DECODE's weighting: times the number of emitters, at least 1.
+        weighted = gmm_loss(out, targets, mask, count_by_emitters=True)
+        assert weighted.count.item() == pytest.approx(max(m, 1) * expected, rel=1e-9)
+        assert weighted.localization.item() == gmm_loss(out, targets, mask).localization.item()
 
 
 def test_gradient_is_finite_at_initialisation() -> None:

@@ -145,3 +145,22 @@ def test_a_run_that_keeps_stalling_ends_with_a_clear_error(tmp_path, monkeypatch
     config.train.detection_warmup_steps = 0
     with pytest.raises(trainer_module.TrainingStalled, match="can the emitters"):
         Trainer(config, tmp_path / "m", device="cpu").fit(epochs=10)
+
+
+@pytest.mark.parametrize(("count_weight", "by_emitters"), [("one", False), ("emitters", True)])
+def test_training_and_validation_use_the_configured_count_weight(
+    tmp_path, monkeypatch, count_weight, by_emitters
+) -> None:
+    real_loss = trainer_module.gmm_loss
+    seen = []
+
+    def recording_loss(*args, **kwargs):
+        seen.append(kwargs["count_by_emitters"])
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "gmm_loss", recording_loss)
+    cfg = tiny_config()
+    cfg.train.count_weight = count_weight
+    Trainer(cfg, tmp_path / "m", device="cpu").fit(epochs=1)
+    assert len(seen) > cfg.train.steps_per_epoch  # training steps and validation batches
+    assert set(seen) == {by_emitters}

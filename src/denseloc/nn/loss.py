@@ -46,6 +46,7 @@ def gmm_loss(
     bg_target: torch.Tensor | None = None,
     *,
     bg_weight: float = 1.0,
+    count_by_emitters: bool = False,
 ) -> LossParts:
     """Gaussian-mixture likelihood loss.
 
@@ -61,6 +62,11 @@ def gmm_loss(
         True background in units of ``scaling.bg_photons``.
     bg_weight : float
         Weight of the background term.
+    count_by_emitters : bool
+        Multiply each frame's count term by its number of true emitters (at least 1), as
+        DECODE does (which multiplies by the number itself, so that frames without emitters
+        add no count term), instead of weighting it 1. The mixture term has one summand per
+        emitter; this gives the count term the same scale in crowded frames.
 
     Returns
     -------
@@ -78,6 +84,8 @@ def gmm_loss(
     var = (p * (1 - p)).sum(1).clamp_min(1e-6)
     n_true = mask_f.sum(1)
     count = 0.5 * torch.log(var) + _LOG_SQRT_2PI + (n_true - mean) ** 2 / (2 * var)
+    if count_by_emitters:
+        count = count * n_true.clamp_min(1.0)
 
     # Mixture term. sum_d ((t_d - mu_d) / s_d)^2 expands into t^2 a - 2 t b + c with
     # a = 1/s^2, b = mu/s^2, c = mu^2/s^2: one batched matrix product instead of a

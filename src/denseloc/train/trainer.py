@@ -254,20 +254,27 @@ class Trainer:
         offset = 0
         for batch in batches:
             n = batch.inputs.shape[0]
-            losses.append(float(gmm_loss(outputs[offset:offset + n], batch.targets, batch.mask,
-                                         batch.bg, bg_weight=self.config.train.bg_weight).total))
+            losses.append(float(self._loss(outputs[offset:offset + n], batch)))
             offset += n
         metrics = evaluate_batches(outputs, truth, self.val_data, 0.5, min_photons=500.0)
         metrics["val_loss"] = float(np.mean(losses))
         return metrics
 
     # -- training ---------------------------------------------------------------------------
+    def _loss(self, output: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The mixture loss of `output` against `batch`'s targets, as configured."""
+        tc = self.config.train
+        return gmm_loss(
+            output, batch.targets, batch.mask, batch.bg,
+            bg_weight=tc.bg_weight, count_by_emitters=tc.count_weight == "emitters",
+        ).total
+
     def _step(self, batch: Batch) -> tuple[float, float]:
         tc = self.config.train
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.state.step)
         output = self.net.forward_windows(batch.frames, batch.starts)
-        loss = gmm_loss(output, batch.targets, batch.mask, batch.bg, bg_weight=tc.bg_weight).total
+        loss = self._loss(output, batch)
         aux_weight = 1.0 - self.state.step / tc.detection_warmup_steps if (
             self.state.step < tc.detection_warmup_steps) else 0.0
         if aux_weight > 0:
