@@ -67,6 +67,22 @@ def test_merged_sigma_is_inverse_variance_sum() -> None:
     assert merged["frame"].item() == 3 and merged["n_frames"].item() == 3
 
 
+def test_a_missing_sigma_falls_back_to_the_plain_mean() -> None:
+    # A 2D PSF fit has no z sigma (NaN); one lost x sigma makes that group unweighted in x.
+    table = pd.DataFrame({"frame": [3, 4, 8, 9], "x_nm": [0.0, 30.0, 500.0, 520.0],
+                          "y_nm": [0.0, 0.0, 0.0, 0.0], "z_nm": [0.0, 0.0, 0.0, 0.0],
+                          "sigma_x_nm": [10.0, 20.0, np.nan, 10.0],
+                          "sigma_y_nm": [5.0, 5.0, 5.0, 5.0],
+                          "sigma_z_nm": [np.nan] * 4})
+    merged = group_consecutive(table, radius_nm=50.0)
+    assert len(merged) == 2
+    assert merged["x_nm"].tolist() == pytest.approx([(0.0 * 4 + 30.0) / 5, 510.0])
+    assert merged["sigma_x_nm"].iloc[0] == pytest.approx((1 / 100 + 1 / 400) ** -0.5)
+    assert np.isnan(merged["sigma_x_nm"].iloc[1])
+    assert merged["sigma_y_nm"].tolist() == pytest.approx([5 / np.sqrt(2)] * 2)
+    assert merged["z_nm"].tolist() == [0.0, 0.0] and merged["sigma_z_nm"].isna().all()
+
+
 def test_gaps_radius_and_one_to_one_linking() -> None:
     table = pd.DataFrame({"frame": [0, 2, 0, 1], "x_nm": [0.0, 5.0, 500.0, 510.0],
                           "y_nm": [0.0] * 4})

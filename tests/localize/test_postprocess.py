@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from denseloc.localize.postprocess import maps_to_table
+from denseloc.localize.postprocess import maps_to_table, spatial_integration
 from denseloc.nn.model import Scaling
 
 SCALING = Scaling(input_offset=0.0, input_scale=1.0, photons=1000.0, z_nm=500.0, bg_photons=10.0)
@@ -23,6 +23,16 @@ def _maps(size: int = 9) -> torch.Tensor:
 
 def _logit(p: float) -> float:
     return float(np.log(p / (1 - p)))
+
+
+@pytest.mark.parametrize("size", [9, 64, 256])
+def test_equal_neighbours_give_one_maximum(size) -> None:
+    # Saturated p on two adjacent pixels (one emitter between them) must count once.
+    p = torch.zeros(1, size, size)
+    p[0, 4, 4:6] = 1.0
+    p[0, 7, 2] = p[0, 8, 3] = 0.7  # diagonal neighbours
+    is_max, _ = spatial_integration(p)
+    assert torch.nonzero(is_max[0]).tolist() == [[4, 4], [7, 2]]
 
 
 def test_single_pixel_mixture_equals_the_pixel() -> None:

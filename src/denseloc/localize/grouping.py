@@ -113,7 +113,8 @@ def group_consecutive(
     """Merge the localizations of one emitter in consecutive frames into one.
 
     Positions are averaged per axis with weights ``sigma^-2`` (equal weights when the table has
-    no sigma columns); sigmas become ``1 / sqrt(sum sigma^-2)``; photons are summed and their
+    no sigma columns, or for a group with a missing sigma on that axis, whose merged sigma is
+    then NaN); sigmas become ``1 / sqrt(sum sigma^-2)``; photons are summed and their
     sigmas added in quadrature; ``bg`` is averaged and ``p`` is the largest. ``frame`` is the
     group's first frame; ``n_frames`` counts its localizations.
 
@@ -138,12 +139,20 @@ def group_consecutive(
     for axis in "xyz":
         position = table[f"{axis}_nm"].to_numpy(dtype=float)
         sigma_col = f"sigma_{axis}_nm"
+        mean = total(position) / count
         if sigma_col in table:
-            weight = table[sigma_col].to_numpy(dtype=float) ** -2.0
-            out[f"{axis}_nm"] = total(weight * position) / total(weight)
-            out[sigma_col] = total(weight) ** -0.5
+            sigma = table[sigma_col].to_numpy(dtype=float)
+            usable = np.isfinite(sigma) & (sigma > 0)  # NaN: e.g. z of a 2D PSF fit
+            weight = np.where(usable, sigma, 1.0) ** -2.0 * usable
+            weighted = total(weight) > 0
+            all_usable = total(~usable) == 0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[f"{axis}_nm"] = np.where(
+                    all_usable & weighted, total(weight * position) / total(weight), mean
+                )
+                out[sigma_col] = np.where(all_usable & weighted, total(weight) ** -0.5, np.nan)
         else:
-            out[f"{axis}_nm"] = total(position) / count
+            out[f"{axis}_nm"] = mean
     if "photons" in table:
         out["photons"] = total(table["photons"].to_numpy(dtype=float))
     if "sigma_photons" in table:

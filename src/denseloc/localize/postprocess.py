@@ -43,8 +43,9 @@ def spatial_integration(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     _, height, width = p.shape
     # A tiny index-dependent offset breaks ties between equal neighbours deterministically.
-    tie = torch.arange(height * width, device=p.device, dtype=p.dtype).view(height, width)
-    keyed = p - tie * (1e-9 / (height * width))
+    # In float64: in float32 an offset this small would vanish next to p (eps 6e-8).
+    tie = torch.arange(height * width, device=p.device, dtype=torch.float64).view(height, width)
+    keyed = p.double() - tie * (1e-9 / (height * width))
     pooled = F.max_pool2d(keyed[:, None], 3, stride=1, padding=1)[:, 0]
     is_max = (keyed == pooled) & (p > _CANDIDATE_P)
     cross = torch.tensor([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=p.dtype, device=p.device)
