@@ -144,13 +144,12 @@ def group_consecutive(
             sigma = table[sigma_col].to_numpy(dtype=float)
             usable = np.isfinite(sigma) & (sigma > 0)  # NaN: e.g. z of a 2D PSF fit
             weight = np.where(usable, sigma, 1.0) ** -2.0 * usable
-            weighted = total(weight) > 0
             all_usable = total(~usable) == 0
-            with np.errstate(divide="ignore", invalid="ignore"):
+            with np.errstate(divide="ignore", invalid="ignore"):  # groups with no weight
                 out[f"{axis}_nm"] = np.where(
-                    all_usable & weighted, total(weight * position) / total(weight), mean
+                    all_usable, total(weight * position) / total(weight), mean
                 )
-                out[sigma_col] = np.where(all_usable & weighted, total(weight) ** -0.5, np.nan)
+                out[sigma_col] = np.where(all_usable, total(weight) ** -0.5, np.nan)
         else:
             out[f"{axis}_nm"] = mean
     if "photons" in table:
