@@ -7,8 +7,8 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from denseloc.cli import app
-from denseloc.config import Config, load_config
+from denseloc.cli import app, resolve_config
+from denseloc.config import Config, ConfigError, load_config
 
 runner = CliRunner()
 
@@ -222,3 +222,10 @@ def test_demo_writes_a_complete_report(tmp_path) -> None:
     assert metrics["network_first"]["jaccard"] > metrics["mle_first"]["jaccard"]
     assert "| Jaccard" in paths["summary"].read_text()
     assert any("report written" in line for line in lines)
+
+
+@pytest.mark.parametrize("dotted", ["train.no_such_field", "nosection.lr", "trainlr"])
+def test_an_override_of_an_unknown_field_is_a_config_error(dotted) -> None:
+    assert resolve_config(None, **{"train.lr": 3e-3}).train.lr == 3e-3
+    with pytest.raises(ConfigError, match=r"not a known SECTION\.FIELD"):
+        resolve_config(None, **{dotted: 1})

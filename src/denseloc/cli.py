@@ -112,7 +112,9 @@ def resolve_config(
     for dotted, value in overrides.items():
         if value is None:
             continue
-        section, field = dotted.split(".")
+        section, dot, field = dotted.partition(".")
+        if not dot or not isinstance(data.get(section), dict) or field not in data[section]:
+            raise ConfigError(f"{dotted}: not a known SECTION.FIELD of the configuration")
         data[section][field] = value
     return validated(Config, data, name="command line")
 
