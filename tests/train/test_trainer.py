@@ -164,3 +164,23 @@ def test_training_and_validation_use_the_configured_count_weight(
     Trainer(cfg, tmp_path / "m", device="cpu").fit(epochs=1)
     assert len(seen) > cfg.train.steps_per_epoch  # training steps and validation batches
     assert set(seen) == {by_emitters}
+
+
+def test_a_model_without_background_head_reports_no_background(tmp_path) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from denseloc.localize.postprocess import maps_to_table
+
+    cfg = tiny_config()
+    cfg.model.predict_bg = False
+    model = Trainer(cfg, tmp_path / "m", device="cpu").fit(epochs=1)
+    log = pd.read_csv(tmp_path / "m" / "training_log.csv")
+    assert np.isfinite(log["val_loss"]).all()  # no background term against a missing head
+    with torch.no_grad():
+        out = model.net(torch.randn(1, 3, 16, 16))
+    out[:, 0] = -10.0  # p logits: one sure detection; the rest of the maps as the net made them
+    out[0, 0, 8, 8] = 10.0
+    table = maps_to_table(out, model.scaling, pixel_size_nm=100.0, threshold=0.5)
+    assert len(table) == 1
+    assert table["bg"].isna().all()  # not 0 photons/px, which would be a false measurement

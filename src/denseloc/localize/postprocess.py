@@ -14,7 +14,8 @@ Reading the single maximum pixel instead ignores the spread between components a
 the sigmas 1.2-1.9 times too small, more so at high density; the mixture's are calibrated
 (RMS(error / sigma) 0.93-1.0 at 0.1 and 2 emitters/um^2 for the bundled model) and its means
 slightly more accurate (``benchmarks/results/training_default_f16_final.md``). The background
-is read at the detection's pixel; ``p`` is the integrated probability above.
+is read at the detection's pixel (NaN for a model without a background head); ``p`` is the
+integrated probability above.
 """
 
 from __future__ import annotations

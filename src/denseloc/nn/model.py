@@ -14,7 +14,7 @@ ch    name            activation and unit
 5,6   sigma_x, _y     sigmoid x 3 + 0.001, px
 7     sigma_z         sigmoid x 3 + 0.001, units of ``scaling.z_nm``
 8     sigma_photons   sigmoid x 3 + 0.001, units of ``scaling.photons``
-9     background      sigmoid, in units of ``scaling.bg_photons`` (if predicted)
+9     background      sigmoid, units of ``scaling.bg_photons``; NaN if no head
 ====  ==============  =========================================================
 
 Frames of any size are padded to a multiple of ``2**depth`` and cropped back.
@@ -137,7 +137,7 @@ class DecodeNet(nn.Module):
         if self.head_bg is not None:
             bg = torch.sigmoid(self.head_bg(x))
         else:
-            bg = torch.zeros_like(p_logit)
+            bg = torch.full_like(p_logit, float("nan"))  # not predicted: no number to report
         return torch.cat([p_logit, photons, offsets, sigma, bg], dim=1)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:

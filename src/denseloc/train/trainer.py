@@ -264,8 +264,9 @@ class Trainer:
     def _loss(self, output: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The mixture loss of `output` against `batch`'s targets, as configured."""
         tc = self.config.train
+        bg = batch.bg if self.config.model.predict_bg else None
         return gmm_loss(
-            output, batch.targets, batch.mask, batch.bg,
+            output, batch.targets, batch.mask, bg,
             bg_weight=tc.bg_weight, count_by_emitters=tc.count_weight == "emitters",
         ).total
 
