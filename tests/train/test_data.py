@@ -24,6 +24,7 @@ def test_targets_are_the_central_frames_emitters(frames_per_movie: int) -> None:
     assert batch.inputs.shape == (20, 3, 32, 32)
     for b in range(20):
         torch.testing.assert_close(batch.inputs[b], batch.frames[batch.starts[b]:][:3])
+    assert len(batch.frames) == int(batch.starts.max()) + 3  # no frame the windows do not use
     photons = batch.targets[..., 0] * data.scaling.photons
     bright = batch.mask & (photons > 3000)
     b_idx, k_idx = torch.nonzero(bright, as_tuple=True)

@@ -39,7 +39,8 @@ class Batch:
     background_photons : Tensor of shape (B,)
         Mean background of each sample, photons/px.
     frames : Tensor of shape (N, H, W)
-        The scaled frames the windows are cut from (all movies concatenated).
+        The scaled frames the windows are cut from (all movies concatenated, without the
+        frames after the last window).
     starts : Tensor of shape (B,), long
         Index in `frames` of each sample's first frame (``inputs[b] = frames[starts[b]:...]``).
     """
@@ -126,10 +127,12 @@ class TrainingData:
         n_movies = -(-size // per_movie)
         factor = self._density_factor(n_movies, generator)
         movies = sim.sample(n_movies, length, generator, density_factor=factor)
-        frames = scale_frames(sim.camera.adu_to_photons(movies.adu), scaling).flatten(0, 1)
-        window = torch.arange(size, device=frames.device)
+        window = torch.arange(size, device=sim.device)
         movie, offset = window // per_movie, window % per_movie
         starts = movie * length + offset
+        # The last movie's frames after its last window would only cost network time.
+        frames = scale_frames(sim.camera.adu_to_photons(movies.adu), scaling).flatten(0, 1)
+        frames = frames[: int(starts[-1]) + ctx]
         centre_frame = starts + ctx // 2  # global frame index of each sample's target frame
         lookup = torch.full((n_movies * length,), -1, dtype=torch.long, device=frames.device)
         lookup[centre_frame] = window
