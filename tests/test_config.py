@@ -33,6 +33,8 @@ def test_partial_yaml_fills_defaults(tmp_path) -> None:
         ("psf: {kind: spline}", r"psf\.kind"),
         ("camera: {kind: scmos}", r"em_gain applies to EMCCD"),
         ("psf: {kind: file}", r"needs path"),
+        ("psf: {path: psf.h5}", r"set kind: file to use the calibration"),
+        ("psf: {kind: gaussian, path: psf.h5}", r"kind is 'gaussian'"),
         ("emitters: {z_range_nm: [500, -500]}", r"low <= high"),
         ("typo_section: {a: 1}", r"typo_section"),
         ("camera: {gain: 3}", r"camera\.gain"),
