@@ -86,3 +86,18 @@ def test_z_is_simulated_only_for_3d_psfs(kind: str) -> None:
     sim = Simulator(small_config(psf={"kind": kind}))
     z = sim.sample(8, 3, sim.generator(0)).emitters.z_nm
     assert (z.abs().max().item() > 100) == (kind == "astigmatic")
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"emitters": {"z_range_nm": [-800.0, 700.0]}}, r"beyond .* calibration \(-750, 750\)"),
+        ({"image": {"pixel_size_nm": 160.0}}, r"calibrated for 100 nm pixels"),
+    ],
+)
+def test_a_spline_calibration_must_cover_the_simulated_setting(settings, match) -> None:
+    from denseloc.config import ConfigError
+
+    psf = {"psf": {"kind": "file", "path": "denseloc:psf_epfl_beads_as.h5"}}
+    with pytest.raises(ConfigError, match=match):
+        Simulator(Config.model_validate({**psf, **settings}))

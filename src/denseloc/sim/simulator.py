@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from denseloc.config import Config, PSFConfig
+from denseloc.config import Config, ConfigError, PSFConfig
 from denseloc.errors import DenselocError
 from denseloc.sim.background import sample_background
 from denseloc.sim.camera import Camera
@@ -45,6 +45,26 @@ def psf_from_config(config: PSFConfig, z_range_nm: tuple[float, float] = (-750.0
     from denseloc.calibration import load_psf
 
     return load_psf(config.path)
+
+
+def _check_calibration_fits(psf: PSF, config: Config) -> None:
+    """Raise ConfigError if the image or z range is not what the PSF calibration covers."""
+    from denseloc.calibration.spline import CubicSplinePSF
+
+    pixel = getattr(psf, "pixel_size_nm", None)
+    if pixel is not None and not np.isclose(pixel, config.image.pixel_size_nm, rtol=1e-3):
+        raise ConfigError(
+            f"{config.psf.path}: calibrated for {pixel:g} nm pixels, but image.pixel_size_nm "
+            f"is {config.image.pixel_size_nm:g}"
+        )
+    lo, hi = config.emitters.z_range_nm
+    covered = psf.z_range_nm if isinstance(psf, CubicSplinePSF) else (-np.inf, np.inf)
+    # A spline clamps z outside its range: emitters there would get wrong images.
+    if lo < covered[0] - 1e-6 or hi > covered[1] + 1e-6:
+        raise ConfigError(
+            f"emitters.z_range_nm ({lo:g}, {hi:g}) reaches beyond the {config.psf.path} "
+            f"calibration ({covered[0]:g}, {covered[1]:g}) nm: narrow it"
+        )
 
 
 @dataclass
@@ -94,6 +114,8 @@ class Simulator:
         self.dtype = dtype
         self.frame_shape: tuple[int, int] = tuple(config.image.size_px)
         self.psf = psf_from_config(config.psf, config.emitters.z_range_nm)
+        if config.psf.kind == "file":
+            _check_calibration_fits(self.psf, config)
         self.camera = Camera.from_config(config.camera, self.frame_shape, self.device)
         self.patch_size = self.psf.default_patch_size()
 
