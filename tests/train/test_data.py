@@ -68,3 +68,23 @@ def test_z_targets_span_the_range_over_the_margin(z_margin: float) -> None:
     assert z.max() <= 1.0 / z_margin + 1e-6
     assert z.min() >= -400.0 / (600.0 * z_margin) - 1e-6
     assert z.max() > 0.95 / z_margin and z.min() < -0.95 * 400.0 / (600.0 * z_margin)
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"emitters": {"density_per_um2": 0.0}}, r"training needs emitters"),
+        ({"emitters": {"count_per_frame": 0.0}}, r"training needs emitters"),
+        ({"emitters": {"count_per_frame": 5.0}, "train": {"density_range_per_um2": [0.1, 2]}},
+         r"density_range_per_um2 scales emitters\.density_per_um2"),
+        ({"emitters": {"density_per_um2": 0.0}, "train": {"density_range_per_um2": [0.1, 2]}},
+         r"density_range_per_um2 scales"),
+        ({"camera": {"kind": "scmos", "em_gain": 1.0, "offset_map": "offset.tif"}},
+         r"per-pixel sCMOS maps"),
+    ],
+)
+def test_untrainable_settings_are_one_line_config_errors(settings: dict, match: str) -> None:
+    from denseloc.config import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        TrainingData(Config.model_validate(settings))

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from denseloc.config import Config
+from denseloc.config import Config, ConfigError
 from denseloc.nn.model import Scaling
 from denseloc.sim.emitters import Emitters
 from denseloc.sim.simulator import Simulator
@@ -53,6 +53,30 @@ class Batch:
     background_photons: torch.Tensor
     frames: torch.Tensor
     starts: torch.Tensor
+
+
+def _check_trainable(config: Config) -> None:
+    """Raise ConfigError for settings that simulate, but cannot train a network."""
+    em, cam = config.emitters, config.camera
+    drawn = config.train.density_range_per_um2
+    if drawn is not None and (em.count_per_frame is not None or em.density_per_um2 <= 0):
+        raise ConfigError(
+            "train.density_range_per_um2 scales emitters.density_per_um2: set that > 0 and "
+            "leave emitters.count_per_frame empty"
+        )
+    expected = em.count_per_frame if em.count_per_frame is not None else em.density_per_um2
+    if expected <= 0 or (drawn is not None and drawn[1] <= 0):
+        raise ConfigError(
+            "training needs emitters: emitters.density_per_um2 (or count_per_frame) and the "
+            "top of train.density_range_per_um2 must be > 0"
+        )
+    if any(m is not None for m in (cam.offset_map, cam.variance_map, cam.gain_map)):
+        raise ConfigError(
+            "training simulates train.frame_size_px crops and cannot use per-pixel sCMOS maps "
+            "(camera.offset_map, variance_map, gain_map) yet: train with their mean values "
+            "as camera.baseline_adu, read_noise_e and e_per_adu, and give the maps to "
+            "`denseloc localize`"
+        )
 
 
 def derive_scaling(config: Config, peak_fraction: float) -> Scaling:
@@ -100,6 +124,7 @@ class TrainingData:
     def __init__(
         self, config: Config, device: torch.device | str = "cpu", frame_size_px: int | None = None
     ) -> None:
+        _check_trainable(config)
         size = frame_size_px or config.train.frame_size_px
         self.config = config.model_copy(
             update={"image": config.image.model_copy(update={"size_px": (size, size)})}
@@ -112,9 +137,7 @@ class TrainingData:
         rng = self.config.train.density_range_per_um2
         if rng is None:
             return None
-        base = self.config.emitters.density_per_um2
-        if self.config.emitters.count_per_frame is not None or base <= 0:
-            raise ValueError("density_range_per_um2 needs emitters.density_per_um2 > 0")
+        base = self.config.emitters.density_per_um2  # > 0 and no count_per_frame: checked
         u = torch.rand(n, generator=generator, device=self.sim.device, dtype=torch.float64)
         return (rng[0] + (rng[1] - rng[0]) * u) / base
 
