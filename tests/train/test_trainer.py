@@ -184,3 +184,29 @@ def test_a_model_without_background_head_reports_no_background(tmp_path) -> None
     table = maps_to_table(out, model.scaling, pixel_size_nm=100.0, threshold=0.5)
     assert len(table) == 1
     assert table["bg"].isna().all()  # not 0 photons/px, which would be a false measurement
+
+
+def test_resuming_with_more_epochs_warns_that_the_schedule_is_kept(tmp_path, caplog) -> None:
+    Trainer(tiny_config(), tmp_path / "m", device="cpu").fit(epochs=1)
+    trainer = Trainer(tiny_config(), tmp_path / "m", device="cpu")
+    trainer.fit(epochs=2, resume=True)
+    assert "keeps that learning-rate schedule" in caplog.text
+    assert trainer.state.planned_steps == tiny_config().train.steps_per_epoch  # unchanged
+    assert trainer.state.epoch == 2
+
+
+def test_validation_counts_emitters_relative_to_their_brightness(tmp_path, monkeypatch) -> None:
+    seen = []
+    for name in ("evaluate_batches", "tune_threshold"):
+        real = getattr(trainer_module, name)
+
+        def recording(*args, _real=real, **kwargs):
+            seen.append(kwargs["min_photons"])
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(trainer_module, name, recording)
+    cfg = tiny_config()
+    cfg.emitters.photons_mean, cfg.emitters.photons_std = 400.0, 50.0
+    Trainer(cfg, tmp_path / "m", device="cpu").fit(epochs=1)
+    # A fixed 500-photon cut would count none of these emitters (and 0 / 0 scores 1).
+    assert len(seen) >= 2 and all(m == pytest.approx(40.0) for m in seen)

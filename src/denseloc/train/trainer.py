@@ -53,6 +53,9 @@ LOG = "training_log.csv"
 MAX_ROLLBACKS = 6
 MAX_RESTARTS = 2
 STALL_MIN_STEPS = 500  # a network that detects nothing this early may just be slow
+COUNTED_FRACTION = 0.1
+"""Validation counts emitters with at least this fraction of the mean brightness in the frame
+(500 photons for the benchmarks' 5000): blinks on for a sliver of the frame are optional."""
 EXPLOSION_FACTOR = 20.0
 
 
@@ -256,9 +259,15 @@ class Trainer:
             n = batch.inputs.shape[0]
             losses.append(float(self._loss(outputs[offset:offset + n], batch)))
             offset += n
-        metrics = evaluate_batches(outputs, truth, self.val_data, 0.5, min_photons=500.0)
+        metrics = evaluate_batches(outputs, truth, self.val_data, 0.5,
+                                   min_photons=self._counted_photons)
         metrics["val_loss"] = float(np.mean(losses))
         return metrics
+
+    @property
+    def _counted_photons(self) -> float:
+        """Photons below which a validation emitter is optional (see COUNTED_FRACTION)."""
+        return COUNTED_FRACTION * self.config.emitters.photons_mean
 
     # -- training ---------------------------------------------------------------------------
     def _loss(self, output: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -366,6 +375,13 @@ class Trainer:
             if not self.load_checkpoint():
                 raise DenselocError(f"{self.out_dir}: no checkpoint to resume from")
             logger.info("resumed at epoch %d, step %d", self.state.epoch, self.state.step)
+            planned = self.state.planned_steps
+            if epochs is not None and planned is not None and epochs * tc.steps_per_epoch > planned:
+                logger.warning(
+                    "the resumed run planned %d steps (%d epochs) and keeps that learning-rate "
+                    "schedule: the steps after it train at the final rate; for a longer "
+                    "schedule, train anew", planned, planned // tc.steps_per_epoch,
+                )
         elif (self.out_dir / CHECKPOINT).exists():
             raise DenselocError(
                 f"{self.out_dir}: holds a checkpoint; pass --resume to continue it, "
@@ -461,7 +477,8 @@ class Trainer:
         """Tune the detection threshold on validation data and save the model folder."""
         batches, truth = self.validation_set()
         outputs = predict_batches(self.net, batches, self.channels_last)
-        threshold, metrics = tune_threshold(outputs, truth, self.val_data, min_photons=500.0)
+        threshold, metrics = tune_threshold(outputs, truth, self.val_data,
+                                            min_photons=self._counted_photons)
         net = DecodeNet(**self.config.model.model_dump())
         net.load_state_dict({k: v.cpu() for k, v in self.net.state_dict().items()})
         model = TrainedModel(
@@ -475,7 +492,7 @@ class Trainer:
                 "samples": self.state.samples,
                 "minutes": round(self.state.elapsed_s / 60, 2),
                 "device": str(self.device),
-                "validation": {k: metrics.get(k) for k in _LOGGED},
+                "validation": {k: metrics[k] for k in _LOGGED if k in metrics},  # tuned threshold
             },
         )
         model.save(self.out_dir)
