@@ -134,3 +134,26 @@ def test_cli_sigma_filter_grouping_and_bad_flags(movie, tmp_path) -> None:
         result = runner.invoke(app, ["localize", str(path), "--out", str(out), *flags])
         assert result.exit_code == 2 and message in result.output, (flags, result.output)
         assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["no threshold", "bad architecture", "html weights"])
+def test_damaged_model_folder_is_a_clear_error(bundled, tmp_path, damage: str) -> None:
+    import shutil
+
+    import yaml
+
+    from denseloc.errors import InputFileError
+    from denseloc.train.artifact import TrainedModel
+
+    folder = shutil.copytree(bundled[0], tmp_path / "m")
+    meta = yaml.safe_load((folder / "model.yaml").read_text())
+    if damage == "no threshold":
+        del meta["threshold"]
+    elif damage == "bad architecture":
+        meta["architecture"] = "16 filters"
+    else:
+        (folder / "weights.pt").write_text("<html>404 Not Found</html>")
+    (folder / "model.yaml").write_text(yaml.safe_dump(meta))
+    target = "weights.pt" if damage == "html weights" else "model.yaml"
+    with pytest.raises(InputFileError, match=target):
+        TrainedModel.load(folder)

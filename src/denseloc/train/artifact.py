@@ -8,6 +8,8 @@ Layout::
       weights.pt         state dict of the network
       training_log.csv   one row per epoch (written by the trainer)
       curves.png         training curves
+      checkpoint.pt      the last epoch's full training state, for ``--resume`` (the trainer
+                         writes it; not needed to use the model, and safe to delete)
 
 Load it with :meth:`TrainedModel.load`; only files the package wrote are read.
 """
@@ -15,6 +17,7 @@ Load it with :meth:`TrainedModel.load`; only files the package wrote are read.
 from __future__ import annotations
 
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,19 +82,21 @@ class TrainedModel:
         if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
             raise InputFileError(meta_path, f"unknown model format (expected {MODEL_FORMAT})")
         config = load_config(directory / "config.yaml")
-        net = DecodeNet(**meta["architecture"])
+        try:
+            net = DecodeNet(**meta["architecture"])
+            scaling = Scaling(**meta["scaling"])
+            threshold = float(meta["threshold"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputFileError(meta_path, f"incomplete or damaged ({exc!r})") from None
         try:
             state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
             net.load_state_dict(state)
         except FileNotFoundError:
             raise InputFileError(directory / "weights.pt", "no such file") from None
-        except (RuntimeError, EOFError, KeyError) as exc:
+        except (RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as exc:
             raise InputFileError(directory / "weights.pt", f"cannot be loaded ({exc})") from None
         net.to(device).eval()
         return cls(
-            net=net,
-            scaling=Scaling(**meta["scaling"]),
-            config=config,
-            threshold=float(meta["threshold"]),
+            net=net, scaling=scaling, config=config, threshold=threshold,
             summary=meta.get("summary") or {},
         )
