@@ -32,7 +32,8 @@ from denseloc.train.trainer import Trainer
 
 def training_rate(
     filters: int, frame_px: int, frames_per_movie: int, seconds: float, compiled: bool = False
-) -> float:
+) -> tuple[float, int]:
+    """Training samples/s, and the frames per batch that go through the frame-analysis U-Net."""
     cfg = Config.model_validate({
         "emitters": {"density_per_um2": 1.0},
         "model": {"filters": filters},
@@ -47,9 +48,10 @@ def training_rate(
         trainer._step(trainer.data.batch(cfg.train.batch_size, gen))
     done, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        trainer._step(trainer.data.batch(cfg.train.batch_size, gen))
+        batch = trainer.data.batch(cfg.train.batch_size, gen)
+        trainer._step(batch)
         done += cfg.train.batch_size
-    return done / (time.perf_counter() - start)
+    return done / (time.perf_counter() - start), len(batch.frames)
 
 
 def inference_rate(filters: int, size: int, seconds: float) -> float:
@@ -79,11 +81,9 @@ def main() -> None:
         rows = []
         batch = Config().train.batch_size
         for fpm in (3, 4, 6, 8, 10, 16, 18, 34):
-            rate = training_rate(16, 40, fpm, args.seconds)
-            per_movie = fpm - 2
-            frames = (batch - 1) // per_movie * fpm + (batch - 1) % per_movie + 3
+            rate, frames = training_rate(16, 40, fpm, args.seconds)
             rows.append({"kind": "train", "filters": 16, "frame_px": 40, "frames_per_movie": fpm,
-                         "movies_per_batch": -(-batch // per_movie), "frames_per_batch": frames,
+                         "movies_per_batch": -(-batch // (fpm - 2)), "frames_per_batch": frames,
                          "rate": round(rate, 1), "unit": "samples/s"})
             print(rows[-1], flush=True)
         write_results("training_speed_movies", rows,
@@ -96,7 +96,7 @@ def main() -> None:
     if args.compile_only:
         rows = []
         for compiled in (False, True):
-            rate = training_rate(16, 40, 8, args.seconds, compiled=compiled)
+            rate, _ = training_rate(16, 40, 8, args.seconds, compiled=compiled)
             rows.append({"kind": "train", "filters": 16, "frame_px": 40, "frames_per_movie": 8,
                          "compiled": compiled, "rate": round(rate, 1), "unit": "samples/s"})
             print(rows[-1], flush=True)
@@ -107,7 +107,7 @@ def main() -> None:
     rows = []
     for filters, frame_px, fpm in [(16, 40, 3), (16, 40, 8), (16, 32, 8), (8, 40, 8),
                                    (24, 40, 8), (32, 40, 8), (48, 40, 3), (48, 40, 8)]:
-        rate = training_rate(filters, frame_px, fpm, args.seconds)
+        rate, _ = training_rate(filters, frame_px, fpm, args.seconds)
         rows.append({"kind": "train", "filters": filters, "frame_px": frame_px,
                      "frames_per_movie": fpm, "rate": round(rate, 1), "unit": "samples/s"})
         print(rows[-1], flush=True)
