@@ -328,3 +328,19 @@ def test_dim_ground_truth_is_optional_with_min_photons() -> None:
     metrics, pairs = evaluate(pred, gt, min_photons=100.0)
     assert (metrics.tp, metrics.fp, metrics.fn) == (1, 1, 0)
     assert pairs["gt_index"].tolist() == [0]
+
+
+
+def test_optional_ground_truth_keeps_the_prediction_it_explains() -> None:
+    # One prediction, 10 nm from a dim (optional) emitter and 200 nm from a bright one: it
+    # localizes the dim one, so it is neutral and the bright one counts as missed, rather than
+    # as found with a 200 nm error.
+    gt = pd.DataFrame({"frame": [0, 0], "x_nm": [10.0, 200.0], "y_nm": [0.0, 0.0],
+                       "photons": [50.0, 5000.0]})
+    pred = pd.DataFrame({"frame": [0], "x_nm": [0.0], "y_nm": [0.0]})
+    metrics, pairs = evaluate(pred, gt, min_photons=100.0)
+    assert (metrics.tp, metrics.fp, metrics.fn) == (0, 0, 1)
+    assert pairs.empty
+    # Without the dim emitter in the ground truth the prediction is the bright one's.
+    alone, _ = evaluate(pred, gt.iloc[[1]], min_photons=100.0)
+    assert (alone.tp, alone.fp, alone.fn) == (1, 0, 0)
