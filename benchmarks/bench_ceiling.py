@@ -46,16 +46,21 @@ import pandas as pd
 from scipy.stats import median_abs_deviation, norm
 
 from _common import write_results
-from bench_training import DENSITIES, TEST_Z_RANGE_NM, score, test_movie
+from bench_training import (
+    DENSITIES,
+    MIN_PHOTONS,
+    TEST_Z_RANGE_NM,
+    found_emitters,
+    score,
+    test_movie,
+)
 from denseloc.calibration import resolve_builtin
 from denseloc.config import load_config
 from denseloc.evaluate import evaluate
 from denseloc.evaluate.crlb import add_crowded_bounds
-from denseloc.evaluate.match import match
 from denseloc.localize.network import predict_frames
 from denseloc.train.artifact import TrainedModel
 
-MIN_PHOTONS = 500.0
 ANCHOR_SNR = 6.0
 TESTS_PER_FRAME = (1e3, 1e4)
 TAUS = np.arange(1.0, 6.01, 0.05)
@@ -183,8 +188,7 @@ def main() -> None:
         counted = (truth["photons"] >= MIN_PHOTONS).to_numpy()
         d = truth["detection_snr"].to_numpy()[counted]
         pred = predict_frames(model, photons, pixel_size_nm=cfg.image.pixel_size_nm)
-        found = np.zeros(len(truth), dtype=bool)
-        found[match(pred, truth).gt_index] = True
+        found = found_emitters(pred, truth)
         network = score(pred, truth)
         weak = d < 4
         row = {"density": density, "emitters": int(counted.sum()),

@@ -39,6 +39,8 @@ from denseloc.train.trainer import Trainer
 
 DENSITIES = {"low": 0.1, "high": 2.0}
 TEST_Z_RANGE_NM = (-700.0, 700.0)  # the network issue's; a config may train on a wider range
+MIN_PHOTONS = 500.0  # ground-truth emitters with fewer photons in the frame are not counted
+BRIGHT_PHOTONS = 2000.0  # the CRLB ratios are scored on matched emitters at least this bright
 
 
 def parse_overrides(assignments: list[str]) -> dict[str, object]:
@@ -68,11 +70,19 @@ def test_movie(config: Config, density: float, n_frames: int, seed: int):
     return cfg, photons, truth
 
 
+def found_emitters(pred: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
+    """Which rows of `truth` are counted emitters that a prediction matched, as in :func:`score`."""
+    _, pairs = evaluate(pred, truth, min_photons=MIN_PHOTONS)
+    found = np.zeros(len(truth), dtype=bool)
+    found[pairs["gt_index"].to_numpy()] = True
+    return found
+
+
 def score(pred: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float | None]:
-    metrics, pairs = evaluate(pred, truth, min_photons=500.0)
+    metrics, pairs = evaluate(pred, truth, min_photons=MIN_PHOTONS)
     row = {"jaccard": metrics.jaccard, "rmse_lateral_nm": metrics.rmse_lateral_nm,
            "rmse_axial_nm": metrics.rmse_axial_nm}
-    bright = pairs[pairs["photons_gt"] >= 2000]
+    bright = pairs[pairs["photons_gt"] >= BRIGHT_PHOTONS]
     for axis in "xyz":
         err = bright[f"d{axis}_nm"].to_numpy()
         row[f"crlb_ratio_{axis}"] = float(np.sqrt(np.mean((err / bright[f"crlb_{axis}_nm"]) ** 2)))
