@@ -96,6 +96,31 @@ def test_scmos_per_pixel_maps(tmp_path) -> None:
     np.testing.assert_allclose(recovered, 2000.0, rtol=0.01)
 
 
+def test_crop_cuts_each_movies_maps(tmp_path) -> None:
+    shape = (12, 20)
+    rng = np.random.default_rng(1)
+    offset, gain = rng.uniform(90, 110, shape), rng.uniform(0.4, 0.6, shape)
+    np.save(tmp_path / "offset.npy", offset)
+    np.save(tmp_path / "gain.npy", gain)
+    cfg = CameraConfig(**CAMERA_PRESETS["scmos"], offset_map=tmp_path / "offset.npy",
+                       gain_map=tmp_path / "gain.npy")
+    camera = Camera.from_config(cfg, shape)
+    assert camera.has_maps and not Camera.from_config(CameraConfig()).has_maps
+    top, left = torch.tensor([0, 5, 8]), torch.tensor([3, 0, 14])
+    crop = camera.crop(top, left, (4, 6))
+    assert crop.offset_adu.shape == crop.e_per_adu.shape == (3, 1, 4, 6)
+    for i, (t, c) in enumerate(zip(top.tolist(), left.tolist(), strict=True)):
+        np.testing.assert_array_equal(crop.offset_adu[i, 0].numpy(), offset[t:t + 4, c:c + 6])
+        np.testing.assert_array_equal(crop.e_per_adu[i, 0].numpy(), gain[t:t + 4, c:c + 6])
+    assert crop.read_var_adu2 == camera.read_var_adu2  # no variance map: the scalar stays
+    # The crops broadcast over the frames of their movie.
+    adu = crop.photons_to_adu(torch.zeros(3, 5, 4, 6, dtype=torch.float64),
+                              torch.Generator().manual_seed(0))
+    assert adu.shape == (3, 5, 4, 6)
+    with pytest.raises(ValueError, match="does not fit"):
+        camera.crop(torch.tensor([9]), torch.tensor([0]), (4, 6))
+
+
 def test_bad_map_shape_is_reported(tmp_path) -> None:
     from denseloc.errors import InputFileError
 

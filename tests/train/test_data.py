@@ -79,8 +79,9 @@ def test_z_targets_span_the_range_over_the_margin(z_margin: float) -> None:
          r"density_range_per_um2 scales emitters\.density_per_um2"),
         ({"emitters": {"density_per_um2": 0.0}, "train": {"density_range_per_um2": [0.1, 2]}},
          r"density_range_per_um2 scales"),
-        ({"camera": {"kind": "scmos", "em_gain": 1.0, "offset_map": "offset.tif"}},
-         r"per-pixel sCMOS maps"),
+        ({"image": {"size_px": [32, 64]},
+          "camera": {"kind": "scmos", "em_gain": 1.0, "offset_map": "offset.tif"}},
+         r"cuts 40 px frames from the sCMOS maps, which are image\.size_px = \[32, 64\]"),
     ],
 )
 def test_untrainable_settings_are_one_line_config_errors(settings: dict, match: str) -> None:
@@ -88,3 +89,39 @@ def test_untrainable_settings_are_one_line_config_errors(settings: dict, match: 
 
     with pytest.raises(ConfigError, match=match):
         TrainingData(Config.model_validate(settings))
+
+
+def test_scmos_maps_are_cut_at_random_places_on_the_chip(tmp_path) -> None:
+    # A 16 x 64 px chip whose right half has 400 ADU^2 of read noise and the left half none,
+    # with an offset that jumps by 500 ADU every 8 columns. Each 16 px movie is cut at its own
+    # place: some movies see only the quiet half, some only the noisy one, and the offsets
+    # are removed wherever they are.
+    chip = (16, 64)
+    columns = np.arange(chip[1])
+    np.save(tmp_path / "offset.npy", np.broadcast_to(100.0 + 500.0 * (columns // 8 % 2), chip))
+    np.save(tmp_path / "variance.npy", np.broadcast_to(400.0 * (columns >= 32), chip))
+    bg = 20.0
+    cfg = Config.model_validate({
+        "image": {"size_px": list(chip)},
+        "camera": {"kind": "scmos", "qe": 0.8, "em_gain": 1.0, "e_per_adu": 0.5,
+                   "spurious_charge_e": 0.0, "read_noise_e": 0.0,
+                   "offset_map": str(tmp_path / "offset.npy"),
+                   "variance_map": str(tmp_path / "variance.npy")},
+        "psf": {"kind": "gaussian"},
+        "emitters": {"density_per_um2": 1e-4},
+        "background": {"level_photons": [bg, bg], "structured_amplitude_photons": 0.0},
+        "train": {"frame_size_px": 16, "frames_per_movie": 3},
+    })
+    data = TrainingData(cfg)
+    batch = data.batch(64, torch.Generator().manual_seed(0))  # one movie per sample
+    photons = batch.inputs[:, 1].double() * data.scaling.input_scale + data.scaling.input_offset
+    residual = photons - bg
+    assert abs(residual.mean().item()) < 0.3  # offsets removed at every place
+    cam = cfg.camera
+    shot = bg / cam.qe + (cam.e_per_adu / cam.qe) ** 2 / 12  # Poisson and ADC rounding
+    read = 400.0 * (cam.e_per_adu / cam.qe) ** 2
+    variance = np.sort(residual.var(dim=(1, 2)).numpy())
+    # Crop columns start anywhere in 0..48: a third of the movies lie within each half.
+    np.testing.assert_allclose(variance[:8].mean(), shot, rtol=0.15)
+    np.testing.assert_allclose(variance[-8:].mean(), shot + read, rtol=0.15)
+    assert np.mean(variance > shot + read / 2) == pytest.approx(0.5, abs=0.2)

@@ -121,6 +121,43 @@ class Camera:
         return cls(config, offset, read_var, gain)
 
     @property
+    def has_maps(self) -> bool:
+        """Whether any of offset, read-noise variance or gain is a per-pixel map."""
+        return any(isinstance(v, torch.Tensor)
+                   for v in (self.offset_adu, self.read_var_adu2, self.e_per_adu))
+
+    def crop(self, top: torch.Tensor, left: torch.Tensor, shape: tuple[int, int]) -> Camera:
+        """The camera seen by movies cut from the chip at given places, one per movie.
+
+        Parameters
+        ----------
+        top, left : Tensor of shape (n,), long
+            Chip row and column of each movie's pixel (0, 0).
+        shape : (h, w)
+            Frame size of the movies, px.
+
+        Returns
+        -------
+        Camera
+            Its maps have shape (n, 1, h, w), so that they broadcast over the frames of
+            movies (n, T, h, w); scalar settings are kept.
+        """
+        h, w = shape
+
+        def cut(value: torch.Tensor | float) -> torch.Tensor | float:
+            if not isinstance(value, torch.Tensor):
+                return value
+            if top.numel() and (int(top.max()) + h > value.shape[0]
+                                or int(left.max()) + w > value.shape[1]):
+                raise ValueError(f"a {h}x{w} crop does not fit the {tuple(value.shape)} map")
+            rows = (top[:, None] + torch.arange(h, device=top.device))[:, :, None]
+            cols = (left[:, None] + torch.arange(w, device=left.device))[:, None, :]
+            return value[rows, cols][:, None]
+
+        return Camera(self.config, cut(self.offset_adu), cut(self.read_var_adu2),
+                      cut(self.e_per_adu))
+
+    @property
     def excess_noise_factor(self) -> float:
         """2 for an EMCCD (the EM register doubles the shot-noise variance), else 1."""
         return self.config.excess_noise_factor

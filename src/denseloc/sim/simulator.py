@@ -186,15 +186,18 @@ class Simulator:
         n_frames: int,
         generator: torch.Generator | None = None,
         density_factor: torch.Tensor | None = None,
+        camera: Camera | None = None,
     ) -> SimulatedBatch:
         """Simulate `n_movies` independent movies of `n_frames` frames each.
 
         `density_factor` (n_movies,) optionally scales the configured density per movie.
+        `camera` replaces the configured one, e.g. with per-movie crops of sCMOS maps
+        (:meth:`Camera.crop`).
         """
         emitters = self.sample_emitters(n_movies, n_frames, generator, density_factor)
         background = self.sample_background(n_movies, generator)
         expected = self.render(emitters, background, n_frames)
-        adu = self.camera.photons_to_adu(expected, generator)
+        adu = (camera or self.camera).photons_to_adu(expected, generator)
         return SimulatedBatch(adu, expected, background, emitters)
 
 

@@ -14,6 +14,7 @@ import torch
 
 from denseloc.config import Config, ConfigError
 from denseloc.nn.model import Scaling
+from denseloc.sim.camera import Camera
 from denseloc.sim.emitters import Emitters
 from denseloc.sim.simulator import Simulator
 
@@ -55,7 +56,10 @@ class Batch:
     starts: torch.Tensor
 
 
-def _check_trainable(config: Config) -> None:
+_MAP_FIELDS = ("offset_map", "variance_map", "gain_map")
+
+
+def _check_trainable(config: Config, frame_size_px: int) -> None:
     """Raise ConfigError for settings that simulate, but cannot train a network."""
     em, cam = config.emitters, config.camera
     drawn = config.train.density_range_per_um2
@@ -70,12 +74,12 @@ def _check_trainable(config: Config) -> None:
             "training needs emitters: emitters.density_per_um2 (or count_per_frame) and the "
             "top of train.density_range_per_um2 must be > 0"
         )
-    if any(m is not None for m in (cam.offset_map, cam.variance_map, cam.gain_map)):
+    chip = tuple(config.image.size_px)
+    if any(getattr(cam, k) is not None for k in _MAP_FIELDS) and min(chip) < frame_size_px:
         raise ConfigError(
-            "training simulates train.frame_size_px crops and cannot use per-pixel sCMOS maps "
-            "(camera.offset_map, variance_map, gain_map) yet: train with their mean values "
-            "as camera.baseline_adu, read_noise_e and e_per_adu, and give the maps to "
-            "`denseloc localize`"
+            f"training cuts {frame_size_px} px frames from the sCMOS maps, which are "
+            f"image.size_px = {list(chip)}: set image.size_px to the maps' size (the camera "
+            "chip) or lower train.frame_size_px"
         )
 
 
@@ -124,11 +128,16 @@ class TrainingData:
     def __init__(
         self, config: Config, device: torch.device | str = "cpu", frame_size_px: int | None = None
     ) -> None:
-        _check_trainable(config)
         size = frame_size_px or config.train.frame_size_px
-        self.config = config.model_copy(
-            update={"image": config.image.model_copy(update={"size_px": (size, size)})}
-        )
+        _check_trainable(config, size)
+        # The maps, if any, are the chip's (image.size_px); the simulator makes crops, and
+        # each batch gets the camera of its crops' places on the chip.
+        self.chip_shape: tuple[int, int] = tuple(config.image.size_px)
+        self.chip_camera = Camera.from_config(config.camera, self.chip_shape, device)
+        self.config = config.model_copy(update={
+            "image": config.image.model_copy(update={"size_px": (size, size)}),
+            "camera": config.camera.model_copy(update=dict.fromkeys(_MAP_FIELDS)),
+        })
         self.sim = Simulator(self.config, device=device)
         self.context = config.model.context_frames
         self.scaling = derive_scaling(config, _peak_fraction(self.sim))
@@ -141,6 +150,17 @@ class TrainingData:
         u = torch.rand(n, generator=generator, device=self.sim.device, dtype=torch.float64)
         return (rng[0] + (rng[1] - rng[0]) * u) / base
 
+    def _camera(self, n_movies: int, generator: torch.Generator) -> Camera:
+        """The camera of each movie: sCMOS maps cut at a random place on the chip per movie."""
+        if not self.chip_camera.has_maps:
+            return self.sim.camera  # draws nothing: runs without maps keep their random stream
+        chip_h, chip_w = self.chip_shape
+        h, w = self.sim.frame_shape
+        dev = self.sim.device
+        top = torch.randint(0, chip_h - h + 1, (n_movies,), generator=generator, device=dev)
+        left = torch.randint(0, chip_w - w + 1, (n_movies,), generator=generator, device=dev)
+        return self.chip_camera.crop(top, left, (h, w))
+
     def batch(self, size: int, generator: torch.Generator) -> Batch:
         """Simulate `size` samples (windows of ``context_frames`` consecutive frames)."""
         sim, scaling = self.sim, self.scaling
@@ -149,12 +169,13 @@ class TrainingData:
         per_movie = length - ctx + 1
         n_movies = -(-size // per_movie)
         factor = self._density_factor(n_movies, generator)
-        movies = sim.sample(n_movies, length, generator, density_factor=factor)
+        camera = self._camera(n_movies, generator)
+        movies = sim.sample(n_movies, length, generator, density_factor=factor, camera=camera)
         window = torch.arange(size, device=sim.device)
         movie, offset = window // per_movie, window % per_movie
         starts = movie * length + offset
         # The last movie's frames after its last window would only cost network time.
-        frames = scale_frames(sim.camera.adu_to_photons(movies.adu), scaling).flatten(0, 1)
+        frames = scale_frames(camera.adu_to_photons(movies.adu), scaling).flatten(0, 1)
         frames = frames[: int(starts[-1]) + ctx]
         centre_frame = starts + ctx // 2  # global frame index of each sample's target frame
         lookup = torch.full((n_movies * length,), -1, dtype=torch.long, device=frames.device)
