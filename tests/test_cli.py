@@ -229,3 +229,13 @@ def test_an_override_of_an_unknown_field_is_a_config_error(dotted) -> None:
     assert resolve_config(None, **{"train.lr": 3e-3}).train.lr == 3e-3
     with pytest.raises(ConfigError, match=r"not a known SECTION\.FIELD"):
         resolve_config(None, **{dotted: 1})
+
+
+def test_the_demo_leaves_out_a_chips_maps() -> None:
+    from denseloc.demo import demo_config
+
+    scmos = Config().with_camera_preset("scmos")
+    camera = scmos.camera.model_copy(update={"offset_map": "chip.npy", "roi_origin_px": (8, 0)})
+    demo = demo_config(scmos.model_copy(update={"camera": camera}))
+    assert not demo.camera.has_maps and demo.camera.roi_origin_px is None
+    assert demo.camera == scmos.camera  # the scalar settings stay

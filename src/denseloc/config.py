@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -105,12 +105,20 @@ class CameraConfig(_Model):
     read_noise_e: float = Field(74.4, ge=0, description="read-noise standard deviation, e-")
     adc_max_adu: int = Field(65535, gt=0, description="largest value the ADC can output, ADU")
     offset_map: Path | None = Field(
-        None, description="sCMOS per-pixel offset map (ADU), .tif or .npy of the frame size"
+        None, description="sCMOS per-pixel offset map (ADU), .tif or .npy of the frame size "
+        "(or of the whole chip, see roi_origin_px)"
     )
     variance_map: Path | None = Field(
         None, description="sCMOS per-pixel read-noise variance map (ADU^2)"
     )
     gain_map: Path | None = Field(None, description="sCMOS per-pixel electrons-per-ADU map")
+    roi_origin_px: tuple[int, int] | None = Field(
+        None, description="for maps of a larger chip than the frames (a region of interest): "
+        "chip row and column of the frames' pixel (0, 0)"
+    )
+
+    MAP_FIELDS: ClassVar[tuple[str, ...]] = ("offset_map", "variance_map", "gain_map")
+    """The fields that hold per-pixel maps."""
 
     @model_validator(mode="after")
     def _consistent(self) -> CameraConfig:
@@ -120,10 +128,20 @@ class CameraConfig(_Model):
             )
         if self.kind == "ideal" and self.read_noise_e != 0:
             raise ValueError("an ideal camera has no read noise; set read_noise_e: 0")
-        maps = (self.offset_map, self.variance_map, self.gain_map)
-        if self.kind != "scmos" and any(m is not None for m in maps):
+        if self.kind != "scmos" and self.has_maps:
             raise ValueError("per-pixel maps apply to sCMOS cameras only (kind: scmos)")
+        if self.roi_origin_px is not None and min(self.roi_origin_px) < 0:
+            raise ValueError(f"roi_origin_px must be >= 0, got {list(self.roi_origin_px)}")
         return self
+
+    @property
+    def has_maps(self) -> bool:
+        """Whether any per-pixel map is given."""
+        return any(getattr(self, k) is not None for k in self.MAP_FIELDS)
+
+    def without_maps(self) -> CameraConfig:
+        """The same camera with its scalar settings only (no maps, no region of interest)."""
+        return self.model_copy(update=dict.fromkeys((*self.MAP_FIELDS, "roi_origin_px")))
 
     @property
     def excess_noise_factor(self) -> float:
@@ -430,7 +448,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
 
     cam = cfg.camera
     camera = cam.model_copy(
-        update={k: fix(getattr(cam, k)) for k in ("offset_map", "variance_map", "gain_map")}
+        update={k: fix(getattr(cam, k)) for k in cam.MAP_FIELDS}
     )
     psf = cfg.psf.model_copy(update={"path": fix(cfg.psf.path)})
     return cfg.model_copy(update={"camera": camera, "psf": psf})

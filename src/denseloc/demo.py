@@ -28,9 +28,13 @@ DEMO_MLE_FRAMES = 200
 
 
 def demo_config(model_config: Config, n_frames: int = DEMO_FRAMES) -> Config:
-    """The simulation of the demo: the model's microscope, 64x64 px, filaments, 1000 frames."""
+    """The simulation of the demo: the model's microscope, 64x64 px, filaments, 1000 frames.
+
+    A camera's sCMOS maps are left out (they are a chip's, not the demo's frames).
+    """
     return model_config.model_copy(update={
         "image": model_config.image.model_copy(update={"size_px": (64, 64)}),
+        "camera": model_config.camera.without_maps(),
         "emitters": model_config.emitters.model_copy(
             update={"density_per_um2": DEMO_DENSITY_PER_UM2, "count_per_frame": None,
                     "structure": "filaments", "filaments": 6}),

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from denseloc.cli import app
-from denseloc.config import Config
+from denseloc.config import Config, load_config
 from denseloc.io import open_movie
 from denseloc.localize.pipeline import check_model_matches, localize_movie_network
 from denseloc.sim.simulator import simulate_movie
@@ -106,6 +107,51 @@ def test_check_model_matches() -> None:
     assert check_model_matches(cfg, cfg) == []
     other = cfg.model_copy(update={"image": cfg.image.model_copy(update={"pixel_size_nm": 130})})
     assert "130 nm" in check_model_matches(cfg, other)[0]
+    scmos = cfg.with_camera_preset("scmos")
+    mapped = scmos.model_copy(update={
+        "camera": scmos.camera.model_copy(update={"offset_map": "offset.npy"})})
+    assert check_model_matches(mapped, mapped) == []
+    assert "per-pixel maps" in check_model_matches(mapped, scmos)[0]
+
+
+def test_scmos_maps_from_training_to_a_region_of_interest(tmp_path) -> None:
+    # Train on a 24 x 24 px chip's maps, then localize a 12 x 16 px region of it.
+    from denseloc.train.trainer import Trainer
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "offset.npy", rng.normal(100, 2, (24, 24)))
+    np.save(tmp_path / "variance.npy", rng.gamma(2, 2, (24, 24)))
+    chip = {
+        "image": {"size_px": 24},
+        "camera": {"kind": "scmos", "em_gain": 1.0, "e_per_adu": 0.46, "qe": 0.82,
+                   "read_noise_e": 1.4, "offset_map": "offset.npy",
+                   "variance_map": "variance.npy"},
+        "psf": {"kind": "gaussian"},
+        "emitters": {"density_per_um2": 1.0},
+        "model": {"filters": 4, "depth": 1},
+        "train": {"frame_size_px": 16, "batch_size": 4, "steps_per_epoch": 2,
+                  "validation_samples": 4, "threads": 1},
+    }
+    (tmp_path / "chip.yaml").write_text(Config.model_validate(chip).to_yaml())
+    roi = {**chip, "image": {"size_px": [12, 16]},
+           "camera": {**chip["camera"], "roi_origin_px": [6, 4]}, "simulation": {"n_frames": 4}}
+    (tmp_path / "roi.yaml").write_text(Config.model_validate(roi).to_yaml())
+    Trainer(load_config(tmp_path / "chip.yaml"), tmp_path / "m", device="cpu").fit(epochs=1)
+    runner = CliRunner()
+    result = runner.invoke(app, ["simulate", str(tmp_path / "roi.yaml"), "--out",
+                                 str(tmp_path / "sim")])
+    assert result.exit_code == 0, result.output
+    movie = str(tmp_path / "sim" / "frames.tif")
+    out = tmp_path / "loc.csv"
+    result = runner.invoke(app, ["localize", movie, "--model", str(tmp_path / "m"),
+                                 "--camera", str(tmp_path / "roi.yaml"), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output and out.is_file()
+    # The model's own camera is the whole chip's: the region needs its place on the chip.
+    result = runner.invoke(app, ["localize", movie, "--model", str(tmp_path / "m"),
+                                 "--out", str(tmp_path / "no.csv")])
+    assert result.exit_code != 0 and "roi_origin_px" in result.output
+    assert not (tmp_path / "no.csv").exists()
 
 
 def test_cli_sigma_filter_grouping_and_bad_flags(movie, tmp_path) -> None:

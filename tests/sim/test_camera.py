@@ -113,12 +113,30 @@ def test_crop_cuts_each_movies_maps(tmp_path) -> None:
         np.testing.assert_array_equal(crop.offset_adu[i, 0].numpy(), offset[t:t + 4, c:c + 6])
         np.testing.assert_array_equal(crop.e_per_adu[i, 0].numpy(), gain[t:t + 4, c:c + 6])
     assert crop.read_var_adu2 == camera.read_var_adu2  # no variance map: the scalar stays
-    # The crops broadcast over the frames of their movie.
-    adu = crop.photons_to_adu(torch.zeros(3, 5, 4, 6, dtype=torch.float64),
+    # The crops broadcast over the frames of their movie: each movie has its own offsets.
+    adu = crop.photons_to_adu(torch.zeros(3, 2000, 4, 6, dtype=torch.float64),
                               torch.Generator().manual_seed(0))
-    assert adu.shape == (3, 5, 4, 6)
-    with pytest.raises(ValueError, match="does not fit"):
-        camera.crop(torch.tensor([9]), torch.tensor([0]), (4, 6))
+    np.testing.assert_allclose(adu.mean(1).numpy(), crop.offset_adu[:, 0].numpy(), atol=0.3)
+    for top, left in ((9, 0), (0, 15)):
+        with pytest.raises(ValueError, match="does not fit"):
+            camera.crop(torch.tensor([top]), torch.tensor([left]), (4, 6))
+
+
+def test_maps_of_the_whole_chip_serve_a_region_of_interest(tmp_path) -> None:
+    from denseloc.errors import InputFileError
+
+    chip = np.arange(12 * 20, dtype=float).reshape(12, 20)
+    np.save(tmp_path / "offset.npy", chip)
+    cfg = CameraConfig(**CAMERA_PRESETS["scmos"], offset_map=tmp_path / "offset.npy")
+    roi = Camera.from_config(cfg.model_copy(update={"roi_origin_px": (5, 10)}), (4, 6))
+    np.testing.assert_array_equal(roi.offset_adu.numpy(), chip[5:9, 10:16])
+    with pytest.raises(InputFileError, match=r"shape \(12, 20\), the frames are \(4, 6\).*"
+                       r"roi_origin_px"):
+        Camera.from_config(cfg, (4, 6))
+    with pytest.raises(InputFileError, match="do not fit"):
+        Camera.from_config(cfg.model_copy(update={"roi_origin_px": (9, 0)}), (4, 6))
+    with pytest.raises(ValueError, match="roi_origin_px must be >= 0"):
+        CameraConfig(**CAMERA_PRESETS["scmos"], roi_origin_px=(-1, 0))
 
 
 def test_bad_map_shape_is_reported(tmp_path) -> None:

@@ -132,6 +132,11 @@ def check_model_matches(model_config: Config, config: Config) -> list[str]:
             f"the model was trained for an {model_config.camera.kind} camera, the data comes "
             f"from an {config.camera.kind}"
         )
+    elif model_config.camera.has_maps and not config.camera.has_maps:
+        problems.append(
+            "the model was trained with the camera's per-pixel maps, but the data's camera "
+            "settings have none (pass --camera with a YAML that gives them)"
+        )
     return problems
 
 

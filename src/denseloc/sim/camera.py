@@ -48,7 +48,10 @@ def standard_gamma(concentration: torch.Tensor, generator: torch.Generator | Non
         return torch._standard_gamma(concentration)
 
 
-def _load_map(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
+def _load_map(
+    path: Path, shape: tuple[int, int], what: str, origin: tuple[int, int] | None
+) -> np.ndarray:
+    """Read a map and cut the frames' part: all of it, or `shape` from `origin` on the chip."""
     if not path.is_file():
         raise InputFileError(path, f"{what} map: no such file")
     try:
@@ -61,8 +64,18 @@ def _load_map(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
     except Exception as exc:
         raise InputFileError(path, f"{what} map cannot be read ({exc})") from None
     arr = np.asarray(arr, dtype=np.float64).squeeze()
-    if arr.shape != tuple(shape):
-        raise InputFileError(path, f"{what} map has shape {arr.shape}, frames are {shape}")
+    shape = tuple(shape)
+    if origin is not None:
+        top, left = origin
+        if arr.ndim != 2 or top + shape[0] > arr.shape[0] or left + shape[1] > arr.shape[1]:
+            raise InputFileError(path, f"{what} map has shape {arr.shape}: {shape[0]} x "
+                                 f"{shape[1]} px frames from chip pixel {list(origin)} do not fit")
+        arr = arr[top:top + shape[0], left:left + shape[1]]
+    elif arr.shape != shape:
+        raise InputFileError(
+            path, f"{what} map has shape {arr.shape}, the frames are {shape}; if the movie is "
+            "a region of the chip, set camera.roi_origin_px to the chip row and column of its "
+            "pixel (0, 0)")
     if not np.isfinite(arr).all():
         raise InputFileError(path, f"{what} map has non-finite values")
     return arr
@@ -92,7 +105,11 @@ class Camera:
         frame_shape: tuple[int, int] | None = None,
         device: torch.device | str = "cpu",
     ) -> Camera:
-        """Build a camera, loading sCMOS maps (which then need `frame_shape`)."""
+        """Build a camera, loading sCMOS maps (which then need `frame_shape`).
+
+        The maps are the frames' size, or larger (the whole chip) with
+        ``config.roi_origin_px`` saying where the frames lie on it.
+        """
         offset: torch.Tensor | float = config.baseline_adu
         read_var: torch.Tensor | float = (config.read_noise_e / config.e_per_adu) ** 2
         gain: torch.Tensor | float = config.e_per_adu
@@ -104,7 +121,8 @@ class Camera:
         if any(p is not None for p in maps.values()) and frame_shape is None:
             raise ValueError("per-pixel camera maps need the frame shape")
         loaded = {
-            k: torch.as_tensor(_load_map(Path(p), frame_shape, k), device=device)
+            k: torch.as_tensor(_load_map(Path(p), frame_shape, k, config.roi_origin_px),
+                               device=device)
             for k, p in maps.items()
             if p is not None
         }

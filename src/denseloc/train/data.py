@@ -56,9 +56,6 @@ class Batch:
     starts: torch.Tensor
 
 
-_MAP_FIELDS = ("offset_map", "variance_map", "gain_map")
-
-
 def _check_trainable(config: Config, frame_size_px: int) -> None:
     """Raise ConfigError for settings that simulate, but cannot train a network."""
     em, cam = config.emitters, config.camera
@@ -75,7 +72,7 @@ def _check_trainable(config: Config, frame_size_px: int) -> None:
             "top of train.density_range_per_um2 must be > 0"
         )
     chip = tuple(config.image.size_px)
-    if any(getattr(cam, k) is not None for k in _MAP_FIELDS) and min(chip) < frame_size_px:
+    if cam.has_maps and min(chip) < frame_size_px:
         raise ConfigError(
             f"training cuts {frame_size_px} px frames from the sCMOS maps, which are "
             f"image.size_px = {list(chip)}: set image.size_px to the maps' size (the camera "
@@ -136,7 +133,7 @@ class TrainingData:
         self.chip_camera = Camera.from_config(config.camera, self.chip_shape, device)
         self.config = config.model_copy(update={
             "image": config.image.model_copy(update={"size_px": (size, size)}),
-            "camera": config.camera.model_copy(update=dict.fromkeys(_MAP_FIELDS)),
+            "camera": config.camera.without_maps(),
         })
         self.sim = Simulator(self.config, device=device)
         self.context = config.model.context_frames
