@@ -1,6 +1,7 @@
 """Training and inference throughput of the network on this machine.
 
-Usage: python benchmarks/bench_training_speed.py [--seconds S] [--compile-only | --movies-only]
+Usage: python benchmarks/bench_training_speed.py [--seconds S]
+    [--compile-only | --movies-only | --batches-only]
 
 Training: samples per second of full training steps (simulation of the batch, forward,
 Gaussian-mixture loss, backward, AdamW) for several network widths, training frame sizes
@@ -11,7 +12,8 @@ same training step with the network's forward pass through ``torch.compile`` (in
 compilation excluded from the timing); ``--compile-only`` measures just that pair and writes
 ``training_speed_compile``. ``--movies-only`` measures the default network for training movies
 of 3 to 34 frames, back to back (speed varies by up to 20 % between days on this machine), and
-writes ``training_speed_movies``.
+writes ``training_speed_movies``; ``--batches-only`` does the same for batches of 8 to 128
+samples and writes ``training_speed_batches``.
 """
 
 from __future__ import annotations
@@ -31,14 +33,16 @@ from denseloc.train.trainer import Trainer
 
 
 def training_rate(
-    filters: int, frame_px: int, frames_per_movie: int, seconds: float, compiled: bool = False
+    filters: int, frame_px: int, frames_per_movie: int, seconds: float, compiled: bool = False,
+    batch_size: int = 32,
 ) -> tuple[float, int]:
     """Training samples/s, and the frames per batch that go through the frame-analysis U-Net."""
     cfg = Config.model_validate({
         "emitters": {"density_per_um2": 1.0},
         "model": {"filters": filters},
         "train": {"frame_size_px": frame_px, "frames_per_movie": frames_per_movie,
-                  "density_range_per_um2": [0.05, 2.5], "validation_samples": 1},
+                  "density_range_per_um2": [0.05, 2.5], "validation_samples": 1,
+                  "batch_size": batch_size},
     })
     trainer = Trainer(cfg, "/tmp/denseloc-speed-unused", device="cpu")
     if compiled:
@@ -75,8 +79,21 @@ def main() -> None:
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--compile-only", action="store_true")
     only.add_argument("--movies-only", action="store_true")
+    only.add_argument("--batches-only", action="store_true")
     args = parser.parse_args()
     configure_cpu(2)
+    if args.batches_only:
+        rows = []
+        for batch_size in (8, 16, 32, 64, 128):
+            rate, frames = training_rate(16, 40, 8, args.seconds, batch_size=batch_size)
+            rows.append({"kind": "train", "filters": 16, "frame_px": 40, "batch_size": batch_size,
+                         "frames_per_batch": frames, "rate": round(rate, 1),
+                         "steps_per_s": round(rate / batch_size, 2), "unit": "samples/s"})
+            print(rows[-1], flush=True)
+        write_results("training_speed_batches", rows,
+                      "2 torch threads, channels-last, 8-frame movies, density 0.05-2.5 /um^2, "
+                      "batch sizes back to back. Rate includes simulating the batch.")
+        return
     if args.movies_only:
         rows = []
         batch = Config().train.batch_size
