@@ -115,7 +115,8 @@ class TrainingData:
     ----------
     config : Config
         Simulation (microscope, camera, emitters, background) and training settings; frames
-        are ``config.train.frame_size_px`` square.
+        are ``config.train.frame_size_px`` square. sCMOS maps (``camera.offset_map`` etc.)
+        are the chip's, ``image.size_px``: each movie is simulated at a random place on it.
     device : torch.device or str
         Where to simulate (the training device).
     frame_size_px : int, optional
