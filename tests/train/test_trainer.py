@@ -62,7 +62,8 @@ def test_resume_refuses_another_configuration(tmp_path) -> None:
     Trainer(tiny_config(), tmp_path / "m", device="cpu").fit(epochs=1)
     cfg = tiny_config()
     cfg.train.lr = 5e-4
-    with pytest.raises(DenselocError, match="another configuration"):
+    with pytest.raises(DenselocError,
+                       match=r"another configuration \(train\.lr was 0\.002 and is now 0\.0005\)"):
         Trainer(cfg, tmp_path / "m", device="cpu").fit(epochs=2, resume=True)
 
 

@@ -96,6 +96,18 @@ def _validation_truth(batches: list[Batch], data: TrainingData) -> pd.DataFrame:
     return add_crlb_columns(truth, data.config)
 
 
+def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """The settings that differ between two configuration dicts, as readable lines."""
+    out = []
+    for key in saved.keys() | current.keys():
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} was {a} and is now {b}")
+    return sorted(out)
+
+
 @torch.no_grad()
 def predict_batches(net: DecodeNet, batches: list[Batch], channels_last: bool) -> torch.Tensor:
     """Network outputs (N, 10, H, W) for a list of batches (evaluation mode)."""
@@ -224,9 +236,12 @@ class Trainer:
             saved = Config.model_validate(ckpt["config"]).model_dump(mode="json")
         except ValueError:
             saved = None
-        if saved != self.config.model_dump(mode="json"):
+        current = self.config.model_dump(mode="json")
+        if saved != current:
+            changed = _differences(saved, current) if saved is not None else []
+            detail = f" ({'; '.join(changed[:3])})" if changed else ""
             raise DenselocError(
-                f"{path}: checkpoint was written for another configuration; "
+                f"{path}: checkpoint was written for another configuration{detail}; "
                 "use the same CONFIG.yaml to resume, or another --out"
             )
         self.net.load_state_dict(ckpt["net"])
