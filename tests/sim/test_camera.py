@@ -105,7 +105,7 @@ def test_crop_cuts_each_movies_maps(tmp_path) -> None:
     cfg = CameraConfig(**CAMERA_PRESETS["scmos"], offset_map=tmp_path / "offset.npy",
                        gain_map=tmp_path / "gain.npy")
     camera = Camera.from_config(cfg, shape)
-    assert camera.has_maps and not Camera.from_config(CameraConfig()).has_maps
+    assert cfg.has_maps and not CameraConfig().has_maps
     top, left = torch.tensor([0, 5, 8]), torch.tensor([3, 0, 14])
     crop = camera.crop(top, left, (4, 6))
     assert crop.offset_adu.shape == crop.e_per_adu.shape == (3, 1, 4, 6)

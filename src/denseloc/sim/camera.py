@@ -138,12 +138,6 @@ class Camera:
             read_var = loaded["variance"]
         return cls(config, offset, read_var, gain)
 
-    @property
-    def has_maps(self) -> bool:
-        """Whether any of offset, read-noise variance or gain is a per-pixel map."""
-        return any(isinstance(v, torch.Tensor)
-                   for v in (self.offset_adu, self.read_var_adu2, self.e_per_adu))
-
     def crop(self, top: torch.Tensor, left: torch.Tensor, shape: tuple[int, int]) -> Camera:
         """The camera seen by movies cut from the chip at given places, one per movie.
 

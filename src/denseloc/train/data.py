@@ -150,7 +150,7 @@ class TrainingData:
 
     def _camera(self, n_movies: int, generator: torch.Generator) -> Camera:
         """The camera of each movie: sCMOS maps cut at a random place on the chip per movie."""
-        if not self.chip_camera.has_maps:
+        if not self.chip_camera.config.has_maps:
             return self.sim.camera  # draws nothing: runs without maps keep their random stream
         chip_h, chip_w = self.chip_shape
         h, w = self.sim.frame_shape
