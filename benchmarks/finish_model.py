@@ -92,6 +92,7 @@ def main() -> None:
     if not trainer.load_checkpoint():
         saved = TrainedModel.load(args.model_dir)
         trainer.net.load_state_dict(saved.net.state_dict())
+        trainer.inputs = saved.inputs  # the files as training found them, not as they are now
         done = saved.summary
         trainer.state.epoch, trainer.state.step = done["epochs"], done["steps"]
         trainer.state.samples, trainer.state.elapsed_s = done["samples"], done["minutes"] * 60

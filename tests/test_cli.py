@@ -239,3 +239,16 @@ def test_the_demo_leaves_out_a_chips_maps() -> None:
     demo = demo_config(scmos.model_copy(update={"camera": camera}))
     assert not demo.camera.has_maps and demo.camera.roi_origin_px is None
     assert demo.camera == scmos.camera  # the scalar settings stay
+
+
+def test_camera_flags_adjust_the_models_camera() -> None:
+    # --baseline alone must not swap the bundled EMCCD model's camera for the sCMOS preset,
+    # which would scale every photon count by the ratio of their gains.
+    from denseloc.cli import DEFAULT_MODEL, _network_config
+
+    flags = dict.fromkeys(("baseline_adu", "e_per_adu", "em_gain", "qe"))
+    trained, cfg = _network_config(DEFAULT_MODEL, "cpu", None, None,
+                                   {**flags, "baseline_adu": 200.0})
+    assert cfg.camera == trained.config.camera.model_copy(update={"baseline_adu": 200.0})
+    _, preset = _network_config(DEFAULT_MODEL, "cpu", "scmos", None, flags)
+    assert preset.camera == Config().with_camera_preset("scmos").camera

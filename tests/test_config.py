@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from denseloc.config import CAMERA_PRESETS, Config, ConfigError, load_config
+from denseloc.config import (
+    CAMERA_PRESETS,
+    Config,
+    ConfigError,
+    changed_inputs,
+    input_digests,
+    load_config,
+)
 from denseloc.errors import InputFileError
 
 
@@ -65,6 +72,28 @@ def test_relative_paths_are_relative_to_the_file(tmp_path) -> None:
     path = tmp_path / "sub" / "c.yaml"
     path.write_text("psf: {kind: file, path: psf.h5}\n")
     assert load_config(path).psf.path == (tmp_path / "sub" / "psf.h5").resolve()
+
+
+def test_input_digests_notice_changed_and_missing_files(tmp_path) -> None:
+    import hashlib
+
+    (tmp_path / "psf.h5").write_bytes(b"spline v1")
+    (tmp_path / "gain.npy").write_bytes(b"gain v1")
+    cfg = Config(psf={"kind": "file", "path": tmp_path / "psf.h5"},
+                 camera={"kind": "scmos", "em_gain": 1, "gain_map": tmp_path / "gain.npy"})
+    digests = input_digests(cfg)
+    assert digests == {"camera.gain_map": hashlib.sha256(b"gain v1").hexdigest(),
+                       "psf.path": hashlib.sha256(b"spline v1").hexdigest()}
+    assert changed_inputs(cfg, digests) == []
+    (tmp_path / "psf.h5").write_bytes(b"spline v2")
+    (tmp_path / "gain.npy").unlink()
+    assert changed_inputs(cfg, digests) == [
+        f"camera.gain_map ({tmp_path / 'gain.npy'}) is missing",
+        f"psf.path ({tmp_path / 'psf.h5'}) differs from the file used in training",
+    ]
+    # Bundled data is the package's, not the user's: it is not recorded.
+    bundled = Config(psf={"kind": "file", "path": "denseloc:psf_epfl_beads_as.h5"})
+    assert input_digests(bundled) == {}
 
 
 @pytest.mark.parametrize("name", list(CAMERA_PRESETS))

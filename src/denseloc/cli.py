@@ -195,11 +195,12 @@ def _is_full_config(path: Path) -> bool:
     return isinstance(data, dict) and bool(set(data) - {"camera"})
 
 
-def _camera_config(camera: str | None, values: dict[str, float | None]):
+def _camera_config(camera: str | None, values: dict[str, float | None], default=None):
     """Camera from a preset name, a YAML (camera section or whole config) and/or flags.
 
-    Without `camera`, the flags start from the EMCCD preset when ``em_gain > 1``, otherwise
-    from the sCMOS preset. Returns None when nothing was given.
+    Without `camera`, the flags start from `default` (a CameraConfig) if given, else from the
+    EMCCD preset when ``em_gain > 1`` and the sCMOS preset otherwise. Returns None when
+    nothing was given.
     """
     from denseloc.config import CAMERA_PRESETS, CameraConfig, Config, validated
 
@@ -208,6 +209,8 @@ def _camera_config(camera: str | None, values: dict[str, float | None]):
         return None
     if camera is not None:
         base = _with_camera(Config(), camera).camera.model_dump()
+    elif default is not None:
+        base = default.model_dump()
     else:
         preset = "emccd" if given.get("em_gain", 1.0) > 1 else "scmos"
         base = CameraConfig(**CAMERA_PRESETS[preset]).model_dump()
@@ -412,17 +415,26 @@ def _network_config(model: str, device: str, camera: str | None, pixel_size_nm: 
         configure_cpu()
     trained = TrainedModel.load(resolve_builtin(model), device=dev)
     cfg = trained.config
-    cam = _camera_config(camera, camera_values)
+    # Flags alone adjust the model's camera (not a preset's): --baseline 200 changes one value.
+    cam = _camera_config(camera, camera_values, default=cfg.camera)
+    if cam is not None:
+        cfg = cfg.model_copy(update={"camera": cam})
+    changed = trained.changed_inputs(cfg, prefix="camera.")
+    if changed and camera is None:
+        raise DenselocError(
+            f"{model}: the camera maps the model was trained with are not as they were "
+            f"({'; '.join(changed)}). Restore them, or train a model on the new maps "
+            "(denseloc train); to convert the data with other maps anyway, pass them with "
+            "--camera CAMERA.yaml"
+        )
     if cam is None:
         typer.secho(f"note: no camera settings given; using those the model was trained for "
                     f"({cfg.camera.kind}, baseline {cfg.camera.baseline_adu:g} ADU, "
                     f"{cfg.camera.e_per_adu:g} e-/ADU, gain {cfg.camera.em_gain:g})", err=True)
-    else:
-        cfg = cfg.model_copy(update={"camera": cam})
     if pixel_size_nm is not None:
         cfg = cfg.model_copy(update={"image": cfg.image.model_copy(
             update={"pixel_size_nm": pixel_size_nm})})
-    for problem in check_model_matches(trained.config, cfg):
+    for problem in [*check_model_matches(trained.config, cfg), *changed]:
         typer.secho(f"warning: {problem}; results will be unreliable - train a model for "
                     "your microscope (denseloc train)", fg=typer.colors.YELLOW, err=True)
     return trained, cfg

@@ -15,6 +15,7 @@ True
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
@@ -37,6 +38,8 @@ __all__ = [
     "PSFConfig",
     "SimulationConfig",
     "TrainConfig",
+    "changed_inputs",
+    "input_digests",
     "load_config",
 ]
 
@@ -395,6 +398,33 @@ class Config(_Model):
             raise ConfigError(f"{name}: expected a mapping of sections, got {type(data).__name__}")
         return validated(cls, data, name=name)
 
+    def input_files(self) -> dict[str, Path]:
+        """The files this configuration reads, by field name (bundled data excluded).
+
+        >>> cfg = Config(camera={"kind": "scmos", "em_gain": 1, "gain_map": "g.npy"})
+        >>> list(cfg.input_files())
+        ['camera.gain_map']
+        """
+        fields = {f"camera.{k}": getattr(self.camera, k) for k in self.camera.MAP_FIELDS}
+        fields["psf.path"] = self.psf.path
+        return {
+            name: Path(p) for name, p in fields.items()
+            if p is not None and not str(p).startswith("denseloc:")
+        }
+
+    def resolve_paths(self, base: str | os.PathLike) -> Config:
+        """A copy whose relative file paths are made absolute against the folder `base`."""
+
+        def fix(p: Path | None) -> Path | None:
+            if p is None or p.is_absolute() or str(p).startswith("denseloc:"):  # bundled data
+                return p
+            return (Path(base) / p).resolve()
+
+        cam = self.camera
+        camera = cam.model_copy(update={k: fix(getattr(cam, k)) for k in cam.MAP_FIELDS})
+        psf = self.psf.model_copy(update={"path": fix(self.psf.path)})
+        return self.model_copy(update={"camera": camera, "psf": psf})
+
     def with_camera_preset(self, name: str) -> Config:
         """Return a copy whose camera is the preset `name` (see :data:`CAMERA_PRESETS`)."""
         if name not in CAMERA_PRESETS:
@@ -402,6 +432,48 @@ class Config(_Model):
                 f"unknown camera {name!r}; choose one of {', '.join(CAMERA_PRESETS)}"
             )
         return self.model_copy(update={"camera": CameraConfig(**CAMERA_PRESETS[name])})
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise InputFileError(path, f"cannot be read ({_first_line(exc)})") from None
+    return digest.hexdigest()
+
+
+def input_digests(config: Config) -> dict[str, str]:
+    """SHA-256 of each file the configuration reads, by field name (missing files skipped).
+
+    A model folder and a training checkpoint keep these, so that a PSF calibration or sCMOS
+    map overwritten in place after training is noticed (:func:`changed_inputs`) rather than
+    silently used with a network trained on the old one.
+    """
+    return {name: _sha256(p) for name, p in config.input_files().items() if p.is_file()}
+
+
+def changed_inputs(config: Config, digests: dict[str, str], prefix: str = "") -> list[str]:
+    """Messages for the files of `config` that are missing or differ from `digests`.
+
+    Files are compared by field name (``camera.offset_map``), whatever their path, so another
+    configuration naming other files can be checked against a model's record. Only fields
+    starting with `prefix` are read; fields without a digest, or without a file in `config`,
+    are skipped.
+    """
+    files = config.input_files()
+    problems = []
+    for name, digest in digests.items():
+        path = files.get(name)
+        if path is None or not name.startswith(prefix):
+            continue
+        if not path.is_file():
+            problems.append(f"{name} ({path}) is missing")
+        elif _sha256(path) != digest:
+            problems.append(f"{name} ({path}) differs from the file used in training")
+    return problems
 
 
 def validated(model: type[M], data: dict[str, Any], *, name: str) -> M:
@@ -437,21 +509,9 @@ def load_config(path: str | os.PathLike) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputFileError(path, f"cannot be read ({_first_line(exc)})") from None
     cfg = Config.from_yaml_text(text, name=str(path))
-    return _resolve_paths(cfg, path.parent)
+    return cfg.resolve_paths(path.parent)
 
 
-def _resolve_paths(cfg: Config, base: Path) -> Config:
-    def fix(p: Path | None) -> Path | None:
-        if p is None or p.is_absolute() or str(p).startswith("denseloc:"):  # bundled data
-            return p
-        return (base / p).resolve()
-
-    cam = cfg.camera
-    camera = cam.model_copy(
-        update={k: fix(getattr(cam, k)) for k in cam.MAP_FIELDS}
-    )
-    psf = cfg.psf.model_copy(update={"path": fix(cfg.psf.path)})
-    return cfg.model_copy(update={"camera": camera, "psf": psf})
 
 
 def _first_line(exc: BaseException) -> str:

@@ -103,6 +103,8 @@ def run_demo(
 
     configure_cpu()
     model = TrainedModel.load(resolve_builtin(model_dir))
+    for problem in model.changed_inputs(prefix="psf."):
+        echo(f"warning: {problem}: the demo simulates with the PSF as it is now")
     config = demo_config(model.config, n_frames)
     out_dir = Path(out_dir)
     paths = simulate(config, out_dir / "simulation")

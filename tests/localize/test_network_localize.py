@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from denseloc.cli import app
 from denseloc.config import Config, load_config
+from denseloc.errors import DenselocError
 from denseloc.io import open_movie
 from denseloc.localize.pipeline import check_model_matches, localize_movie_network
 from denseloc.sim.simulator import simulate_movie
@@ -152,6 +153,20 @@ def test_scmos_maps_from_training_to_a_region_of_interest(tmp_path) -> None:
                                  "--out", str(tmp_path / "no.csv")])
     assert result.exit_code != 0 and "roi_origin_px" in result.output
     assert not (tmp_path / "no.csv").exists()
+    # A map overwritten after training: the model's own camera is refused, and so is --resume.
+    np.save(tmp_path / "offset.npy", rng.normal(100, 2, (24, 24)))
+    result = runner.invoke(app, ["localize", movie, "--model", str(tmp_path / "m"),
+                                 "--out", str(tmp_path / "no.csv")])
+    assert result.exit_code != 0 and "camera.offset_map" in result.output, result.output
+    assert "differs from the file used in training" in result.output
+    assert not (tmp_path / "no.csv").exists()
+    # Chosen knowingly with --camera, the new maps are used, with a warning.
+    result = runner.invoke(app, ["localize", movie, "--model", str(tmp_path / "m"),
+                                 "--camera", str(tmp_path / "roi.yaml"), "--out", str(out)])
+    assert result.exit_code == 0 and "warning: camera.offset_map" in result.output
+    with pytest.raises(DenselocError, match=r"camera\.offset_map"):
+        Trainer(load_config(tmp_path / "chip.yaml"), tmp_path / "m", device="cpu").fit(
+            epochs=2, resume=True)
 
 
 def test_cli_sigma_filter_grouping_and_bad_flags(movie, tmp_path) -> None:

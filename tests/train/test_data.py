@@ -82,6 +82,8 @@ def test_z_targets_span_the_range_over_the_margin(z_margin: float) -> None:
         ({"image": {"size_px": [32, 64]},
           "camera": {"kind": "scmos", "em_gain": 1.0, "offset_map": "offset.tif"}},
          r"cuts 40 px frames from the sCMOS maps, which are image\.size_px = \[32, 64\]"),
+        ({"camera": {"kind": "scmos", "em_gain": 1.0, "roi_origin_px": [8, 0]}},
+         r"roi_origin_px places a localized movie on the chip"),
     ],
 )
 def test_untrainable_settings_are_one_line_config_errors(settings: dict, match: str) -> None:

@@ -39,6 +39,26 @@ def test_model_folder_loads_and_gives_identical_outputs(tmp_path) -> None:
     assert loaded.summary["epochs"] == 2
 
 
+def test_a_saved_model_keeps_relative_paths_pointing_at_the_same_files(
+    tmp_path, monkeypatch
+) -> None:
+    # A Config built in Python reads "psf.h5" in the working directory; the model folder's
+    # config.yaml would read it next to itself unless the path is made absolute.
+    import dataclasses
+
+    from denseloc.calibration import resolve_builtin
+    from denseloc.cli import DEFAULT_MODEL
+    from denseloc.config import PSFConfig, load_config
+
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    bundled = TrainedModel.load(resolve_builtin(DEFAULT_MODEL))
+    config = bundled.config.model_copy(update={"psf": PSFConfig(kind="file", path="psf.h5")})
+    dataclasses.replace(bundled, config=config).save(tmp_path / "m")
+    saved = load_config(tmp_path / "m" / "config.yaml")
+    assert saved.psf.path == (tmp_path / "work" / "psf.h5").resolve()
+
+
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path) -> None:
     reference = Trainer(tiny_config(), tmp_path / "ref", device="cpu").fit(epochs=2)
 

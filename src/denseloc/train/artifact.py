@@ -4,7 +4,8 @@ Layout::
 
     MODEL_DIR/
       config.yaml        simulation, camera, PSF, architecture and training settings
-      model.yaml         architecture, network units (scaling), detection threshold, summary
+      model.yaml         architecture, network units (scaling), detection threshold, summary,
+                         SHA-256 of the files config.yaml names (sCMOS maps, PSF calibration)
       weights.pt         state dict of the network
       training_log.csv   one row per epoch (written by the trainer)
       curves.png         training curves
@@ -27,7 +28,7 @@ import yaml
 
 from denseloc import __version__
 from denseloc._atomic import atomic_path
-from denseloc.config import Config, load_config
+from denseloc.config import Config, changed_inputs, load_config
 from denseloc.errors import InputFileError
 from denseloc.nn.model import DecodeNet, Scaling
 
@@ -45,6 +46,9 @@ class TrainedModel:
     config: Config
     threshold: float = 0.5
     summary: dict[str, Any] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)
+    """SHA-256 of the files the configuration reads (sCMOS maps, PSF calibration) as they
+    were when training started; see :meth:`changed_inputs`."""
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write config.yaml, model.yaml and weights.pt into `directory`."""
@@ -53,7 +57,8 @@ class TrainedModel:
         with atomic_path(directory / "weights.pt") as tmp:
             torch.save({k: v.cpu() for k, v in self.net.state_dict().items()}, tmp)
         with atomic_path(directory / "config.yaml") as tmp:
-            tmp.write_text(self.config.to_yaml())
+            # Paths relative to the working directory would be read against the folder.
+            tmp.write_text(self.config.resolve_paths(Path.cwd()).to_yaml())
         meta = {
             "format": MODEL_FORMAT,
             "software_version": __version__,
@@ -61,6 +66,7 @@ class TrainedModel:
             "scaling": self.scaling.to_dict(),
             "threshold": float(self.threshold),
             "summary": self.summary,
+            "inputs": self.inputs,
         }
         with atomic_path(directory / "model.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(meta, sort_keys=False))
@@ -98,5 +104,13 @@ class TrainedModel:
         net.to(device).eval()
         return cls(
             net=net, scaling=scaling, config=config, threshold=threshold,
-            summary=meta.get("summary") or {},
+            summary=meta.get("summary") or {}, inputs=meta.get("inputs") or {},
         )
+
+    def changed_inputs(self, config: Config | None = None, prefix: str = "") -> list[str]:
+        """Messages for files missing or differing from those the model was trained with.
+
+        `config` names the files in use (default: the model's own); with `prefix`
+        (``"camera."``) only those fields are read. See :func:`denseloc.config.changed_inputs`.
+        """
+        return changed_inputs(config or self.config, self.inputs, prefix)

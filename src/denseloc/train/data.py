@@ -71,6 +71,12 @@ def _check_trainable(config: Config, frame_size_px: int) -> None:
             "training needs emitters: emitters.density_per_um2 (or count_per_frame) and the "
             "top of train.density_range_per_um2 must be > 0"
         )
+    if cam.roi_origin_px is not None:
+        raise ConfigError(
+            "camera.roi_origin_px places a localized movie on the chip; training cuts its "
+            "frames from the whole chip (image.size_px): remove it from the training "
+            "configuration and give it to denseloc localize --camera"
+        )
     chip = tuple(config.image.size_px)
     if cam.has_maps and min(chip) < frame_size_px:
         raise ConfigError(

@@ -31,7 +31,7 @@ import torch
 
 from denseloc._atomic import atomic_path
 from denseloc._runtime import configure_cpu, select_device
-from denseloc.config import Config
+from denseloc.config import Config, input_digests
 from denseloc.errors import DenselocError
 from denseloc.nn.loss import detection_bce, gmm_loss
 from denseloc.nn.model import DecodeNet
@@ -176,6 +176,7 @@ class Trainer:
             configure_cpu(tc.threads)
         self.channels_last = tc.channels_last and self.device.type == "cpu"
         torch.manual_seed(tc.seed)
+        self.inputs = input_digests(config)  # before the files are read for training
         self.data = TrainingData(config, self.device)
         self.val_data = self.data
         self._fresh_network()
@@ -217,6 +218,7 @@ class Trainer:
             "generator": self.generator.get_state(),
             "state": self.state.__dict__,
             "config": self.config.model_dump(mode="json"),
+            "inputs": self.inputs,
         }
         with atomic_path(self.out_dir / CHECKPOINT) as tmp:
             torch.save(state, tmp)
@@ -243,6 +245,16 @@ class Trainer:
             raise DenselocError(
                 f"{path}: checkpoint was written for another configuration{detail}; "
                 "use the same CONFIG.yaml to resume, or another --out"
+            )
+        if "inputs" not in ckpt and self.inputs:
+            logger.warning("%s predates input digests: cannot check that %s are the files the "
+                           "run started with", path, ", ".join(self.inputs))
+        changed = [name for name, digest in ckpt.get("inputs", {}).items()
+                   if self.inputs.get(name) != digest]
+        if changed:
+            raise DenselocError(
+                f"{path}: the contents of {', '.join(changed)} differ from those the run "
+                "was trained with; restore the files to resume, or train anew with another --out"
             )
         self.net.load_state_dict(ckpt["net"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -501,6 +513,7 @@ class Trainer:
             scaling=self.data.scaling,
             config=self.config,
             threshold=threshold,
+            inputs=self.inputs,
             summary={
                 "epochs": self.state.epoch,
                 "steps": self.state.step,
