@@ -1,6 +1,7 @@
 """Does training with an sCMOS camera's per-pixel maps pay? Two networks, one chip.
 
-Usage: python benchmarks/bench_scmos.py CONFIG.yaml [--minutes 10] [--frames 100]
+Usage: python benchmarks/bench_scmos.py CONFIG.yaml [--minutes 10] [--frames 100] [--name N]
+       [--set SECTION.FIELD=VALUE ...]     (e.g. train.seed=5: another training seed, same chip)
 
 A synthetic 64 x 64 px sCMOS chip with the statistics of a typical back-illuminated camera
 (ORCA-Flash 4.0 v3 data sheet): offsets ~ Normal(100, 2) ADU, 0.46 e-/ADU with 2 % pixel
@@ -25,8 +26,9 @@ import numpy as np
 import pandas as pd
 
 from _common import write_results
-from bench_training import DENSITIES, score, test_movie
-from denseloc.config import Config, load_config
+from bench_training import DENSITIES, parse_overrides, score, test_movie
+from denseloc.cli import resolve_config
+from denseloc.config import Config
 from denseloc.evaluate.match import match
 from denseloc.localize.network import predict_frames
 from denseloc.table import px_to_nm
@@ -82,8 +84,11 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="training time per network")
     parser.add_argument("--frames", type=int, default=100, help="frames per test movie")
     parser.add_argument("--name", default="scmos_maps")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                        help="override a setting of CONFIG for both networks, e.g. "
+                        "train.seed=5 (repeatable)")
     args = parser.parse_args()
-    base = load_config(args.config)
+    base = resolve_config(args.config, **parse_overrides(args.set))
     pixel_nm = base.image.pixel_size_nm
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
