@@ -1,0 +1,68 @@
+"""How much worse are the first and last frames of a movie, whose missing neighbour is replicated?
+
+Usage: python benchmarks/bench_edges.py CONFIG.yaml [--model MODEL_DIR] [--frames 100]
+
+``denseloc localize`` gives the first frame of a movie a copy of itself as its previous frame,
+and the last frame a copy of itself as its next; training windows always lie inside a simulated
+movie, so the network never saw that. This scores the same frames (1 .. n-2 of
+bench_training.py's test movies, 0.1 and 2 emitters/um^2) four ways: with both real neighbours,
+as the first frame of a movie (previous replicated), as the last (next replicated), and alone
+(both replicated). Scores as in bench_training.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from _common import write_results
+from bench_training import DENSITIES, score, test_movie
+from denseloc.calibration import resolve_builtin
+from denseloc.cli import DEFAULT_MODEL
+from denseloc.config import load_config
+from denseloc.localize.network import predict_frames
+from denseloc.train.artifact import TrainedModel
+
+CONTEXTS = ("both neighbours", "first frame", "last frame", "alone")
+
+
+def localize_as(model: TrainedModel, photons, context: str, pixel_size_nm: float) -> pd.DataFrame:
+    """Frames 1 .. n-2 localized with the given context, one frame per call."""
+    if context == "both neighbours":
+        pred = predict_frames(model, photons, pixel_size_nm=pixel_size_nm)
+        return pred[pred["frame"].between(1, len(photons) - 2)]
+    tables = []
+    for t in range(1, len(photons) - 1):
+        before = photons[t - 1] if context == "last frame" else None
+        after = photons[t + 1] if context == "first frame" else None
+        tables.append(predict_frames(model, photons[t:t + 1], pixel_size_nm=pixel_size_nm,
+                                     frame_offset=t, before=before, after=after))
+    return pd.concat(tables, ignore_index=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model folder (default: bundled)")
+    parser.add_argument("--frames", type=int, default=100, help="frames per test movie")
+    args = parser.parse_args()
+    config = load_config(args.config)
+    model = TrainedModel.load(resolve_builtin(args.model))
+    rows = []
+    for i, (density, value) in enumerate(DENSITIES.items()):
+        cfg, photons, truth = test_movie(config, value, args.frames, seed=100 + i)
+        truth = truth[truth["frame"].between(1, args.frames - 2)]
+        for context in CONTEXTS:
+            pred = localize_as(model, photons, context, cfg.image.pixel_size_nm)
+            row = {"density": density, "context": context, **score(pred, truth)}
+            print(row, flush=True)
+            rows.append(row)
+    write_results("edge_frames", rows,
+                  f"Model {args.model}; frames 1 to {args.frames - 2} of each test movie.")
+
+
+if __name__ == "__main__":
+    main()
