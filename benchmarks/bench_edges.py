@@ -1,10 +1,10 @@
 """How much worse are the first and last frames of a movie, whose missing neighbour is replicated?
 
-Usage: python benchmarks/bench_edges.py CONFIG.yaml [--model MODEL_DIR] [--frames 100]
+Usage: python benchmarks/bench_edges.py CONFIG.yaml [--model MODEL_DIR] [--frames 100] [--name N]
 
 ``denseloc localize`` gives the first frame of a movie a copy of itself as its previous frame,
-and the last frame a copy of itself as its next; training windows always lie inside a simulated
-movie, so the network never saw that. This scores the same frames (1 .. n-2 of
+and the last frame a copy of itself as its next; unless it was trained with
+``train.edge_windows`` > 0, the network never saw that. This scores the same frames (1 .. n-2 of
 bench_training.py's test movies, 0.1 and 2 emitters/um^2) four ways: with both real neighbours,
 as the first frame of a movie (previous replicated), as the last (next replicated), and alone
 (both replicated). Scores as in bench_training.py.
@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("config", type=Path)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model folder (default: bundled)")
     parser.add_argument("--frames", type=int, default=100, help="frames per test movie")
+    parser.add_argument("--name", default="edge_frames", help="results file name")
     args = parser.parse_args()
     config = load_config(args.config)
     model = TrainedModel.load(resolve_builtin(args.model))
@@ -60,7 +61,7 @@ def main() -> None:
             row = {"density": density, "context": context, **score(pred, truth)}
             print(row, flush=True)
             rows.append(row)
-    write_results("edge_frames", rows,
+    write_results(args.name, rows,
                   f"Model {args.model}; frames 1 to {args.frames - 2} of each test movie.")
 
 

@@ -304,6 +304,12 @@ class TrainConfig(_Model):
         "frames is a sample, so a frame's analysis serves up to 3 samples (3: independent "
         "samples, 1.5 times slower to train; 4 to 16 train equally well per sample)",
     )
+    edge_windows: float = Field(
+        0.0, ge=0, le=1,
+        description="fraction of training windows whose previous or next frame is replaced by "
+        "a copy of the central frame, as localization does at a movie's first and last frame "
+        "(each side with half this probability)",
+    )
     steps_per_epoch: int = Field(250, ge=1, description="optimiser steps between validations")
     lr: float = Field(2e-3, gt=0, description="peak learning rate of AdamW")
     lr_final_fraction: float = Field(

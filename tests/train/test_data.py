@@ -22,9 +22,11 @@ def test_targets_are_the_central_frames_emitters(frames_per_movie: int) -> None:
     data = TrainingData(cfg)
     batch = data.batch(20, torch.Generator().manual_seed(3))
     assert batch.inputs.shape == (20, 3, 32, 32)
+    starts = batch.windows[:, 0]
+    torch.testing.assert_close(batch.windows, starts[:, None] + torch.arange(3))  # consecutive
     for b in range(20):
-        torch.testing.assert_close(batch.inputs[b], batch.frames[batch.starts[b]:][:3])
-    assert len(batch.frames) == int(batch.starts.max()) + 3  # no frame the windows do not use
+        torch.testing.assert_close(batch.inputs[b], batch.frames[starts[b]:][:3])
+    assert len(batch.frames) == int(starts.max()) + 3  # no frame the windows do not use
     photons = batch.targets[..., 0] * data.scaling.photons
     bright = batch.mask & (photons > 3000)
     b_idx, k_idx = torch.nonzero(bright, as_tuple=True)
@@ -68,6 +70,25 @@ def test_z_targets_span_the_range_over_the_margin(z_margin: float) -> None:
     assert z.max() <= 1.0 / z_margin + 1e-6
     assert z.min() >= -400.0 / (600.0 * z_margin) - 1e-6
     assert z.max() > 0.95 / z_margin and z.min() < -0.95 * 400.0 / (600.0 * z_margin)
+
+
+def test_edge_windows_replicate_the_central_frame_as_at_a_movies_ends() -> None:
+    cfg = Config.model_validate({"psf": {"kind": "gaussian"},
+                                 "train": {"frame_size_px": 16, "edge_windows": 0.5}})
+    batch = TrainingData(cfg).batch(400, torch.Generator().manual_seed(0))
+    centre = batch.windows[:, 1]
+    previous = batch.windows[:, 0] == centre
+    following = batch.windows[:, 2] == centre
+    # Each side is replaced with probability 0.25; otherwise the window is consecutive.
+    assert torch.equal(batch.windows[~previous, 0], centre[~previous] - 1)
+    assert torch.equal(batch.windows[~following, 2], centre[~following] + 1)
+    for replaced in (previous, following):
+        assert abs(int(replaced.sum()) - 100) < 3 * (400 * 0.25 * 0.75) ** 0.5
+    torch.testing.assert_close(batch.inputs, batch.frames[batch.windows])
+    # The targets stay the central frame's, whatever its neighbours.
+    plain = TrainingData(cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"edge_windows": 0.0})})).batch(400, torch.Generator().manual_seed(0))
+    assert torch.equal(plain.windows[:, 1], centre) and torch.equal(plain.targets, batch.targets)
 
 
 @pytest.mark.parametrize(

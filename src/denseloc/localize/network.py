@@ -3,8 +3,8 @@
 Each frame goes through the frame-analysis U-Net once; its features are reused by the three
 3-frame windows that contain it (1.6-1.8x faster than running each window; DESIGN
 section 9). The first and last frames of the movie use replicated neighbours (a copy of
-themselves as the missing frame); training windows always lie inside a simulated movie, so
-these two frames get context the network was not trained on.
+themselves as the missing frame); a network trained without ``train.edge_windows`` never saw
+such windows and does worse on these two frames (``benchmarks/bench_edges.py``).
 Chunks overlap by one frame on each side, so results do not depend on the chunk size.
 
 Frames larger than `max_tile_px` are cut into tiles that overlap by the network's receptive

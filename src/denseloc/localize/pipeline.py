@@ -177,6 +177,13 @@ def localize_movie_network(
         Frames larger than this are tiled (default 640).
     progress : callable(done, total), optional
         Called after each chunk.
+
+    Notes
+    -----
+    Nothing here checks that `config` suits the model; ``denseloc localize`` does, and so
+    should other callers: :func:`check_model_matches` (pixel size, camera kind, maps) and
+    ``model.changed_inputs(config, prefix="camera.")`` (map files that differ from those the
+    model was trained with).
     """
     from denseloc.localize.network import MAX_TILE_PX, predict_frames
     from denseloc.table import validate

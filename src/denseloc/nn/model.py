@@ -161,16 +161,16 @@ class DecodeNet(nn.Module):
         out = self.from_features(features)
         return out[:, :, :height, :width]
 
-    def forward_windows(self, frames: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
-        """Outputs (B, 10, H, W) for windows of consecutive frames sharing frame features.
+    def forward_windows(self, frames: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """Outputs (B, 10, H, W) for windows of frames sharing frame features.
 
         Parameters
         ----------
         frames : Tensor of shape (N, H, W)
             Scaled frames of one or more movies, concatenated.
-        starts : Tensor of shape (B,), long
-            Index of each window's first frame; window b is
-            ``frames[starts[b] : starts[b] + context_frames]``.
+        windows : Tensor of shape (B, context_frames), long
+            Indices in `frames` of each window's frames, in time order (usually consecutive;
+            a repeated index is a replicated neighbour, as at the ends of a movie).
 
         Each frame goes through the frame-analysis U-Net once, however many windows use it.
         """
@@ -183,13 +183,12 @@ class DecodeNet(nn.Module):
         if frames.is_contiguous(memory_format=torch.channels_last) or frames.device.type == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.frame_features(x)
-        index = starts[:, None] + torch.arange(self.context_frames, device=starts.device)
-        windows = features[index.flatten()].reshape(
-            len(starts), self.context_frames * self.filters, *features.shape[-2:]
+        stacked = features[windows.flatten()].reshape(
+            len(windows), self.context_frames * self.filters, *features.shape[-2:]
         )
         if x.is_contiguous(memory_format=torch.channels_last):
-            windows = windows.contiguous(memory_format=torch.channels_last)
-        return self.from_features(windows)[:, :, :height, :width]
+            stacked = stacked.contiguous(memory_format=torch.channels_last)
+        return self.from_features(stacked)[:, :, :height, :width]
 
     def config(self) -> dict[str, int | bool]:
         """Constructor arguments (saved with a trained model)."""

@@ -42,8 +42,9 @@ class Batch:
     frames : Tensor of shape (N, H, W)
         The scaled frames the windows are cut from (all movies concatenated, without the
         frames after the last window).
-    starts : Tensor of shape (B,), long
-        Index in `frames` of each sample's first frame (``inputs[b] = frames[starts[b]:...]``).
+    windows : Tensor of shape (B, context_frames), long
+        Indices in `frames` of each sample's frames (``inputs[b] = frames[windows[b]]``):
+        consecutive, except where ``train.edge_windows`` replicated the central frame.
     """
 
     inputs: torch.Tensor
@@ -53,7 +54,7 @@ class Batch:
     emitters: Emitters
     background_photons: torch.Tensor
     frames: torch.Tensor
-    starts: torch.Tensor
+    windows: torch.Tensor
 
 
 def _check_trainable(config: Config, frame_size_px: int) -> None:
@@ -190,6 +191,13 @@ class TrainingData:
         central.frame = sample_of[sample_of >= 0]
         targets, mask = self._targets(central, size)
         index = starts[:, None] + torch.arange(ctx, device=frames.device)
+        edge = self.config.train.edge_windows
+        if edge > 0 and ctx > 1:  # draws nothing otherwise: other runs keep their stream
+            # A missing neighbour at a movie's ends is its central frame, replicated.
+            replace = torch.rand(size, 2, generator=generator, device=sim.device) < edge / 2
+            centre = index[:, ctx // 2]
+            index[:, 0] = torch.where(replace[:, 0], centre, index[:, 0])
+            index[:, -1] = torch.where(replace[:, 1], centre, index[:, -1])
         return Batch(
             inputs=frames[index],
             targets=targets,
@@ -198,7 +206,7 @@ class TrainingData:
             emitters=central,
             background_photons=movies.background.mean((1, 2))[movie],
             frames=frames,
-            starts=starts,
+            windows=index,
         )
 
     def _targets(self, emitters: Emitters, size: int) -> tuple[torch.Tensor, torch.Tensor]:

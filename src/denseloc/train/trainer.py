@@ -310,7 +310,7 @@ class Trainer:
         tc = self.config.train
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.state.step)
-        output = self.net.forward_windows(batch.frames, batch.starts)
+        output = self.net.forward_windows(batch.frames, batch.windows)
         loss = self._loss(output, batch)
         aux_weight = 1.0 - self.state.step / tc.detection_warmup_steps if (
             self.state.step < tc.detection_warmup_steps) else 0.0
