@@ -218,3 +218,21 @@ def test_damaged_model_folder_is_a_clear_error(bundled, tmp_path, damage: str) -
     target = "weights.pt" if damage == "html weights" else "model.yaml"
     with pytest.raises(InputFileError, match=target):
         TrainedModel.load(folder)
+
+
+def test_a_single_frame_network_reads_each_frame_alone(bundled) -> None:
+    # model.context_frames: 1 is what the README advises for single images: every frame's
+    # output must then depend on that frame only, whatever its neighbours and the batching.
+    import dataclasses
+
+    from denseloc.localize.network import network_outputs
+    from denseloc.nn.model import DecodeNet
+
+    _, model = bundled
+    torch.manual_seed(0)
+    single = dataclasses.replace(model, net=DecodeNet(filters=4, depth=1, context_frames=1).eval())
+    photons = 100 + 50 * torch.rand(5, 24, 24)
+    with torch.no_grad():
+        together = network_outputs(single, photons, batch_size=2)
+        alone = torch.cat([network_outputs(single, photons[t:t + 1]) for t in range(5)])
+    torch.testing.assert_close(together, alone)
