@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--name", default="scmos_maps")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a setting of CONFIG for both networks, e.g. "
-                        "train.seed=5 (repeatable)")
+                        "train.seed=5 (repeatable; not camera.*, which the chip replaces)")
     args = parser.parse_args()
     base = resolve_config(args.config, **parse_overrides(args.set))
     pixel_nm = base.image.pixel_size_nm

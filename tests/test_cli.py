@@ -252,3 +252,12 @@ def test_camera_flags_adjust_the_models_camera() -> None:
     assert cfg.camera == trained.config.camera.model_copy(update={"baseline_adu": 200.0})
     _, preset = _network_config(DEFAULT_MODEL, "cpu", "scmos", None, flags)
     assert preset.camera == Config().with_camera_preset("scmos").camera
+    # A flag that a per-pixel map would replace is refused rather than silently ignored.
+    from denseloc.cli import _camera_config
+    from denseloc.errors import DenselocError
+
+    mapped = Config().with_camera_preset("scmos").camera.model_copy(
+        update={"offset_map": "offset.npy"})
+    with pytest.raises(DenselocError, match="--baseline would have no effect"):
+        _camera_config(None, {**flags, "baseline_adu": 200.0}, default=mapped)
+    assert _camera_config(None, {**flags, "qe": 0.7}, default=mapped).qe == 0.7

@@ -214,7 +214,18 @@ def _camera_config(camera: str | None, values: dict[str, float | None], default=
     else:
         preset = "emccd" if given.get("em_gain", 1.0) > 1 else "scmos"
         base = CameraConfig(**CAMERA_PRESETS[preset]).model_dump()
-    return validated(CameraConfig, {**base, **given}, name="camera options")
+    return _check_flags_vs_maps(validated(CameraConfig, {**base, **given}, name="camera options"),
+                                given)
+
+
+def _check_flags_vs_maps(camera, given: dict[str, float | None]):
+    """Refuse flags that the camera's per-pixel maps would silently replace."""
+    for key, flag, field in (("baseline_adu", "--baseline", "offset_map"),
+                             ("e_per_adu", "--e-per-adu", "gain_map")):
+        if given.get(key) is not None and getattr(camera, field) is not None:
+            raise DenselocError(f"{flag} would have no effect: camera.{field} gives that value "
+                                f"per pixel; leave {flag} out, or use a camera without the map")
+    return camera
 
 
 _NO_CAMERA = (
@@ -257,7 +268,8 @@ def _localize_config(
         if cam is not None:  # flags override the file's camera
             merged = {**cfg.camera.model_dump(), **{
                 k: v for k, v in camera_values.items() if v is not None}}
-            return cfg.model_copy(update={"camera": type(cfg.camera)(**merged)})
+            camera = _check_flags_vs_maps(type(cfg.camera)(**merged), camera_values)
+            return cfg.model_copy(update={"camera": camera})
         return cfg
     return cfg.model_copy(update={"camera": cam})
 

@@ -306,10 +306,10 @@ class TrainConfig(_Model):
     )
     edge_windows: float = Field(
         0.0, ge=0, le=1,
-        description="fraction of training windows whose previous or next frame is replaced by "
-        "a copy of the central frame, as localization does at a movie's first and last frame "
-        "(each side with half this probability; 0.1 improved those frames' sigmas, not their "
-        "detection)",
+        description="replace each training window's previous and next frame by a copy of the "
+        "central frame, each with half this probability, as localization does at a movie's "
+        "first and last frame (0.1 did not improve those frames' detection; validation uses "
+        "interior windows)",
     )
     steps_per_epoch: int = Field(250, ge=1, description="optimiser steps between validations")
     lr: float = Field(2e-3, gt=0, description="peak learning rate of AdamW")

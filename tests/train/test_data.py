@@ -103,6 +103,8 @@ def test_edge_windows_replicate_the_central_frame_as_at_a_movies_ends() -> None:
         ({"image": {"size_px": [32, 64]},
           "camera": {"kind": "scmos", "em_gain": 1.0, "offset_map": "offset.tif"}},
          r"cuts 40 px frames from the sCMOS maps, which are image\.size_px = \[32, 64\]"),
+        ({"model": {"context_frames": 1}, "train": {"edge_windows": 0.1}},
+         r"edge_windows needs neighbouring frames"),
         ({"camera": {"kind": "scmos", "em_gain": 1.0, "roi_origin_px": [8, 0]}},
          r"roi_origin_px places a localized movie on the chip"),
     ],

@@ -59,6 +59,15 @@ def test_a_saved_model_keeps_relative_paths_pointing_at_the_same_files(
     assert saved.psf.path == (tmp_path / "work" / "psf.h5").resolve()
 
 
+def test_validation_uses_interior_windows_whatever_edge_windows(tmp_path) -> None:
+    cfg = tiny_config()
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"edge_windows": 1.0})})
+    batches, _ = Trainer(cfg, tmp_path / "m", device="cpu").validation_set()
+    for batch in batches:
+        starts = batch.windows[:, :1]
+        assert torch.equal(batch.windows, starts + torch.arange(3))
+
+
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path) -> None:
     reference = Trainer(tiny_config(), tmp_path / "ref", device="cpu").fit(epochs=2)
 

@@ -1,8 +1,9 @@
 """Training batches simulated on the fly, in the network's units.
 
-Each sample is a short movie of `context_frames` frames (emitters persist across them, as
-in a real movie); the targets are the emitters of the central frame with at least
-``train.min_target_photons`` photons. Frames go through the camera model and back
+Each sample is a window of `context_frames` frames of a short simulated movie (emitters
+persist across them, as in a real movie; ``train.edge_windows`` replicates some windows'
+central frame in place of a neighbour); the targets are the emitters of the central frame
+with at least ``train.min_target_photons`` photons. Frames go through the camera model and back
 (ADU -> photons), exactly as real data will at inference.
 """
 
@@ -72,6 +73,9 @@ def _check_trainable(config: Config, frame_size_px: int) -> None:
             "training needs emitters: emitters.density_per_um2 (or count_per_frame) and the "
             "top of train.density_range_per_um2 must be > 0"
         )
+    if config.train.edge_windows > 0 and config.model.context_frames == 1:
+        raise ConfigError("train.edge_windows needs neighbouring frames: model.context_frames "
+                          "is 1, so set edge_windows to 0")
     if cam.roi_origin_px is not None:
         raise ConfigError(
             "camera.roi_origin_px places a localized movie on the chip; training cuts its "
@@ -166,8 +170,15 @@ class TrainingData:
         left = torch.randint(0, chip_w - w + 1, (n_movies,), generator=generator, device=dev)
         return self.chip_camera.crop(top, left, (h, w))
 
-    def batch(self, size: int, generator: torch.Generator) -> Batch:
-        """Simulate `size` samples (windows of ``context_frames`` consecutive frames)."""
+    def batch(
+        self, size: int, generator: torch.Generator, *, edge_windows: float | None = None
+    ) -> Batch:
+        """Simulate `size` samples (windows of ``context_frames`` consecutive frames).
+
+        With `edge_windows` (default ``train.edge_windows``) > 0, each window's previous and
+        next frame are each replaced by its central frame with probability `edge_windows` / 2
+        (both with (`edge_windows` / 2)^2), as localization does at a movie's ends.
+        """
         sim, scaling = self.sim, self.scaling
         ctx = self.context
         length = max(self.config.train.frames_per_movie, ctx)
@@ -191,7 +202,7 @@ class TrainingData:
         central.frame = sample_of[sample_of >= 0]
         targets, mask = self._targets(central, size)
         index = starts[:, None] + torch.arange(ctx, device=frames.device)
-        edge = self.config.train.edge_windows
+        edge = self.config.train.edge_windows if edge_windows is None else edge_windows
         if edge > 0 and ctx > 1:  # draws nothing otherwise: other runs keep their stream
             # A missing neighbour at a movie's ends is its central frame, replicated.
             replace = torch.rand(size, 2, generator=generator, device=sim.device) < edge / 2
