@@ -5,9 +5,10 @@ Usage: python benchmarks/bench_edges.py CONFIG.yaml [--model MODEL_DIR] [--frame
 ``denseloc localize`` gives the first frame of a movie a copy of itself as its previous frame,
 and the last frame a copy of itself as its next; unless it was trained with
 ``train.edge_windows`` > 0, the network never saw that. This scores the same frames (1 .. n-2 of
-bench_training.py's test movies, 0.1 and 2 emitters/um^2) four ways: with both real neighbours,
-as the first frame of a movie (previous replicated), as the last (next replicated), and alone
-(both replicated). Scores as in bench_training.py.
+bench_training.py's test movies, 0.1 and 2 emitters/um^2) five ways: with both real neighbours,
+as the first frame of a movie (previous replicated), as the last (next replicated), alone
+(both replicated), and with unrelated neighbours (frames 37 and 61 further on, as in a stack of
+unrelated images). Scores as in bench_training.py.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from denseloc.config import load_config
 from denseloc.localize.network import predict_frames
 from denseloc.train.artifact import TrainedModel
 
-CONTEXTS = ("both neighbours", "first frame", "last frame", "alone")
+CONTEXTS = ("both neighbours", "first frame", "last frame", "alone", "unrelated neighbours")
+UNRELATED = (37, 61)  # frames this far on (cyclically) stand in for the previous and next
 
 
 def localize_as(model: TrainedModel, photons, context: str, pixel_size_nm: float) -> pd.DataFrame:
@@ -34,9 +36,12 @@ def localize_as(model: TrainedModel, photons, context: str, pixel_size_nm: float
         pred = predict_frames(model, photons, pixel_size_nm=pixel_size_nm)
         return pred[pred["frame"].between(1, len(photons) - 2)]
     tables = []
-    for t in range(1, len(photons) - 1):
+    n = len(photons)
+    for t in range(1, n - 1):
         before = photons[t - 1] if context == "last frame" else None
         after = photons[t + 1] if context == "first frame" else None
+        if context == "unrelated neighbours":  # as in a stack of unrelated frames
+            before, after = (photons[(t + k) % n] for k in UNRELATED)
         tables.append(predict_frames(model, photons[t:t + 1], pixel_size_nm=pixel_size_nm,
                                      frame_offset=t, before=before, after=after))
     return pd.concat(tables, ignore_index=True)
