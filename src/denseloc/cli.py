@@ -248,7 +248,7 @@ def _localize_config(
 
     config_path = Path(camera) if camera and Path(camera).is_file() else None
     full = config_path is not None and _is_full_config(config_path)
-    cam = _camera_config(None if full else camera, camera_values)
+    cam = None if full else _camera_config(camera, camera_values)
     if cam is None and not full:
         raise DenselocError(_NO_CAMERA)
     if pixel_size_nm is None and not full:
@@ -263,14 +263,9 @@ def _localize_config(
         psf=psf,
         **{"image.pixel_size_nm": pixel_size_nm, "psf.sigma_px": sigma_px},
     )
-    if full:
-        cam = _camera_config(None, camera_values)
-        if cam is not None:  # flags override the file's camera
-            merged = {**cfg.camera.model_dump(), **{
-                k: v for k, v in camera_values.items() if v is not None}}
-            camera = _check_flags_vs_maps(type(cfg.camera)(**merged), camera_values)
-            return cfg.model_copy(update={"camera": camera})
-        return cfg
+    if full:  # flags adjust the file's camera
+        cam = _camera_config(None, camera_values, default=cfg.camera)
+        return cfg if cam is None else cfg.model_copy(update={"camera": cam})
     return cfg.model_copy(update={"camera": cam})
 
 

@@ -405,6 +405,10 @@ class Config(_Model):
             raise ConfigError(f"{name}: expected a mapping of sections, got {type(data).__name__}")
         return validated(cls, data, name=name)
 
+    FILE_FIELDS: ClassVar[tuple[tuple[str, str], ...]] = (
+        *(("camera", k) for k in CameraConfig.MAP_FIELDS), ("psf", "path"))
+    """(section, field) of every setting that names a file."""
+
     def input_files(self) -> dict[str, Path]:
         """The files this configuration reads, by field name (bundled data excluded).
 
@@ -412,25 +416,21 @@ class Config(_Model):
         >>> list(cfg.input_files())
         ['camera.gain_map']
         """
-        fields = {f"camera.{k}": getattr(self.camera, k) for k in self.camera.MAP_FIELDS}
-        fields["psf.path"] = self.psf.path
-        return {
-            name: Path(p) for name, p in fields.items()
-            if p is not None and not str(p).startswith("denseloc:")
-        }
+        files = {f"{section}.{name}": getattr(getattr(self, section), name)
+                 for section, name in self.FILE_FIELDS}
+        return {k: Path(p) for k, p in files.items() if p is not None and not _bundled(p)}
 
     def resolve_paths(self, base: str | os.PathLike) -> Config:
         """A copy whose relative file paths are made absolute against the folder `base`."""
-
-        def fix(p: Path | None) -> Path | None:
-            if p is None or p.is_absolute() or str(p).startswith("denseloc:"):  # bundled data
-                return p
-            return (Path(base) / p).resolve()
-
-        cam = self.camera
-        camera = cam.model_copy(update={k: fix(getattr(cam, k)) for k in cam.MAP_FIELDS})
-        psf = self.psf.model_copy(update={"path": fix(self.psf.path)})
-        return self.model_copy(update={"camera": camera, "psf": psf})
+        update: dict[str, dict[str, Path]] = {}
+        for section, name in self.FILE_FIELDS:
+            p = getattr(getattr(self, section), name)
+            if p is not None and not p.is_absolute() and not _bundled(p):
+                update.setdefault(section, {})[name] = (Path(base) / p).resolve()
+        return self.model_copy(update={
+            section: getattr(self, section).model_copy(update=fields)
+            for section, fields in update.items()
+        })
 
     def with_camera_preset(self, name: str) -> Config:
         """Return a copy whose camera is the preset `name` (see :data:`CAMERA_PRESETS`)."""
@@ -439,6 +439,11 @@ class Config(_Model):
                 f"unknown camera {name!r}; choose one of {', '.join(CAMERA_PRESETS)}"
             )
         return self.model_copy(update={"camera": CameraConfig(**CAMERA_PRESETS[name])})
+
+
+def _bundled(path: Path) -> bool:
+    """Whether `path` names data shipped with denseloc (``denseloc:NAME``)."""
+    return str(path).startswith("denseloc:")
 
 
 def _sha256(path: Path) -> str:
