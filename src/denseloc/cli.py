@@ -351,7 +351,7 @@ def localize(
 
                 table = localize_movie_network(movie, trained, cfg, frames=selected,
                                                threshold=threshold, batch_size=batch,
-                                               progress=update)
+                                               progress=update, check=False)
     n_raw = len(table)
     if max_sigma_nm is not None or sigma_quantile is not None:
         from denseloc.localize.postprocess import filter_by_sigma

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +12,7 @@ from typer.testing import CliRunner
 
 from denseloc.cli import app
 from denseloc.config import Config, load_config
-from denseloc.errors import DenselocError
+from denseloc.errors import DenselocError, DenselocWarning
 from denseloc.io import open_movie
 from denseloc.localize.pipeline import check_model_matches, localize_movie_network
 from denseloc.sim.simulator import simulate_movie
@@ -115,6 +117,20 @@ def test_check_model_matches() -> None:
     assert "per-pixel maps" in check_model_matches(mapped, scmos)[0]
 
 
+def test_python_api_warns_when_the_data_does_not_suit_the_model(bundled, movie) -> None:
+    _, model = bundled
+    path, cfg, _ = movie
+    other = cfg.model_copy(update={"image": cfg.image.model_copy(update={"pixel_size_nm": 130})})
+    with open_movie(path) as mv:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", DenselocWarning)
+            localize_movie_network(mv, model, cfg, frames=range(2))
+            # denseloc localize makes the checks itself and passes check=False
+            localize_movie_network(mv, model, other, frames=range(2), check=False)
+        with pytest.warns(DenselocWarning, match="trained for 100 nm pixels, the data has 130"):
+            localize_movie_network(mv, model, other, frames=range(2))
+
+
 def test_scmos_maps_from_training_to_a_region_of_interest(tmp_path) -> None:
     # Train on a 24 x 24 px chip's maps, then localize a 12 x 16 px region of it.
     from denseloc.train.trainer import Trainer
@@ -164,6 +180,12 @@ def test_scmos_maps_from_training_to_a_region_of_interest(tmp_path) -> None:
     result = runner.invoke(app, ["localize", movie, "--model", str(tmp_path / "m"),
                                  "--camera", str(tmp_path / "roi.yaml"), "--out", str(out)])
     assert result.exit_code == 0 and "warning: camera.offset_map" in result.output
+    # The Python API warns too (it cannot tell a knowing choice from a mistake).
+    from denseloc.train.artifact import TrainedModel
+
+    with open_movie(movie) as mv, pytest.warns(DenselocWarning, match=r"camera\.offset_map"):
+        localize_movie_network(mv, TrainedModel.load(tmp_path / "m"),
+                               load_config(tmp_path / "roi.yaml"))
     with pytest.raises(DenselocError, match=r"camera\.offset_map"):
         Trainer(load_config(tmp_path / "chip.yaml"), tmp_path / "m", device="cpu").fit(
             epochs=2, resume=True)

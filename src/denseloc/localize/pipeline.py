@@ -9,12 +9,14 @@ bounded by the chunk, not the movie. Large frames are also tiled
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 
 import pandas as pd
 import torch
 
 from denseloc.config import Config
+from denseloc.errors import DenselocWarning
 from denseloc.io.movie import Movie
 from denseloc.sim.camera import Camera
 
@@ -151,6 +153,7 @@ def localize_movie_network(
     batch_size: int | None = None,
     max_tile_px: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    check: bool = True,
 ) -> pd.DataFrame:
     """Localize every frame of `movie` with a trained network.
 
@@ -177,17 +180,21 @@ def localize_movie_network(
         Frames larger than this are tiled (default 640).
     progress : callable(done, total), optional
         Called after each chunk.
-
-    Notes
-    -----
-    Nothing here checks that `config` suits the model; ``denseloc localize`` does, and so
-    should other callers: :func:`check_model_matches` (pixel size, camera kind, maps) and
-    ``model.changed_inputs(config, prefix="camera.")`` (map files that differ from those the
-    model was trained with).
+    check : bool
+        Warn (:class:`~denseloc.errors.DenselocWarning`) when `config` does not suit the
+        model: :func:`check_model_matches` (pixel size, camera kind, maps), and camera map
+        files that differ from those the model was trained with
+        (``model.changed_inputs(config, prefix="camera.")``). ``denseloc localize`` makes
+        these checks itself, with advice on the command line, and passes False.
     """
     from denseloc.localize.network import MAX_TILE_PX, predict_frames
     from denseloc.table import validate
 
+    if check:
+        problems = check_model_matches(model.config, config)
+        for problem in [*problems, *model.changed_inputs(config, prefix="camera.")]:
+            warnings.warn(f"{problem}; results will be unreliable - train a model for this "
+                          "microscope", DenselocWarning, stacklevel=2)
     frames = frames or range(len(movie))
     _, height, width = movie.shape
     camera = Camera.from_config(config.camera, (height, width))
