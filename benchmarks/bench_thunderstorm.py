@@ -1,0 +1,173 @@
+"""A network trained by denseloc, scored on frames another program simulated (ThunderSTORM).
+
+Usage:
+    denseloc train benchmarks/configs/thunderstorm.yaml --out MODEL_DIR --minutes 20
+    python benchmarks/bench_thunderstorm.py --model MODEL_DIR [--name thunderstorm]
+
+Every other accuracy figure of this project is measured on movies denseloc simulated itself, so
+an error shared by the simulator and the network's training (a pixel convention, the camera's
+photon conversion) would cancel out there. The frames here come from ThunderSTORM's generator
+(``../shared/data/thunderstorm_sim``, Deep-STORM's demo 1): 20 independent 64x64 frames of
+about 6 emitters/um^2, 2D Gaussian PSF, 2000-2500 photons. The network is trained only from the
+configuration, whose camera and PSF were read off the frames (and are checked by
+``tests/sim/test_thunderstorm_forward.py``); it never sees these frames before this script.
+
+The movie is localized as ``denseloc localize`` does, and read out a second way (each
+detection from its maximum pixel alone, DECODE's readout); the classical MLE fitter runs on
+the same frames, with the same camera and PSF. All three are scored against ThunderSTORM's
+ground truth at two matching tolerances: the project's usual 250 nm, which is generous at this
+density (the mean distance to the nearest neighbour is about 200 nm), and 100 nm. Columns:
+Jaccard index, recall, precision, lateral RMSE and bias, RMS(error / sqrt(CRLB)) per axis with
+each emitter's own single-emitter bound (its photons, the background of 20 photons/px, the
+EMCCD's excess noise), and RMS(error / predicted sigma) for the network.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from _common import write_results
+from bench_training import MIN_PHOTONS, test_movie
+from denseloc.classic.mle import localize_mle
+from denseloc.config import load_config
+from denseloc.evaluate import evaluate
+from denseloc.evaluate.crlb import NoiseModel, add_crlb_columns
+from denseloc.io import open_movie, read_table
+from denseloc.localize.network import predict_frames
+from denseloc.localize.pipeline import localize_movie_network
+from denseloc.sim.camera import Camera
+from denseloc.sim.simulator import psf_from_config
+from denseloc.train.artifact import TrainedModel
+from finish_model import nearest_neighbour_nm
+
+CONFIG = Path(__file__).resolve().parent / "configs" / "thunderstorm.yaml"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "thunderstorm_sim"
+TOLERANCES_NM = (250.0, 100.0)
+NEIGHBOUR_BINS_NM = [0, 100, 200, 300, 500, np.inf]
+OWN_FRAMES, OWN_SEED = 100, 100  # denseloc's own simulation of the same setting
+
+
+def score(pred: pd.DataFrame, truth: pd.DataFrame, tol_nm: float) -> dict[str, float | None]:
+    metrics, pairs = evaluate(pred, truth, tol_lateral_nm=tol_nm, min_photons=MIN_PHOTONS)
+    row: dict[str, float | None] = {
+        "jaccard": metrics.jaccard, "recall": metrics.recall, "precision": metrics.precision,
+        "rmse_lateral_nm": metrics.rmse_lateral_nm, "bias_x_nm": metrics.bias_x_nm,
+        "bias_y_nm": metrics.bias_y_nm,
+    }  # fmt: skip
+    for axis in "xy":
+        err = pairs[f"d{axis}_nm"].to_numpy()
+        row[f"crlb_ratio_{axis}"] = float(np.sqrt(np.mean((err / pairs[f"crlb_{axis}_nm"]) ** 2)))
+        if f"sigma_{axis}_nm" in pairs:
+            row[f"err_over_sigma_{axis}"] = float(
+                np.sqrt(np.mean((err / pairs[f"sigma_{axis}_nm"]) ** 2))
+            )
+    return row
+
+
+def by_neighbour(pred: pd.DataFrame, truth: pd.DataFrame) -> list[dict[str, object]]:
+    """Recall, RMSE and RMS(error / sigma) by the distance to the nearest other emitter."""
+    neighbour = nearest_neighbour_nm(truth)
+    _, pairs = evaluate(pred, truth, min_photons=MIN_PHOTONS)
+    found = np.zeros(len(truth), dtype=bool)
+    found[pairs["gt_index"].to_numpy()] = True
+    pairs["neighbour_nm"] = neighbour[pairs["gt_index"].to_numpy()]
+    rows = []
+    for interval, group in pairs.groupby(pd.cut(pairs["neighbour_nm"], NEIGHBOUR_BINS_NM),
+                                         observed=True):  # fmt: skip
+        in_bin = (neighbour > interval.left) & (neighbour <= interval.right)
+        squared = group["dx_nm"] ** 2 + group["dy_nm"] ** 2
+        row = {"nearest_neighbour": f"{interval.left:g} to {interval.right:g} nm",
+               "emitters": int(in_bin.sum()), "recall": float(found[in_bin].mean()),
+               "rmse_lateral_nm": float(np.sqrt(squared.mean())),
+               "sigma_x_median_nm": float(group["sigma_x_nm"].median())}  # fmt: skip
+        for axis in "xy":
+            ratio = group[f"d{axis}_nm"] / group[f"sigma_{axis}_nm"]
+            row[f"err_over_sigma_{axis}"] = float(np.sqrt(np.mean(ratio**2)))
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path, required=True, help="model folder to score")
+    parser.add_argument("--name", default="thunderstorm", help="results file name")
+    args = parser.parse_args()
+    model = TrainedModel.load(args.model)
+    config = model.config
+    pixel_size_nm = config.image.pixel_size_nm
+    truth = read_table(DATA / "ground_truth.csv", pixel_size_nm=pixel_size_nm)
+    truth["z_nm"] = 0.0
+    truth = add_crlb_columns(truth, config)
+
+    runs: dict[str, pd.DataFrame] = {}
+    with open_movie(DATA / "frames.tif") as movie:
+        runs["network"] = localize_movie_network(movie, model, config)
+        adu = torch.from_numpy(movie[:].astype(np.float64))
+    photons = Camera.from_config(config.camera).adu_to_photons(adu)
+    runs["network, maximum pixel"] = predict_frames(
+        model, photons.float(), pixel_size_nm=pixel_size_nm, readout="max"
+    )
+    runs["MLE fitter"] = localize_mle(
+        photons, psf_from_config(config.psf, config.emitters.z_range_nm),
+        pixel_size_nm=pixel_size_nm, noise=NoiseModel.from_camera(config.camera),
+    )  # fmt: skip
+
+    # The same network on frames denseloc simulates from the same configuration: if the two
+    # simulators agree, so do the scores.
+    _, own_photons, own_truth = test_movie(config, config.emitters.density_per_um2,
+                                           OWN_FRAMES, seed=OWN_SEED)  # fmt: skip
+    own = predict_frames(model, own_photons, pixel_size_nm=pixel_size_nm)
+
+    rows = []
+    for data, method, pred in [
+        *(("ThunderSTORM", method, pred) for method, pred in runs.items()),
+        ("denseloc", "network", own),
+    ]:
+        for tol in TOLERANCES_NM:
+            row = {"frames": data, "method": method, "tolerance_nm": tol, "predicted": len(pred),
+                   **score(pred, own_truth if data == "denseloc" else truth, tol)}  # fmt: skip
+            print(row, flush=True)
+            rows.append(row)
+    log = pd.read_csv(args.model / "training_log.csv").iloc[-1]
+    area_um2 = len(adu) * adu.shape[1] * adu.shape[2] * (pixel_size_nm / 1000) ** 2
+    trained_for = (
+        f"trained with {CONFIG.relative_to(CONFIG.parents[2])}"
+        if config.model_dump() == load_config(CONFIG).model_dump()
+        else f"trained with a configuration that differs from {CONFIG.name}"
+    )
+    notes = (
+        f"Model {args.model}, {trained_for}: {config.model.filters} filters, context_frames "
+        f"{config.model.context_frames}, trained for {log['minutes']:.1f} CPU-minutes "
+        f"({int(log['samples'])} samples). ThunderSTORM's frames: {len(adu)} frames, "
+        f"{len(truth)} emitters ({len(truth) / area_um2:.1f} /um^2 per frame), photons "
+        f"{truth['photons'].min():.0f}-{truth['photons'].max():.0f}; every emitter is counted. "
+        f"denseloc: {OWN_FRAMES} frames simulated by denseloc from the same configuration "
+        f"(seed {OWN_SEED}), {len(own_truth)} emitters; emitters on for part of a frame with "
+        f"fewer than {MIN_PHOTONS:.0f} photons in it are optional, as in bench_training.py. "
+        "network: as denseloc localize, each detection read from the mixture of "
+        "the 3x3 pixels around it; network, maximum pixel: the same output maps read at the "
+        "detection's pixel alone (readout='max', DECODE's readout)."
+    )
+    write_results(args.name, rows, notes)
+    rows = [{"readout": method, **row} for method in ("network", "network, maximum pixel")
+            for row in by_neighbour(runs[method], truth)]  # fmt: skip
+    write_results(
+        f"{args.name}_neighbours",
+        rows,
+        "The network's localizations of ThunderSTORM's frames (as in "
+        f"{args.name}.md, tolerance 250 nm) by the lateral distance from each emitter "
+        "to its nearest other emitter in the frame: recall of the emitters in that "
+        "range, and for those matched the lateral RMSE, the median predicted sigma "
+        "and RMS(error / predicted sigma).",
+    )
+
+
+if __name__ == "__main__":
+    main()
