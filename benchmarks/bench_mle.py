@@ -1,8 +1,8 @@
-"""Classical MLE fitter: efficiency against the CRLB, Jaccard versus density, speed, real data.
+"""Classical MLE fitter: efficiency against the CRLB, Jaccard versus density, speed.
 
 Usage: python benchmarks/bench_mle.py [--quick] [--psf PATH] [--seconds S]
 
-Writes five tables under benchmarks/results/ (markdown + JSON):
+Writes four tables under benchmarks/results/ (markdown + JSON):
 
 ``mle_crlb_photons``, ``mle_crlb_z``
     Isolated emitters: ROIs rendered with the PSF (emitter uniform within +-0.5 px of the
@@ -29,11 +29,6 @@ Writes five tables under benchmarks/results/ (markdown + JSON):
     ROI fits per second with 2 torch threads (and with 1) on batches of 3,000 ROIs: Gaussian
     11 px, astigmatic and spline 15 px (3D fits try three starting z values). The accuracy
     parts run on 1 thread (their results do not depend on it).
-``mle_thunderstorm``
-    ``localize_mle`` on ../shared/data/thunderstorm_sim (ThunderSTORM's simulation, 2D
-    Gaussian PSF) against its ground truth; see the table's notes for the ADU -> photons
-    conversion.
-
 ``--quick`` runs tiny sizes (a smoke test of about 20 s) and writes ``mle_quick_*`` tables
 instead. The full run takes about 3-4 minutes on an idle 2-core machine, most of it in the
 spline fits. ``--seconds`` is the timing duration per speed case (at least one batch is
@@ -60,12 +55,11 @@ from denseloc.errors import DenselocError
 from denseloc.evaluate import evaluate
 from denseloc.evaluate.crlb import NoiseModel, add_crlb_columns, crlb
 from denseloc.sim.camera import Camera
-from denseloc.sim.psf import PSF, GaussianPSF
+from denseloc.sim.psf import PSF
 from denseloc.sim.simulator import Simulator, psf_from_config
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 BEADS = DATA / "beads_epfl2016" / "beads_as.tif"
-THUNDERSTORM = DATA / "thunderstorm_sim"
 
 PIXEL_SIZE_NM = 100.0
 BG_PHOTONS = 100.0
@@ -82,11 +76,6 @@ ACCURACY_THREADS = 1
 SPEED_THREADS = (2, 1)
 OUTLIER_BOUNDS = 5.0
 
-# ThunderSTORM simulation: 2.07 ADU per photon (README); baselines tried, the first is used.
-TS_ADU_PER_PHOTON = 2.07
-TS_BASELINES_ADU = (100.0, 132.0)
-
-
 @dataclass(frozen=True)
 class Sizes:
     """How much work each part does."""
@@ -97,11 +86,10 @@ class Sizes:
     z_edges_nm: tuple[int, ...]
     density_frames: int
     speed_rois: int
-    thunderstorm_frames: int | None
 
 
-FULL = Sizes(2000, 800, PHOTONS, Z_EDGES_NM, 20, 3000, None)
-QUICK = Sizes(200, 100, (1000, 10000), (-700, 0, 700), 2, 200, 2)
+FULL = Sizes(2000, 800, PHOTONS, Z_EDGES_NM, 20, 3000)
+QUICK = Sizes(200, 100, (1000, 10000), (-700, 0, 700), 2, 200)
 
 
 @dataclass(frozen=True)
@@ -346,62 +334,6 @@ def speed_rows(cases: list[Case], sizes: Sizes, seconds: float) -> list[dict]:
     return rows
 
 
-# ------------------------------------------------------------------ ThunderSTORM simulation
-
-
-def thunderstorm_rows(sizes: Sizes) -> tuple[list[dict], str]:
-    """localize_mle on the ThunderSTORM simulation, for each baseline tried."""
-    from denseloc.io import open_movie, read_table
-
-    with open_movie(THUNDERSTORM / "frames.tif") as movie:
-        adu = movie[: sizes.thunderstorm_frames]
-    truth = read_table(THUNDERSTORM / "ground_truth.csv", pixel_size_nm=PIXEL_SIZE_NM)
-    truth = truth[truth["frame"] < len(adu)]
-    sigma_px = float(truth["psf_sigma_nm"].median()) / PIXEL_SIZE_NM
-    psf = GaussianPSF(sigma_px)
-    rows = []
-    for baseline in TS_BASELINES_ADU:
-        cam = CameraConfig(
-            kind="ideal", qe=1.0, em_gain=1.0, e_per_adu=1 / TS_ADU_PER_PHOTON,
-            baseline_adu=baseline, read_noise_e=0.0, spurious_charge_e=0.0,
-        )  # fmt: skip
-        photons = Camera.from_config(cam).adu_to_photons(torch.from_numpy(adu.astype(np.float64)))
-        pred = localize_mle(
-            photons, psf, pixel_size_nm=PIXEL_SIZE_NM, noise=NoiseModel.from_camera(cam)
-        )
-        m, _ = evaluate(pred, truth, min_photons=MIN_PHOTONS)
-        bg = float(pred["bg"].median()) if len(pred) else float("nan")
-        rows.append({
-            "baseline_adu": baseline, "frames": len(adu), "psf_sigma_px": round(sigma_px, 3),
-            "gt": len(truth), "predicted": len(pred), "jaccard": m.jaccard, "recall": m.recall,
-            "precision": m.precision, "rmse_lateral_nm": m.rmse_lateral_nm,
-            "bias_x_nm": m.bias_x_nm, "bias_y_nm": m.bias_y_nm,
-            "fitted_bg_photons": bg, "fitted_level_adu": baseline + TS_ADU_PER_PHOTON * bg,
-            "photons_pred_median": float(pred["photons"].median()) if len(pred) else None,
-        })  # fmt: skip
-        print("thunderstorm", rows[-1], flush=True)
-    flat = adu.astype(np.float64)
-    area_um2 = adu.shape[1] * adu.shape[2] * (PIXEL_SIZE_NM / 1000) ** 2
-    notes = (
-        f"ThunderSTORM simulation ({THUNDERSTORM.name}), {len(adu)} frames, "
-        f"{len(truth) / len(adu) / area_um2:.1f} emitters/um^2 per frame, photons "
-        f"{truth['photons'].min():.0f}-{truth['photons'].max():.0f}. "
-        f"ADU -> photons with an ideal camera of {TS_ADU_PER_PHOTON} ADU per photon (qe 1, no "
-        "read noise). The README's offset of about 132 ADU is a fit that includes the "
-        "background, so it is not the camera baseline. Used: baseline 100 ADU (first row), "
-        f"below every pixel of the movie (minimum {flat.min():.0f} ADU, 0.1st percentile "
-        f"{np.percentile(flat, 0.1):.0f} ADU), so no pixel is clipped to negative photons; the "
-        "rest of the constant is fitted as background (fitted_level_adu = baseline + 2.07 x "
-        "the median fitted background), which treats it as Poisson background: a small "
-        "mis-weighting of the likelihood, which should not bias positions. The second row, "
-        "baseline 132 ADU, shows the sensitivity to that choice (pixels below it are clipped to 0 "
-        f"photons). PSF: Gaussian, sigma = median of the ground truth's sigma [nm] "
-        f"({sigma_px:.3f} px). Tolerance 250 nm, ground truth with >= {MIN_PHOTONS:.0f} "
-        "photons counted (all of it here)."
-    )
-    return rows, notes
-
-
 # ------------------------------------------------------------------ PSFs
 
 
@@ -522,17 +454,10 @@ def main() -> None:
             "threads than with 1 (threads stalling each other on a busy machine). " + psf_note,
         )
     t3 = time.perf_counter()
-    if (THUNDERSTORM / "frames.tif").is_file():
-        rows, notes = thunderstorm_rows(sizes)
-        write_results(f"{prefix}_thunderstorm", rows, notes)
-    else:
-        print(f"skipped the ThunderSTORM data: {THUNDERSTORM} not found")
-    t4 = time.perf_counter()
     print(
         f"seconds: crlb {t1 - t0:.0f}, density {t2 - t1:.0f}, speed {t3 - t2:.0f}, "
-        f"thunderstorm {t4 - t3:.0f}, total {t4 - t0:.0f}"
+        f"total {t3 - t0:.0f}"
     )
-
 
 if __name__ == "__main__":
     main()
