@@ -18,6 +18,7 @@ import torch
 from denseloc.config import Config
 from denseloc.errors import DenselocWarning
 from denseloc.io.movie import Movie
+from denseloc.localize.postprocess import Readout
 from denseloc.sim.camera import Camera
 
 __all__ = [
@@ -152,6 +153,7 @@ def localize_movie_network(
     threshold: float | None = None,
     batch_size: int | None = None,
     max_tile_px: int | None = None,
+    readout: Readout = "mixture",
     progress: Callable[[int, int], None] | None = None,
     check: bool = True,
 ) -> pd.DataFrame:
@@ -178,6 +180,9 @@ def localize_movie_network(
         Frames per forward pass (default: about 260k pixels per pass).
     max_tile_px : int, optional
         Frames larger than this are tiled (default 640).
+    readout : {"mixture", "max"}
+        How a detection is read from the output maps, see
+        :func:`denseloc.localize.postprocess.maps_to_table`.
     progress : callable(done, total), optional
         Called after each chunk.
     check : bool
@@ -214,6 +219,7 @@ def localize_movie_network(
                 model, chunk_photons, pixel_size_nm=config.image.pixel_size_nm,
                 frame_offset=start, threshold=threshold, before=before, after=after,
                 batch_size=batch_size, max_tile_px=max_tile_px or MAX_TILE_PX,
+                readout=readout,
             )
         )
         done += len(chunk)
