@@ -76,6 +76,7 @@ ACCURACY_THREADS = 1
 SPEED_THREADS = (2, 1)
 OUTLIER_BOUNDS = 5.0
 
+
 @dataclass(frozen=True)
 class Sizes:
     """How much work each part does."""
@@ -458,6 +459,7 @@ def main() -> None:
         f"seconds: crlb {t1 - t0:.0f}, density {t2 - t1:.0f}, speed {t3 - t2:.0f}, "
         f"total {t3 - t0:.0f}"
     )
+
 
 if __name__ == "__main__":
     main()
