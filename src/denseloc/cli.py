@@ -310,11 +310,11 @@ def localize(
         str, typer.Option(help="network: frames per forward pass, or auto (~260k px per pass).")
     ] = "auto",
     readout: Annotated[
-        str,
+        str | None,
         typer.Option(help="network: mixture (the 3x3 pixels around each detection; calibrated "
                      "sigmas at 0.1-2 emitters/um^2) | max (its own pixel; at 6 emitters/um^2 "
-                     "a fifth smaller errors, but sigmas too small)."),
-    ] = "mixture",
+                     "a fifth smaller errors, but sigmas too small). Default: mixture."),
+    ] = None,
     max_sigma_nm: Annotated[
         float | None,
         typer.Option(help="Drop localizations with lateral sigma sqrt(sx^2 + sy^2) above this."),
@@ -339,6 +339,9 @@ def localize(
     if method not in ("network", "mle"):
         raise DenselocError(f"unknown method {method!r}; available: network, mle")
     readouts = get_args(Readout)
+    if method == "mle" and readout is not None:
+        raise DenselocError("--readout applies to --method network only")
+    readout = readout or "mixture"
     if readout not in readouts:
         raise DenselocError(f"unknown readout {readout!r}; available: {', '.join(readouts)}")
     batch = _batch_size(batch_size)
@@ -425,7 +428,7 @@ def _network_config(model: str, device: str, camera: str | None, pixel_size_nm: 
     """Load a trained model; the data's settings are the model's unless flags say otherwise."""
     from denseloc._runtime import configure_cpu, select_device
     from denseloc.calibration import resolve_builtin
-    from denseloc.localize.pipeline import check_model_matches
+    from denseloc.localize.pipeline import MISMATCH_ADVICE, check_model_matches
     from denseloc.train.artifact import TrainedModel
 
     dev = select_device(device)
@@ -453,8 +456,7 @@ def _network_config(model: str, device: str, camera: str | None, pixel_size_nm: 
         cfg = cfg.model_copy(update={"image": cfg.image.model_copy(
             update={"pixel_size_nm": pixel_size_nm})})
     for problem in [*check_model_matches(trained.config, cfg), *changed]:
-        typer.secho(f"warning: {problem}; results will be unreliable - train a model for "
-                    "your microscope (denseloc train)", fg=typer.colors.YELLOW, err=True)
+        typer.secho(f"warning: {problem}; {MISMATCH_ADVICE}", fg=typer.colors.YELLOW, err=True)
     return trained, cfg
 
 

@@ -217,6 +217,7 @@ def test_cli_sigma_filter_grouping_and_bad_flags(movie, tmp_path) -> None:
     assert top["sigma_x_nm"].median() < 0.9 * full["sigma_x_nm"].median()
     bad = [
         (["--readout", "centre"], "unknown readout 'centre'; available: mixture, max"),
+        (["--method", "mle", "--readout", "max"], "--readout applies to --method network only"),
         (["--batch-size", "zero"], "--batch-size must be auto or a positive integer"),
         (["--sigma-quantile", "1.5"], "quantile must be in (0, 1]"),
         (["--frames", "50:60"], "selects no frame"),

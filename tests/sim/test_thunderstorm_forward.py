@@ -19,6 +19,7 @@ import torch
 from denseloc.config import load_config
 from denseloc.io import open_movie, read_table
 from denseloc.sim.psf import GaussianPSF, render_patches
+from denseloc.table import nm_to_px
 
 CONFIG = Path(__file__).resolve().parents[2] / "benchmarks" / "configs" / "thunderstorm.yaml"
 PIXEL_SIZE_NM = 100.0
@@ -42,16 +43,17 @@ def expected_photons(
     sigma_px = (truth["psf_sigma_nm"].to_numpy() / PIXEL_SIZE_NM / 0.002).round() * 0.002
     for sigma in np.unique(sigma_px):
         rows = truth[sigma_px == sigma]
-        x, y, photons = (
-            torch.tensor(rows[name].to_numpy(), dtype=torch.float64)
-            for name in ("x_nm", "y_nm", "photons")
+        x_px, y_px = (
+            torch.tensor(nm_to_px(rows[name].to_numpy(), PIXEL_SIZE_NM), dtype=torch.float64)
+            for name in ("x_nm", "y_nm")
         )
+        photons = torch.tensor(rows["photons"].to_numpy(), dtype=torch.float64)
         render_patches(
             GaussianPSF(float(sigma) * sigma_scale),
             torch.tensor(rows["frame"].to_numpy()),
-            x / PIXEL_SIZE_NM - 0.5 + shift_px[0],
-            y / PIXEL_SIZE_NM - 0.5 + shift_px[1],
-            torch.zeros_like(x),
+            x_px + shift_px[0],
+            y_px + shift_px[1],
+            torch.zeros_like(x_px),
             photons,
             shape,
             size=11,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -18,8 +19,10 @@ import torch
 from denseloc.config import Config
 from denseloc.errors import DenselocWarning
 from denseloc.io.movie import Movie
-from denseloc.localize.postprocess import Readout
 from denseloc.sim.camera import Camera
+
+if TYPE_CHECKING:
+    from denseloc.localize.postprocess import Readout
 
 __all__ = [
     "auto_chunk_frames",
@@ -30,6 +33,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+MISMATCH_ADVICE = "results will be unreliable - train a model for your microscope (denseloc train)"
+"""Said after each problem :func:`check_model_matches` finds."""
 
 _PIXELS_PER_CHUNK = 2**22
 
@@ -138,7 +144,7 @@ def check_model_matches(model_config: Config, config: Config) -> list[str]:
     elif model_config.camera.has_maps and not config.camera.has_maps:
         problems.append(
             "the model was trained with the camera's per-pixel maps, but the data's camera "
-            "settings have none (pass --camera with a YAML that gives them)"
+            "settings have none (give a camera configuration with them: --camera CAMERA.yaml)"
         )
     return problems
 
@@ -198,8 +204,7 @@ def localize_movie_network(
     if check:
         problems = check_model_matches(model.config, config)
         for problem in [*problems, *model.changed_inputs(config, prefix="camera.")]:
-            warnings.warn(f"{problem}; results will be unreliable - train a model for this "
-                          "microscope", DenselocWarning, stacklevel=2)
+            warnings.warn(f"{problem}; {MISMATCH_ADVICE}", DenselocWarning, stacklevel=2)
     frames = frames or range(len(movie))
     _, height, width = movie.shape
     camera = Camera.from_config(config.camera, (height, width))
