@@ -107,6 +107,7 @@ def test_psf_width_is_the_pixel_integrated_equivalent(thunderstorm) -> None:
 def test_camera_gain_noise_and_background_match_the_configuration(thunderstorm) -> None:
     adu, truth = thunderstorm
     config = load_config(CONFIG)
+    assert config.image.pixel_size_nm == PIXEL_SIZE_NM
     camera = config.camera
     median_sigma_px = truth["psf_sigma_nm"].median() / PIXEL_SIZE_NM
     mu = expected_photons(truth, adu.shape, sigma_scale=config.psf.sigma_px / median_sigma_px)
