@@ -28,8 +28,6 @@ class Batch:
 
     Attributes
     ----------
-    inputs : Tensor of shape (B, C, H, W)
-        Scaled input frames.
     targets : Tensor of shape (B, K, 4)
         Central-frame emitters (photons, x_px, y_px, z) in network units, padded.
     mask : Tensor of shape (B, K), bool
@@ -48,7 +46,6 @@ class Batch:
         consecutive, except where ``train.edge_windows`` replicated the central frame.
     """
 
-    inputs: torch.Tensor
     targets: torch.Tensor
     mask: torch.Tensor
     bg: torch.Tensor
@@ -56,6 +53,15 @@ class Batch:
     background_photons: torch.Tensor
     frames: torch.Tensor
     windows: torch.Tensor
+
+    @property
+    def inputs(self) -> torch.Tensor:
+        """The samples' scaled frames, (B, context_frames, H, W): ``frames[windows]``.
+
+        A copy, made on use; training steps pass `frames` and `windows` to
+        :meth:`~denseloc.nn.model.DecodeNet.forward_windows` instead.
+        """
+        return self.frames[self.windows]
 
 
 def _check_trainable(config: Config, frame_size_px: int) -> None:
@@ -210,7 +216,6 @@ class TrainingData:
             index[:, 0] = torch.where(replace[:, 0], centre, index[:, 0])
             index[:, -1] = torch.where(replace[:, 1], centre, index[:, -1])
         return Batch(
-            inputs=frames[index],
             targets=targets,
             mask=mask,
             bg=movies.background[movie] / scaling.bg_photons,

@@ -91,7 +91,7 @@ def _validation_truth(batches: list[Batch], data: TrainingData) -> pd.DataFrame:
         table["frame"] += offset
         table["bg"] = bg
         tables.append(table)
-        offset += batch.inputs.shape[0]
+        offset += len(batch.windows)
     truth = pd.concat(tables, ignore_index=True)
     return add_crlb_columns(truth, data.config)
 
@@ -284,7 +284,7 @@ class Trainer:
         losses = []
         offset = 0
         for batch in batches:
-            n = batch.inputs.shape[0]
+            n = len(batch.windows)
             losses.append(float(self._loss(outputs[offset:offset + n], batch)))
             offset += n
         metrics = evaluate_batches(outputs, truth, self.val_data, 0.5,
