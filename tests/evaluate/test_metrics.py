@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from denseloc.evaluate import Metrics, evaluate, metrics_from_pairs, plot_evaluation
+from denseloc.evaluate import Metrics, evaluate, metrics_from_pairs, plot_evaluation, sigma_scale
 
 # Gaussian probabilities P(|Z| <= 1), P(|Z| <= 2), P(|Z| <= 4).
 P1, P2, P4 = math.erf(1 / math.sqrt(2)), math.erf(2 / math.sqrt(2)), math.erf(4 / math.sqrt(2))
@@ -266,6 +266,33 @@ def test_doubled_sigmas_score_as_overestimated():
             P2, abs=4 * math.sqrt(P2 * (1 - P2) / n)
         )
         assert getattr(m, f"within_2sigma_{axis}") == pytest.approx(P4, abs=2e-3)
+
+
+def test_sigma_scale_recovers_a_miscalibration_and_removes_it():
+    # Sigmas predicted 2.5 times too small in x, 0.6 times in y (too large), right in z; the
+    # photon errors are drawn with sd 40 against a predicted 20.
+    pred, gt, _ = calibrated_case(seed=8)
+    pred["sigma_x_nm"] /= 2.5
+    pred["sigma_y_nm"] /= 0.6
+    rng = np.random.default_rng(9)
+    gt["photons"] = rng.uniform(1000, 5000, len(gt))
+    pred["photons"] = gt["photons"] + rng.normal(0, 40.0, len(gt))
+    pred["sigma_photons"] = 20.0
+    _, pairs = evaluate(pred, gt)
+    factors = sigma_scale(pairs)
+    n = len(pairs)
+    # RMS(z) of calibrated errors has standard error 1 / sqrt(2 n), times the factor.
+    for axis, truth in (("x", 2.5), ("y", 0.6), ("z", 1.0), ("photons", 2.0)):
+        assert factors[axis] == pytest.approx(truth, abs=4 * truth / math.sqrt(2 * n))
+    for axis in "xyz":
+        pred[f"sigma_{axis}_nm"] *= factors[axis]
+    m, _ = evaluate(pred, gt)
+    assert (m.z_score_rms_x, m.z_score_rms_y, m.z_score_rms_z) == pytest.approx((1, 1, 1))
+    # Without the columns an axis needs, its factor is 1; unknown axes are refused.
+    assert sigma_scale(pairs.drop(columns=["sigma_photons", "sigma_z_nm"])) == pytest.approx(
+        {"photons": 1.0, "x": factors["x"], "y": factors["y"], "z": 1.0})
+    with pytest.raises(ValueError, match="unknown axis"):
+        sigma_scale(pairs, axes=("r",))
 
 
 def test_crlb_ratio_of_an_efficient_estimator_is_one():

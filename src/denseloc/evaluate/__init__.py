@@ -6,7 +6,7 @@ and uncertainty calibration (:func:`evaluate`, :class:`Metrics`) and plot the er
 """
 
 from denseloc.evaluate.match import Matching, MatchMethod, match
-from denseloc.evaluate.metrics import Metrics, evaluate, metrics_from_pairs
+from denseloc.evaluate.metrics import Metrics, evaluate, metrics_from_pairs, sigma_scale
 from denseloc.evaluate.plots import plot_evaluation
 
 __all__ = [
@@ -17,4 +17,5 @@ __all__ = [
     "match",
     "metrics_from_pairs",
     "plot_evaluation",
+    "sigma_scale",
 ]

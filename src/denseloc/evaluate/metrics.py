@@ -35,7 +35,7 @@ import pandas as pd
 
 from denseloc.evaluate.match import Matching, MatchMethod, _as_table, _check_args, match
 
-__all__ = ["Metrics", "evaluate", "metrics_from_pairs"]
+__all__ = ["Metrics", "evaluate", "metrics_from_pairs", "sigma_scale"]
 
 _AXES = ("x", "y", "z")
 _ALPHA_LATERAL_PER_NM = 1.0
@@ -173,7 +173,8 @@ def evaluate(
         ``pred_index`` (positional rows of `gt` and `pred`), ``{x,y,z}_gt_nm``,
         ``{x,y,z}_pred_nm``, errors ``d{x,y,z}_nm`` (prediction minus ground truth), then,
         when present in the inputs, ``sigma_{x,y,z}_nm`` (predicted), ``photons_gt``,
-        ``photons_pred`` and ``crlb_{x,y,z}_nm`` (ground truth).
+        ``photons_pred``, ``sigma_photons`` (predicted) and ``crlb_{x,y,z}_nm`` (ground
+        truth).
     """
     _check_args(tol_lateral_nm, tol_axial_nm, method)
     pred = _as_table(pred, "pred")
@@ -254,6 +255,46 @@ def metrics_from_pairs(pairs: pd.DataFrame, *, n_pred: int, n_gt: int) -> Metric
     )
 
 
+def sigma_scale(
+    pairs: pd.DataFrame, axes: tuple[str, ...] = ("photons", "x", "y", "z")
+) -> dict[str, float]:
+    """The factors that calibrate predicted sigmas: ``RMS(error / sigma)`` per axis.
+
+    Multiplying every predicted sigma of an axis by its factor makes ``RMS(error / sigma)``
+    exactly 1 on `pairs`; for Normal errors whose standard deviations are proportional to the
+    predicted ones, it is the maximum-likelihood estimate of that proportion.
+
+    Parameters
+    ----------
+    pairs : DataFrame
+        Matched pairs from :func:`evaluate`: ``d{x,y,z}_nm`` and ``sigma_{x,y,z}_nm``; for
+        ``photons``, ``photons_pred``, ``photons_gt`` and ``sigma_photons``.
+    axes : tuple of str
+        Any of ``photons``, ``x``, ``y``, ``z``.
+
+    Returns
+    -------
+    dict
+        One factor per axis; 1 for an axis without a pair that has a finite, positive sigma.
+    """
+    factors = {}
+    for axis in axes:
+        if axis == "photons":
+            columns = ("photons_pred", "photons_gt", "sigma_photons")
+        elif axis in _AXES:
+            columns = (f"d{axis}_nm", f"sigma_{axis}_nm")
+        else:
+            raise ValueError(f"unknown axis {axis!r}; expected photons, x, y or z")
+        z_rms = None
+        if all(name in pairs.columns for name in columns):
+            error = pairs[columns[0]].to_numpy(dtype=float)
+            if axis == "photons":
+                error = error - pairs["photons_gt"].to_numpy(dtype=float)
+            z_rms = _calibration(error, pairs, columns[-1])[1]
+        factors[axis] = z_rms if z_rms else 1.0
+    return factors
+
+
 def _pair_table(pred: pd.DataFrame, gt: pd.DataFrame, matching: Matching) -> pd.DataFrame:
     """List matched pairs with positions, errors and the optional per-pair columns."""
     g = gt.iloc[matching.gt_index].reset_index(drop=True)
@@ -276,6 +317,8 @@ def _pair_table(pred: pd.DataFrame, gt: pd.DataFrame, matching: Matching) -> pd.
         out["photons_gt"] = g["photons"]
     if "photons" in p.columns:
         out["photons_pred"] = p["photons"]
+    if "sigma_photons" in p.columns:
+        out["sigma_photons"] = p["sigma_photons"]
     for axis in _AXES:
         if f"crlb_{axis}_nm" in g.columns:
             out[f"crlb_{axis}_nm"] = pd.to_numeric(g[f"crlb_{axis}_nm"]).astype(float)
