@@ -261,3 +261,31 @@ def test_camera_flags_adjust_the_models_camera() -> None:
     with pytest.raises(DenselocError, match="--baseline would have no effect"):
         _camera_config(None, {**flags, "baseline_adu": 200.0}, default=mapped)
     assert _camera_config(None, {**flags, "qe": 0.7}, default=mapped).qe == 0.7
+
+
+def test_train_writes_a_model_folder_and_resumes(tmp_path) -> None:
+    from denseloc.train.artifact import TrainedModel
+
+    cfg = Config.model_validate({
+        "image": {"size_px": 16},
+        "emitters": {"density_per_um2": 2.0},
+        "model": {"filters": 4, "depth": 1},
+        "train": {"frame_size_px": 16, "batch_size": 4, "steps_per_epoch": 20,
+                  "validation_samples": 16, "warmup_steps": 2, "threads": 1},
+    })
+    (tmp_path / "cfg.yaml").write_text(cfg.to_yaml())
+    model = tmp_path / "m"
+    result = run("train", str(tmp_path / "cfg.yaml"), "--out", str(model), "--epochs", "1",
+                 "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    loaded = TrainedModel.load(model)
+    assert loaded.summary["epochs"] == 1 and loaded.config == cfg
+    factors = loaded.sigma_scale["mixture"]
+    assert (f"predicted sigmas scaled by their validation RMS(error / sigma): photons "
+            f"{factors['photons']:.2f}, x {factors['x']:.2f}") in result.output
+    result = run("train", str(tmp_path / "cfg.yaml"), "--out", str(model), "--epochs", "2",
+                 "--device", "cpu", "--resume")
+    assert result.exit_code == 0, result.output
+    assert TrainedModel.load(model).summary["epochs"] == 2
+    result = run("train", str(tmp_path / "cfg.yaml"), "--out", str(model))
+    assert result.exit_code != 0 and "give --minutes or --epochs" in result.output

@@ -311,9 +311,10 @@ def localize(
     ] = "auto",
     readout: Annotated[
         str | None,
-        typer.Option(help="network: mixture (the 3x3 pixels around each detection; calibrated "
-                     "sigmas at 0.1-2 emitters/um^2) | max (its own pixel; at 6 emitters/um^2 "
-                     "a fifth smaller errors, but sigmas too small). Default: mixture."),
+        typer.Option(help="network: mixture (the 3x3 pixels around each detection) | max (its "
+                     "own pixel; at 6 emitters/um^2 a fifth smaller errors). Either way the "
+                     "sigmas are scaled by the model's factors for that readout, fitted on its "
+                     "validation set. Default: mixture."),
     ] = None,
     max_sigma_nm: Annotated[
         float | None,
@@ -607,6 +608,9 @@ def train(
         f"saved {out}: threshold {model.threshold:.2f}, validation Jaccard {val['jaccard']:.3f}, "
         f"RMSE lateral {_nm(val['rmse_lateral_nm'])}, axial {_nm(val['rmse_axial_nm'])}"
     )
+    factors = ", ".join(f"{axis} {value:.2f}"
+                        for axis, value in model.sigma_scale.get("mixture", {}).items())
+    typer.echo(f"predicted sigmas scaled by their validation RMS(error / sigma): {factors}")
 
 
 def _nm(value: float | None) -> str:

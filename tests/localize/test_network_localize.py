@@ -229,7 +229,8 @@ def test_cli_sigma_filter_grouping_and_bad_flags(movie, tmp_path) -> None:
         assert not out.exists()
 
 
-@pytest.mark.parametrize("damage", ["no threshold", "bad architecture", "html weights"])
+@pytest.mark.parametrize("damage", ["no threshold", "bad architecture", "html weights",
+                                    "negative sigma factor", "sigma factors of a new readout"])
 def test_damaged_model_folder_is_a_clear_error(bundled, tmp_path, damage: str) -> None:
     import shutil
 
@@ -244,12 +245,50 @@ def test_damaged_model_folder_is_a_clear_error(bundled, tmp_path, damage: str) -
         del meta["threshold"]
     elif damage == "bad architecture":
         meta["architecture"] = "16 filters"
+    elif damage == "negative sigma factor":
+        meta["sigma_scale"] = {"mixture": {"x": -1.0}}
+    elif damage == "sigma factors of a new readout":
+        meta["sigma_scale"] = {"centroid": {"x": 1.0}}
     else:
         (folder / "weights.pt").write_text("<html>404 Not Found</html>")
     (folder / "model.yaml").write_text(yaml.safe_dump(meta))
     target = "weights.pt" if damage == "html weights" else "model.yaml"
     with pytest.raises(InputFileError, match=target):
         TrainedModel.load(folder)
+
+
+@pytest.mark.parametrize("readout", ["mixture", "max"])
+def test_the_model_folders_sigma_factors_scale_its_sigmas(bundled, movie, tmp_path,
+                                                          readout) -> None:
+    import shutil
+
+    import yaml
+
+    from denseloc.localize.network import predict_frames
+    from denseloc.sim.camera import Camera
+    from denseloc.train.artifact import TrainedModel
+
+    folder = shutil.copytree(bundled[0], tmp_path / "m")
+    meta = yaml.safe_load((folder / "model.yaml").read_text())
+    factors = {"photons": 1.0, "x": 1.0, "y": 1.0, "z": 1.0}
+    factors.update(meta.get("sigma_scale", {}).get(readout, {}))
+    meta["sigma_scale"] = {readout: {"photons": 3 * factors["photons"], "x": 2 * factors["x"],
+                                     "y": factors["y"], "z": 0.5 * factors["z"]}}
+    (folder / "model.yaml").write_text(yaml.safe_dump(meta))
+    path, cfg, _ = movie
+    with open_movie(path) as mv:
+        photons = Camera.from_config(cfg.camera, mv.shape[1:]).adu_to_photons(
+            torch.from_numpy(np.asarray(mv[:6], dtype=np.float32)))
+    px = cfg.image.pixel_size_nm
+    ours = predict_frames(bundled[1], photons, pixel_size_nm=px, readout=readout)
+    theirs = predict_frames(TrainedModel.load(folder), photons, pixel_size_nm=px,
+                            readout=readout)
+    assert len(ours) > 10
+    pd.testing.assert_frame_equal(theirs.drop(columns=theirs.filter(like="sigma_").columns),
+                                  ours.drop(columns=ours.filter(like="sigma_").columns))
+    for column, ratio in (("sigma_photons", 3), ("sigma_x_nm", 2), ("sigma_y_nm", 1),
+                          ("sigma_z_nm", 0.5)):
+        np.testing.assert_allclose(theirs[column], ratio * ours[column], rtol=1e-9)
 
 
 def test_a_single_frame_network_reads_each_frame_alone(bundled) -> None:

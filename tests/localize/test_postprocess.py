@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -115,6 +116,27 @@ def test_each_frame_reads_its_own_maps() -> None:
     assert table.x_nm[1] == pytest.approx((mean + 0.5) * PX, rel=1e-6)
     assert table.sigma_x_nm[1] == pytest.approx(
         np.sqrt(w @ (sd**2 + (mu - mean) ** 2)) * PX, rel=1e-6)
+
+
+@pytest.mark.parametrize("readout", ["mixture", "max"])
+def test_sigma_scale_multiplies_each_axis_sigma_and_nothing_else(readout) -> None:
+    out = _maps()
+    out[0, 0, 4, 4], out[0, 0, 4, 5] = _logit(0.6), _logit(0.3)
+    out[0, 1:9, 4, 5] = torch.tensor([0.7, -0.4, 0.2, -0.1, 0.2, 0.15, 0.08, 0.05],
+                                     dtype=torch.float64)
+    raw = maps_to_table(out, SCALING, pixel_size_nm=PX, readout=readout)
+    factors = {"photons": 1.5, "x": 0.6, "y": 2.0, "z": 0.8}
+    scaled = maps_to_table(out, SCALING, pixel_size_nm=PX, readout=readout,
+                           sigma_scale=factors)
+    for column, axis in (("sigma_photons", "photons"), ("sigma_x_nm", "x"),
+                         ("sigma_y_nm", "y"), ("sigma_z_nm", "z")):
+        np.testing.assert_allclose(scaled[column], raw[column] * factors[axis], rtol=1e-12)
+    others = [c for c in raw.columns if not c.startswith("sigma_")]
+    pd.testing.assert_frame_equal(scaled[others], raw[others])
+    # Missing axes keep their sigma.
+    partial = maps_to_table(out, SCALING, pixel_size_nm=PX, readout=readout,
+                            sigma_scale={"x": 0.6})
+    pd.testing.assert_series_equal(partial["sigma_y_nm"], raw["sigma_y_nm"])
 
 
 def test_unknown_readout_is_an_error() -> None:

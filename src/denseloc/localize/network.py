@@ -192,7 +192,8 @@ def predict_frames(
     """Localizations in frames (T, H, W) given in photons, with the model's threshold.
 
     Frames larger than `max_tile_px` are processed in overlapping tiles (see the module
-    docstring). `readout` is passed to :func:`~denseloc.localize.postprocess.maps_to_table`.
+    docstring). `readout` is passed to :func:`~denseloc.localize.postprocess.maps_to_table`,
+    with the model's factors that calibrate the sigmas for that readout.
     Rows are sorted by frame, then y, then x.
     """
     _, height, width = photons.shape
@@ -225,6 +226,7 @@ def predict_frames(
                     origin_px=(row0, col0),
                     core=core,
                     readout=readout,
+                    sigma_scale=model.sigma_scale.get(readout),
                 )
             )
     table = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)

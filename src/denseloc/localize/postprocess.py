@@ -16,10 +16,17 @@ the sigmas 1.2-1.9 times too small, more so at high density; the mixture's are c
 slightly more accurate (``benchmarks/results/training_default_f16_final.md``). The background
 is read at the detection's pixel (NaN for a model without a background head); ``p`` is the
 integrated probability above.
+
+Sigma factors: a model folder records, per readout, the factors by axis that make its sigmas
+calibrated on its validation set (RMS(error / sigma) over the matched validation emitters,
+:func:`denseloc.train.trainer.calibrate_sigmas`); ``sigma_scale`` applies them. The mixture's
+factors are close to 1 for the bundled model, but not for every network: one trained for 6
+emitters/um^2 predicts mixture sigmas 1.6-1.7 times too large.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Literal, get_args
 
 import numpy as np
@@ -35,6 +42,7 @@ Readout = Literal["mixture", "max"]
 """How a detection's values and sigmas are read from the output maps."""
 
 _CANDIDATE_P = 0.05
+_READOUT_AXES = ("photons", "x", "y", "z")  # the columns of _mixture_readout's arrays
 
 
 def spatial_integration(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,6 +72,7 @@ def maps_to_table(
     origin_px: tuple[int, int] = (0, 0),
     core: tuple[slice, slice] | None = None,
     readout: Readout = "mixture",
+    sigma_scale: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """Localizations from network output (B, 10, H, W).
 
@@ -88,6 +97,10 @@ def maps_to_table(
         Photons, position and their sigmas from the 3x3 mixture around each detection
         (default, see the module docstring) or from its maximum pixel alone (DECODE's
         readout). The background is always read at the maximum.
+    sigma_scale : mapping, optional
+        Factors for the predicted sigmas by axis (``photons``, ``x``, ``y``, ``z``; missing
+        axes 1), as a model folder records them for each readout (``Trainer.finish`` fits them
+        on validation data).
     """
     if readout not in get_args(Readout):
         raise ValueError(f"readout must be one of {get_args(Readout)}, got {readout!r}")
@@ -103,6 +116,8 @@ def maps_to_table(
         keep &= inside
     b, row, col = torch.nonzero(keep, as_tuple=True)
     mean, sd = _mixture_readout(output, p, b, row, col, centre_only=readout == "max")
+    if sigma_scale:
+        sd = sd * np.array([float(sigma_scale.get(axis, 1.0)) for axis in _READOUT_AXES])
     vals = output[b, :, row, col].cpu().double().numpy()  # (N, 10)
     frame_of = np.arange(output.shape[0]) if frames is None else np.asarray(frames)
     x_px = col.cpu().numpy() + mean[:, 1] + origin_px[1]

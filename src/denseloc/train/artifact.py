@@ -5,7 +5,8 @@ Layout::
     MODEL_DIR/
       config.yaml        simulation, camera, PSF, architecture and training settings
       model.yaml         architecture, network units (scaling), detection threshold, summary,
-                         SHA-256 of the files config.yaml names (sCMOS maps, PSF calibration)
+                         SHA-256 of the files config.yaml names (sCMOS maps, PSF calibration),
+                         the factors that calibrate the predicted sigmas (per readout)
       weights.pt         state dict of the network
       training_log.csv   one row per epoch (written by the trainer)
       curves.png         training curves
@@ -17,11 +18,12 @@ Load it with :meth:`TrainedModel.load`; only files the package wrote are read.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 import yaml
@@ -30,6 +32,7 @@ from denseloc import __version__
 from denseloc._atomic import atomic_path
 from denseloc.config import Config, changed_inputs, load_config
 from denseloc.errors import InputFileError
+from denseloc.localize.postprocess import Readout
 from denseloc.nn.model import DecodeNet, Scaling
 
 __all__ = ["MODEL_FORMAT", "TrainedModel"]
@@ -49,6 +52,10 @@ class TrainedModel:
     inputs: dict[str, str] = field(default_factory=dict)
     """SHA-256 of the files the configuration reads (sCMOS maps, PSF calibration) as they
     were when training started; see :meth:`changed_inputs`."""
+    sigma_scale: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per readout (``mixture``, ``max``), the factors by axis (``photons``, ``x``, ``y``,
+    ``z``) that calibrate the predicted sigmas, fitted on validation data by
+    :meth:`~denseloc.train.trainer.Trainer.finish`; empty (factors 1) for older models."""
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write config.yaml, model.yaml and weights.pt into `directory`."""
@@ -67,6 +74,7 @@ class TrainedModel:
             "threshold": float(self.threshold),
             "summary": self.summary,
             "inputs": self.inputs,
+            "sigma_scale": self.sigma_scale,
         }
         with atomic_path(directory / "model.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(meta, sort_keys=False))
@@ -92,7 +100,8 @@ class TrainedModel:
             net = DecodeNet(**meta["architecture"])
             scaling = Scaling(**meta["scaling"])
             threshold = float(meta["threshold"])
-        except (KeyError, TypeError, ValueError) as exc:
+            sigma_scale = _sigma_scale(meta.get("sigma_scale") or {})
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputFileError(meta_path, f"incomplete or damaged ({exc!r})") from None
         try:
             state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
@@ -105,6 +114,7 @@ class TrainedModel:
         return cls(
             net=net, scaling=scaling, config=config, threshold=threshold,
             summary=meta.get("summary") or {}, inputs=meta.get("inputs") or {},
+            sigma_scale=sigma_scale,
         )
 
     def changed_inputs(self, config: Config | None = None, prefix: str = "") -> list[str]:
@@ -114,3 +124,16 @@ class TrainedModel:
         (``"camera."``) only those fields are read. See :func:`denseloc.config.changed_inputs`.
         """
         return changed_inputs(config or self.config, self.inputs, prefix)
+
+
+def _sigma_scale(raw: dict) -> dict[str, dict[str, float]]:
+    """model.yaml's sigma factors, checked: finite and positive, for known axes."""
+    out = {}
+    for readout, factors in raw.items():
+        if readout not in get_args(Readout):
+            raise ValueError(f"sigma_scale for unknown readout {readout!r}")
+        out[readout] = {str(axis): float(value) for axis, value in factors.items()}
+        for axis, value in out[readout].items():
+            if axis not in ("photons", "x", "y", "z") or not 0 < value < math.inf:
+                raise ValueError(f"sigma_scale.{readout}.{axis} = {value}")
+    return out

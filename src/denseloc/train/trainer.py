@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import numpy as np
 import pandas as pd
@@ -33,15 +33,20 @@ from denseloc._atomic import atomic_path
 from denseloc._runtime import configure_cpu, select_device
 from denseloc.config import Config, input_digests
 from denseloc.errors import DenselocError
+from denseloc.localize.postprocess import Readout
 from denseloc.nn.loss import detection_bce, gmm_loss
 from denseloc.nn.model import DecodeNet
 from denseloc.train.artifact import TrainedModel
 from denseloc.train.data import Batch, TrainingData
 
+if TYPE_CHECKING:
+    from denseloc.evaluate import Metrics
+
 __all__ = [
     "Trainer",
     "TrainingDiverged",
     "TrainingStalled",
+    "calibrate_sigmas",
     "evaluate_batches",
     "tune_threshold",
 ]
@@ -123,6 +128,24 @@ def predict_batches(net: DecodeNet, batches: list[Batch], channels_last: bool) -
     return torch.cat(outs)
 
 
+def _validation_pairs(
+    outputs: torch.Tensor,
+    truth: pd.DataFrame,
+    data: TrainingData,
+    threshold: float,
+    *,
+    min_photons: float | None = None,
+    readout: Readout = "mixture",
+) -> tuple[Metrics, pd.DataFrame]:
+    """Metrics and matched pairs of network outputs against the validation truth."""
+    from denseloc.evaluate import evaluate
+    from denseloc.localize.postprocess import maps_to_table
+
+    pred = maps_to_table(outputs, data.scaling, pixel_size_nm=data.config.image.pixel_size_nm,
+                         threshold=threshold, readout=readout)
+    return evaluate(pred, truth, min_photons=min_photons)
+
+
 def evaluate_batches(
     outputs: torch.Tensor,
     truth: pd.DataFrame,
@@ -132,14 +155,33 @@ def evaluate_batches(
     min_photons: float | None = None,
 ) -> dict[str, Any]:
     """Metrics (as a dict) of network outputs against the validation truth."""
-    from denseloc.evaluate import evaluate
-    from denseloc.localize.postprocess import maps_to_table
-
-    pred = maps_to_table(
-        outputs, data.scaling, pixel_size_nm=data.config.image.pixel_size_nm, threshold=threshold
-    )
-    metrics, _ = evaluate(pred, truth, min_photons=min_photons)
+    metrics, _ = _validation_pairs(outputs, truth, data, threshold, min_photons=min_photons)
     return metrics.to_dict()
+
+
+def calibrate_sigmas(
+    outputs: torch.Tensor,
+    truth: pd.DataFrame,
+    data: TrainingData,
+    threshold: float,
+    *,
+    min_photons: float | None = None,
+) -> dict[str, dict[str, float]]:
+    """Per readout, the factors that make the predicted sigmas calibrated on validation data.
+
+    Each factor is RMS(error / predicted sigma) over the matched, counted validation emitters
+    (:func:`denseloc.evaluate.sigma_scale`); z only for a 3D PSF.
+    """
+    from denseloc.evaluate import sigma_scale
+
+    axes = ("photons", "x", "y", "z") if data.sim.psf.is_3d else ("photons", "x", "y")
+    factors = {}
+    for readout in get_args(Readout):
+        _, pairs = _validation_pairs(outputs, truth, data, threshold, min_photons=min_photons,
+                                     readout=readout)
+        factors[readout] = {axis: round(value, 4)
+                            for axis, value in sigma_scale(pairs, axes).items()}
+    return factors
 
 
 def tune_threshold(
@@ -502,11 +544,18 @@ class Trainer:
         plot_training_curves(rows, self.out_dir / "curves.png")
 
     def finish(self) -> TrainedModel:
-        """Tune the detection threshold on validation data and save the model folder."""
+        """Tune the detection threshold, fit the sigma factors and save the model folder.
+
+        Both come from the validation set: the threshold that maximises its Jaccard index,
+        then, at that threshold, the factors of :func:`calibrate_sigmas`. The summary's
+        validation metrics are those at the tuned threshold, with the sigmas as predicted.
+        """
         batches, truth = self.validation_set()
         outputs = predict_batches(self.net, batches, self.channels_last)
         threshold, metrics = tune_threshold(outputs, truth, self.val_data,
                                             min_photons=self._counted_photons)
+        sigma_scale = calibrate_sigmas(outputs, truth, self.val_data, threshold,
+                                       min_photons=self._counted_photons)
         net = DecodeNet(**self.config.model.model_dump())
         net.load_state_dict({k: v.cpu() for k, v in self.net.state_dict().items()})
         model = TrainedModel(
@@ -515,6 +564,7 @@ class Trainer:
             config=self.config,
             threshold=threshold,
             inputs=self.inputs,
+            sigma_scale=sigma_scale,
             summary={
                 "epochs": self.state.epoch,
                 "steps": self.state.step,
