@@ -289,3 +289,33 @@ def test_train_writes_a_model_folder_and_resumes(tmp_path) -> None:
     assert TrainedModel.load(model).summary["epochs"] == 2
     result = run("train", str(tmp_path / "cfg.yaml"), "--out", str(model))
     assert result.exit_code != 0 and "give --minutes or --epochs" in result.output
+
+
+def test_evaluate_warns_when_the_simulations_psf_file_changed(tmp_path, monkeypatch) -> None:
+    import shutil
+
+    import h5py
+
+    from denseloc.calibration import resolve_builtin
+    from denseloc.sim.simulator import simulate_movie
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(resolve_builtin("denseloc:psf_epfl_beads_as.h5"), "psf.h5")
+    cfg = Config.model_validate({"image": {"size_px": 24}, "simulation": {"n_frames": 3},
+                                 "psf": {"kind": "file", "path": "psf.h5"}})
+    paths = simulate_movie(cfg, tmp_path / "sim")  # a relative path, from Python
+    saved = load_config(paths["config"])
+    assert saved.psf.path == (tmp_path / "psf.h5").resolve()  # not sim/psf.h5
+    truth = str(paths["ground_truth"])
+    evaluate = ("evaluate", truth, "--gt", truth, "--config", str(paths["config"]))
+    result = runner.invoke(app, list(evaluate), catch_exceptions=False)
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    with h5py.File("psf.h5", "a") as f:  # still a valid calibration, but not the same file
+        f.attrs["note"] = "recalibrated"
+    result = runner.invoke(app, list(evaluate))
+    assert result.exit_code == 0, result.output
+    assert "warning: psf.path" in result.output
+    assert "differs from the file used in the simulation" in result.output
+    paths["inputs"].write_text("[not, a, mapping]")
+    result = runner.invoke(app, list(evaluate))
+    assert result.exit_code == 2 and "inputs.yaml: corrupt digest file" in result.output

@@ -13,11 +13,14 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, get_args
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, get_args
 
 import typer
 
-from denseloc.errors import DenselocError
+from denseloc.errors import DenselocError, InputFileError
+
+if TYPE_CHECKING:
+    from denseloc.config import Config
 
 app = typer.Typer(
     name="denseloc",
@@ -130,8 +133,6 @@ def _with_camera(cfg, camera: str):
             f"unknown camera {camera!r}: use {', '.join(CAMERA_PRESETS)} or a YAML file"
         )
     import yaml
-
-    from denseloc.errors import InputFileError
 
     if not path.is_file():
         raise InputFileError(path, "no such file")
@@ -512,7 +513,8 @@ def evaluate(
     matching: Annotated[str, typer.Option(help="hungarian | greedy.")] = "hungarian",
     config: Annotated[
         Path | None,
-        typer.Option(help="Simulation config.yaml: adds the CRLB of each ground-truth emitter."),
+        typer.Option(help="Simulation config.yaml: adds the CRLB of each ground-truth emitter "
+                     "(with a warning if a file it reads changed since the simulation)."),
     ] = None,
     pixel_size_nm: Annotated[
         float | None, typer.Option(help="Pixel size, nm, for tables stored in px (Picasso).")
@@ -535,7 +537,11 @@ def evaluate(
         from denseloc.config import load_config
         from denseloc.evaluate.crlb import add_crlb_columns
 
-        truth = add_crlb_columns(truth, load_config(config))
+        sim_config = load_config(config)
+        for problem in _changed_since_simulation(sim_config, config.parent / "inputs.yaml"):
+            typer.secho(f"warning: {problem}; the Cramer-Rao bounds use the file as it is now",
+                        fg=typer.colors.YELLOW, err=True)
+        truth = add_crlb_columns(truth, sim_config)
     metrics, pairs = run_evaluation(
         predictions, truth, tol_lateral_nm=tol_lateral_nm, tol_axial_nm=tol_axial_nm,
         method=matching,
@@ -611,6 +617,27 @@ def train(
     factors = ", ".join(f"{axis} {value:.2f}"
                         for axis, value in model.sigma_scale.get("mixture", {}).items())
     typer.echo(f"predicted sigmas scaled by their validation RMS(error / sigma): {factors}")
+
+
+def _changed_since_simulation(config: Config, digests: Path) -> list[str]:
+    """The PSF file of a simulation's `config`, if it changed since `digests` (inputs.yaml).
+
+    Only the PSF matters to the bounds (they use the camera's scalar values, not its maps). A
+    folder simulated before denseloc recorded digests has no inputs.yaml: nothing to check.
+    """
+    import yaml
+
+    from denseloc.config import changed_inputs
+
+    if not digests.is_file():
+        return []
+    try:
+        recorded = yaml.safe_load(digests.read_text())
+    except yaml.YAMLError:
+        raise InputFileError(digests, "corrupt digest file") from None
+    if not isinstance(recorded, dict):
+        raise InputFileError(digests, "corrupt digest file")
+    return changed_inputs(config, recorded, "psf.", used_in="the simulation")
 
 
 def _nm(value: float | None) -> str:

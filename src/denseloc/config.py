@@ -462,18 +462,21 @@ def input_digests(config: Config) -> dict[str, str]:
 
     A model folder and a training checkpoint keep these, so that a PSF calibration or sCMOS
     map overwritten in place after training is noticed (:func:`changed_inputs`) rather than
-    silently used with a network trained on the old one.
+    silently used with a network trained on the old one; a simulated movie's folder keeps
+    them for the Cramer-Rao bounds ``denseloc evaluate --config`` computes from its files.
     """
     return {name: _sha256(p) for name, p in config.input_files().items() if p.is_file()}
 
 
-def changed_inputs(config: Config, digests: dict[str, str], prefix: str = "") -> list[str]:
+def changed_inputs(
+    config: Config, digests: dict[str, str], prefix: str = "", *, used_in: str = "training"
+) -> list[str]:
     """Messages for the files of `config` that are missing or differ from `digests`.
 
     Files are compared by field name (``camera.offset_map``), whatever their path, so another
     configuration naming other files can be checked against a model's record. Only fields
     starting with `prefix` are read; fields without a digest, or without a file in `config`,
-    are skipped.
+    are skipped. `used_in` names what the digests were taken for, in the messages.
     """
     files = config.input_files()
     problems = []
@@ -484,7 +487,7 @@ def changed_inputs(config: Config, digests: dict[str, str], prefix: str = "") ->
         if not path.is_file():
             problems.append(f"{name} ({path}) is missing")
         elif _sha256(path) != digest:
-            problems.append(f"{name} ({path}) differs from the file used in training")
+            problems.append(f"{name} ({path}) differs from the file used in {used_in}")
     return problems
 
 

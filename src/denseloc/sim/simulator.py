@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from denseloc.config import Config, ConfigError, PSFConfig
+from denseloc.config import Config, ConfigError, PSFConfig, input_digests
 from denseloc.errors import DenselocError
 from denseloc.sim.background import sample_background
 from denseloc.sim.camera import Camera
@@ -212,6 +212,9 @@ def simulate_movie(
 
     The movie is rendered in chunks of `chunk_frames` frames, so its length is bounded by the
     disk, not the memory. Each file is written to a temporary name and renamed when complete.
+    ``config.yaml`` names its files (PSF calibration, sCMOS maps) by absolute paths, and
+    ``inputs.yaml`` records their SHA-256 (:func:`denseloc.config.input_digests`), so that a
+    file changed after the simulation is noticed when the folder is evaluated.
 
     Parameters
     ----------
@@ -227,9 +230,11 @@ def simulate_movie(
     Returns
     -------
     dict
-        Paths of the written files under the keys ``frames``, ``ground_truth``, ``config``.
+        Paths of the written files under the keys ``frames``, ``ground_truth``, ``config``,
+        ``inputs``.
     """
     import tifffile
+    import yaml
 
     from denseloc._atomic import atomic_path
 
@@ -246,6 +251,7 @@ def simulate_movie(
         "frames": out_dir / "frames.tif",
         "ground_truth": out_dir / "ground_truth.csv",
         "config": out_dir / "config.yaml",
+        "inputs": out_dir / "inputs.yaml",
     }
     resolution = 1e7 / pixel_size_nm  # px per cm, the TIFF resolution unit
     with atomic_path(paths["frames"]) as tmp, tifffile.TiffWriter(tmp) as tif:
@@ -269,6 +275,9 @@ def simulate_movie(
     with atomic_path(paths["ground_truth"]) as tmp:
         truth[["frame", "id", "x_nm", "y_nm", "z_nm", "photons"]].to_csv(tmp, index=False)
     with atomic_path(paths["config"]) as tmp:
-        tmp.write_text(config.to_yaml())
+        # Paths relative to the working directory would be read against the folder.
+        tmp.write_text(config.resolve_paths(Path.cwd()).to_yaml())
+    with atomic_path(paths["inputs"]) as tmp:
+        tmp.write_text(yaml.safe_dump(input_digests(config)))
     logger.info("simulated %d frames, %d localizations into %s", n_frames, len(truth), out_dir)
     return paths
