@@ -280,9 +280,10 @@ def test_train_writes_a_model_folder_and_resumes(tmp_path) -> None:
     assert result.exit_code == 0, result.output
     loaded = TrainedModel.load(model)
     assert loaded.summary["epochs"] == 1 and loaded.config == cfg
-    factors = loaded.sigma_scale["mixture"]
-    assert (f"predicted sigmas scaled by their validation RMS(error / sigma): photons "
-            f"{factors['photons']:.2f}, x {factors['x']:.2f}") in result.output
+    factors = loaded.sigma_scale[loaded.readout]
+    assert (f"readout {loaded.readout}; predicted sigmas scaled by their validation "
+            f"RMS(error / sigma): photons {factors['photons']:.2f}, x {factors['x']:.2f}"
+            ) in result.output
     result = run("train", str(tmp_path / "cfg.yaml"), "--out", str(model), "--epochs", "2",
                  "--device", "cpu", "--resume")
     assert result.exit_code == 0, result.output

@@ -313,9 +313,8 @@ def localize(
     readout: Annotated[
         str | None,
         typer.Option(help="network: mixture (the 3x3 pixels around each detection) | max (its "
-                     "own pixel; at 6 emitters/um^2 a fifth smaller errors). Either way the "
-                     "sigmas are scaled by the model's factors for that readout, fitted on its "
-                     "validation set. Default: mixture."),
+                     "own pixel). Default: the model's, chosen on its validation set. Either way "
+                     "the sigmas are scaled by the model's factors for that readout."),
     ] = None,
     max_sigma_nm: Annotated[
         float | None,
@@ -343,8 +342,7 @@ def localize(
     readouts = get_args(Readout)
     if method == "mle" and readout is not None:
         raise DenselocError("--readout applies to --method network only")
-    readout = readout or "mixture"
-    if readout not in readouts:
+    if readout is not None and readout not in readouts:
         raise DenselocError(f"unknown readout {readout!r}; available: {', '.join(readouts)}")
     batch = _batch_size(batch_size)
     camera_values = {"baseline_adu": baseline, "e_per_adu": e_per_adu, "em_gain": em_gain,
@@ -615,8 +613,9 @@ def train(
         f"RMSE lateral {_nm(val['rmse_lateral_nm'])}, axial {_nm(val['rmse_axial_nm'])}"
     )
     factors = ", ".join(f"{axis} {value:.2f}"
-                        for axis, value in model.sigma_scale.get("mixture", {}).items())
-    typer.echo(f"predicted sigmas scaled by their validation RMS(error / sigma): {factors}")
+                        for axis, value in model.sigma_scale.get(model.readout, {}).items())
+    typer.echo(f"readout {model.readout}; predicted sigmas scaled by their validation "
+               f"RMS(error / sigma): {factors}")
 
 
 def _changed_since_simulation(config: Config, digests: Path) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 
@@ -47,7 +49,7 @@ def test_the_model_folder_records_the_factors_that_calibrate_its_sigmas(tmp_path
     cfg.train.steps_per_epoch, cfg.train.validation_samples = 40, 32  # enough to find some
     model = Trainer(cfg, tmp_path / "m", device="cpu").fit(epochs=1)
     loaded = TrainedModel.load(tmp_path / "m")
-    assert loaded.sigma_scale == model.sigma_scale
+    assert loaded.sigma_scale == model.sigma_scale and loaded.readout == model.readout
     assert set(model.sigma_scale) == {"mixture", "max"}
     axes = {"photons", "x", "y", "z"} if kind == "astigmatic" else {"photons", "x", "y"}
     for factors in model.sigma_scale.values():
@@ -60,6 +62,30 @@ def test_the_model_folder_records_the_factors_that_calibrate_its_sigmas(tmp_path
     for axis in axes - {"photons"}:
         assert model.sigma_scale["mixture"][axis] == pytest.approx(
             validation[f"z_score_rms_{axis}"], abs=1e-4)
+
+
+@pytest.mark.parametrize(("max_over_mixture", "chosen"), [(0.9, "max"), (0.97, "mixture"),
+                                                           (1.2, "mixture")])
+def test_the_maximum_pixel_is_the_default_readout_only_when_clearly_better(
+    monkeypatch, max_over_mixture, chosen
+) -> None:
+    import pandas as pd
+
+    from denseloc.evaluate import metrics_from_pairs
+
+    def pairs(*args, readout, **kwargs):
+        # One pair whose error is `error` times its CRLB on every axis, and twice its sigma in x.
+        error = 2.0 * (max_over_mixture if readout == "max" else 1.0)
+        table = pd.DataFrame({**{f"d{axis}_nm": [error] for axis in "xyz"},
+                              **{f"crlb_{axis}_nm": [1.0] for axis in "xyz"},
+                              "sigma_x_nm": [error / 2]})
+        return metrics_from_pairs(table, n_pred=1, n_gt=1), table
+
+    monkeypatch.setattr(trainer_module, "_validation_pairs", pairs)
+    data = types.SimpleNamespace(sim=types.SimpleNamespace(psf=types.SimpleNamespace(is_3d=True)))
+    readout, factors = trainer_module.fit_readouts(None, None, data, 0.5)
+    assert readout == chosen
+    assert factors["max"] == {"photons": 1.0, "x": 2.0, "y": 1.0, "z": 1.0}  # y, z: no sigma
 
 
 def test_a_saved_model_keeps_relative_paths_pointing_at_the_same_files(

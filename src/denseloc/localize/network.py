@@ -187,13 +187,14 @@ def predict_frames(
     after: torch.Tensor | None = None,
     batch_size: int | None = None,
     max_tile_px: int = MAX_TILE_PX,
-    readout: Readout = "mixture",
+    readout: Readout | None = None,
 ) -> pd.DataFrame:
     """Localizations in frames (T, H, W) given in photons, with the model's threshold.
 
     Frames larger than `max_tile_px` are processed in overlapping tiles (see the module
-    docstring). `readout` is passed to :func:`~denseloc.localize.postprocess.maps_to_table`,
-    with the model's factors that calibrate the sigmas for that readout.
+    docstring). `readout` (default: the model's) is passed to
+    :func:`~denseloc.localize.postprocess.maps_to_table`, with the model's factors that
+    calibrate the sigmas for that readout.
     Rows are sorted by frame, then y, then x.
     """
     _, height, width = photons.shape
@@ -201,6 +202,7 @@ def predict_frames(
     tiles = tile_grid(height, width, multiple=multiple, overlap=network_overlap(model),
                       max_tile=max_tile_px)
     threshold = model.threshold if threshold is None else threshold
+    readout = readout or model.readout
     frames = torch.arange(len(photons)) + frame_offset
     tables = []
     for tile in tiles:

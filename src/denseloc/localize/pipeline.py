@@ -159,7 +159,7 @@ def localize_movie_network(
     threshold: float | None = None,
     batch_size: int | None = None,
     max_tile_px: int | None = None,
-    readout: Readout = "mixture",
+    readout: Readout | None = None,
     progress: Callable[[int, int], None] | None = None,
     check: bool = True,
 ) -> pd.DataFrame:
@@ -186,8 +186,8 @@ def localize_movie_network(
         Frames per forward pass (default: about 260k pixels per pass).
     max_tile_px : int, optional
         Frames larger than this are tiled (default 640).
-    readout : {"mixture", "max"}
-        How a detection is read from the output maps, see
+    readout : {"mixture", "max"}, optional
+        How a detection is read from the output maps (default: the model's), see
         :func:`denseloc.localize.postprocess.maps_to_table`.
     progress : callable(done, total), optional
         Called after each chunk.

@@ -6,7 +6,8 @@ Layout::
       config.yaml        simulation, camera, PSF, architecture and training settings
       model.yaml         architecture, network units (scaling), detection threshold, summary,
                          SHA-256 of the files config.yaml names (sCMOS maps, PSF calibration),
-                         the factors that calibrate the predicted sigmas (per readout)
+                         the default readout and, per readout, the factors that calibrate
+                         the predicted sigmas
       weights.pt         state dict of the network
       training_log.csv   one row per epoch (written by the trainer)
       curves.png         training curves
@@ -52,6 +53,9 @@ class TrainedModel:
     inputs: dict[str, str] = field(default_factory=dict)
     """SHA-256 of the files the configuration reads (sCMOS maps, PSF calibration) as they
     were when training started; see :meth:`changed_inputs`."""
+    readout: Readout = "mixture"
+    """How detections are read from the output maps unless the caller says otherwise, chosen
+    on validation data by :meth:`~denseloc.train.trainer.Trainer.finish`."""
     sigma_scale: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per readout (``mixture``, ``max``), the factors by axis (``photons``, ``x``, ``y``,
     ``z``) that calibrate the predicted sigmas, fitted on validation data by
@@ -74,6 +78,7 @@ class TrainedModel:
             "threshold": float(self.threshold),
             "summary": self.summary,
             "inputs": self.inputs,
+            "readout": self.readout,
             "sigma_scale": self.sigma_scale,
         }
         with atomic_path(directory / "model.yaml") as tmp:
@@ -101,6 +106,9 @@ class TrainedModel:
             scaling = Scaling(**meta["scaling"])
             threshold = float(meta["threshold"])
             sigma_scale = _sigma_scale(meta.get("sigma_scale") or {})
+            readout = meta.get("readout", "mixture")
+            if readout not in get_args(Readout):
+                raise ValueError(f"unknown readout {readout!r}")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputFileError(meta_path, f"incomplete or damaged ({exc!r})") from None
         try:
@@ -114,7 +122,7 @@ class TrainedModel:
         return cls(
             net=net, scaling=scaling, config=config, threshold=threshold,
             summary=meta.get("summary") or {}, inputs=meta.get("inputs") or {},
-            sigma_scale=sigma_scale,
+            readout=readout, sigma_scale=sigma_scale,
         )
 
     def changed_inputs(self, config: Config | None = None, prefix: str = "") -> list[str]:
