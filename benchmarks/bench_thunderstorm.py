@@ -25,6 +25,7 @@ EMCCD's excess noise), and RMS(error / predicted sigma), z_score_rms.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ import pandas as pd
 import torch
 
 from _common import write_results
-from bench_training import MIN_PHOTONS, found_emitters, test_movie
+from bench_training import MIN_PHOTONS, TEST_SIZE_PX, found_emitters, test_movie
 from denseloc.classic.mle import localize_mle
 from denseloc.config import load_config
 from denseloc.evaluate import evaluate
@@ -50,6 +51,9 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "thunderstorm_s
 TOLERANCES_NM = (250.0, 100.0)
 NEIGHBOUR_BINS_NM = [0, 100, 200, 300, 500, np.inf]
 OWN_FRAMES, OWN_SEED = 100, 100  # denseloc's own simulation of the same setting
+READOUTS = {"mixture": "mixture", "maximum pixel": "max"}
+DENSITIES_PER_UM2 = (0.3, 1.0, 3.0, 6.0, 9.0)  # the sigma factors' table, on denseloc's frames
+DENSITY_EMITTERS = 5000  # about this many emitters per density
 
 
 def score(pred: pd.DataFrame, truth: pd.DataFrame, tol_nm: float) -> dict[str, float | None]:
@@ -96,14 +100,17 @@ def main() -> None:
     # photons/px); the ground truth's "offset [photon]" column (50, read as bg) is not it.
     truth = add_crlb_columns(truth.drop(columns="bg").assign(z_nm=0.0), config)
 
+    as_predicted = dataclasses.replace(model, sigma_scale={})
     runs: dict[str, pd.DataFrame] = {}
     with open_movie(DATA / "frames.tif") as movie:
         runs["network"] = localize_movie_network(movie, model, config)
         adu = torch.from_numpy(movie[:].astype(np.float64))
     photons = Camera.from_config(config.camera).adu_to_photons(adu)
-    runs["network, maximum pixel"] = predict_frames(
-        model, photons.float(), pixel_size_nm=pixel_size_nm, readout="max"
-    )
+    for label, readout in READOUTS.items():
+        for name, scored in ((f"network, {label}", model),
+                             (f"network, {label}, sigmas as predicted", as_predicted)):
+            runs[name] = predict_frames(scored, photons.float(), pixel_size_nm=pixel_size_nm,
+                                        readout=readout)
     runs["MLE fitter"] = localize_mle(
         photons, psf_from_config(config.psf, config.emitters.z_range_nm),
         pixel_size_nm=pixel_size_nm, noise=NoiseModel.from_camera(config.camera),
@@ -141,12 +148,15 @@ def main() -> None:
         f"denseloc: {OWN_FRAMES} frames simulated by denseloc from the same configuration "
         f"(seed {OWN_SEED}), {len(own_truth)} emitters; emitters on for part of a frame with "
         f"fewer than {MIN_PHOTONS:.0f} photons in it are optional, as in bench_training.py. "
-        "network: as denseloc localize, each detection read from the mixture of "
-        "the 3x3 pixels around it; network, maximum pixel: the same output maps read at the "
-        "detection's pixel alone (readout='max', DECODE's readout)."
+        f"network: as denseloc localize, with the model's default readout ({model.readout}, "
+        "chosen on its validation set); mixture: each detection read from the mixture of the "
+        "3x3 pixels around it; maximum pixel: the same output maps read at the detection's "
+        "pixel alone (DECODE's readout). The sigmas are scaled by the model's factors for the "
+        "readout, fitted on its validation set (model.yaml's sigma_scale: "
+        f"{model.sigma_scale or 'none'}), except in the rows 'sigmas as predicted'."
     )
     write_results(args.name, rows, notes)
-    rows = [{"readout": method, **row} for method in ("network", "network, maximum pixel")
+    rows = [{"readout": method, **row} for method in runs if method.startswith("network, ")
             for row in by_neighbour(runs[method], truth)]  # fmt: skip
     write_results(
         f"{args.name}_neighbours",
@@ -157,6 +167,35 @@ def main() -> None:
         "range, and for those matched the lateral RMSE, the median predicted sigma "
         "and RMS(error / predicted sigma) (z_score_rms).",
     )
+
+    write_results(
+        f"{args.name}_densities",
+        by_density(model, as_predicted),
+        f"The same network on frames denseloc simulates from the configuration at other "
+        f"densities (seed {OWN_SEED}, about {DENSITY_EMITTERS} emitters each; tolerance 250 nm; "
+        f"it was trained on {config.train.density_range_per_um2} emitters/um^2), read both "
+        "ways, with the sigmas scaled by the model's factors and as predicted: whether one "
+        "factor per axis, fitted on the training densities, calibrates the sigmas at each.",
+    )
+
+
+def by_density(model: TrainedModel, as_predicted: TrainedModel) -> list[dict[str, object]]:
+    """Jaccard, RMSE and RMS(error / sigma) on denseloc's frames at each test density."""
+    config = model.config
+    area_um2 = (TEST_SIZE_PX * config.image.pixel_size_nm / 1000) ** 2
+    rows = []
+    for density in DENSITIES_PER_UM2:
+        n_frames = int(np.ceil(DENSITY_EMITTERS / (density * area_um2)))
+        _, photons, truth = test_movie(config, density, n_frames, seed=OWN_SEED)
+        for label, readout in READOUTS.items():
+            for sigmas, scored in (("calibrated", model), ("as predicted", as_predicted)):
+                pred = predict_frames(scored, photons, pixel_size_nm=config.image.pixel_size_nm,
+                                      readout=readout)
+                row = {"density_per_um2": density, "readout": label, "sigmas": sigmas,
+                       "frames": n_frames, **score(pred, truth, TOLERANCES_NM[0])}
+                print(row, flush=True)
+                rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":

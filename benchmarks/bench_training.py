@@ -13,7 +13,10 @@ the network issue: Jaccard counting ground-truth emitters with >= 500 photons in
 per-emitter RMS(error / sqrt(CRLB)) per axis for matched emitters with >= 2000 photons (each
 emitter's own bound: its photons, z and background, with the camera's excess noise);
 RMS(error / predicted sigma) per axis; and the classical MLE fitter's Jaccard on the same frames.
-Training time excludes these evaluations.
+Each evaluation finishes the model as ``denseloc train`` does (threshold and sigma factors fitted
+on the validation set), so the sigmas are those ``denseloc localize`` would report; results
+from before the factors existed (2026-12-02) used the sigmas as predicted. Training time
+excludes these evaluations.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from denseloc.train.artifact import TrainedModel
 from denseloc.train.trainer import Trainer
 
 DENSITIES = {"low": 0.1, "high": 2.0}
+TEST_SIZE_PX = 64
 TEST_Z_RANGE_NM = (-700.0, 700.0)  # the network issue's; a config may train on a wider range
 MIN_PHOTONS = 500.0  # ground-truth emitters with fewer photons in the frame are not counted
 BRIGHT_PHOTONS = 2000.0  # the CRLB ratios are scored on matched emitters at least this bright
@@ -56,7 +60,7 @@ def parse_overrides(assignments: list[str]) -> dict[str, object]:
 
 def test_movie(config: Config, density: float, n_frames: int, seed: int):
     cfg = config.model_copy(update={
-        "image": config.image.model_copy(update={"size_px": (64, 64)}),
+        "image": config.image.model_copy(update={"size_px": (TEST_SIZE_PX, TEST_SIZE_PX)}),
         "emitters": config.emitters.model_copy(update={"density_per_um2": density,
                                                        "count_per_frame": None,
                                                        "z_range_nm": TEST_Z_RANGE_NM}),

@@ -1,20 +1,23 @@
 """Re-run the end of training on a model folder and score it with both readouts.
 
-Usage: python benchmarks/finish_model.py CONFIG.yaml MODEL_DIR --name NAME
+Usage: python benchmarks/finish_model.py CONFIG.yaml MODEL_DIR --name NAME [--finish-only]
 
-Tunes the detection threshold on the validation set (what ``denseloc train`` does at the end
-of a run, :meth:`Trainer.finish`), saves the model folder, and scores it on the fixed test
-movies of ``bench_training.py`` reading each detection from the 3x3 mixture (the default) and
-from its maximum pixel alone (DECODE's readout). The weights come from the folder's last
-checkpoint or, without one (a bundled model), from its ``weights.pt``. A second table gives
-the recall (fraction of ground-truth emitters with >= 500 photons that are found) by z and by
-photon count, to show which emitters the model misses; a third gives the per-emitter
-error / sqrt(CRLB) by the distance to the nearest neighbour, to show where crowding costs.
+Tunes the detection threshold and fits the sigma factors on the validation set (what
+``denseloc train`` does at the end of a run, :meth:`Trainer.finish`), saves the model folder,
+and scores it on the fixed test movies of ``bench_training.py`` reading each detection from the
+3x3 mixture (the default) and from its maximum pixel alone (DECODE's readout), each with the
+sigmas calibrated by those factors and as the network predicted them. The weights come from
+the folder's last checkpoint or, without one (a bundled model), from its ``weights.pt``. A
+second table gives the recall (fraction of ground-truth emitters with >= 500 photons that are
+found) by z and by photon count, to show which emitters the model misses; a third gives the
+per-emitter error / sqrt(CRLB) by the distance to the nearest neighbour, to show where crowding
+costs.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +89,9 @@ def main() -> None:
     parser.add_argument("model_dir", type=Path)
     parser.add_argument("--name", required=True)
     parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--finish-only", action="store_true",
+                        help="save the finished model folder without scoring it (for a "
+                        "configuration other than bench_training.py's test setting)")
     args = parser.parse_args()
     config = load_config(args.config)
     trainer = Trainer(config, args.model_dir, device="cpu")
@@ -97,19 +103,31 @@ def main() -> None:
         trainer.state.epoch, trainer.state.step = done["epochs"], done["steps"]
         trainer.state.samples, trainer.state.elapsed_s = done["samples"], done["minutes"] * 60
     model = trainer.finish()
+    print(f"saved {args.model_dir}: threshold {model.threshold}, sigma factors "
+          f"{model.sigma_scale}", flush=True)
+    if args.finish_only:
+        return
     tests = {name: test_movie(config, d, args.frames, seed=100 + i)
              for i, (name, d) in enumerate(DENSITIES.items())}
     rows = []
+    as_predicted = dataclasses.replace(model, sigma_scale={})
     for readout in ("mixture", "max"):
-        row = {"variant": args.name, "readout": readout,
-               "minutes": round(trainer.state.elapsed_s / 60, 1), "threshold": model.threshold}
-        for density, values in evaluate_model(model, tests, readout).items():
-            row.update({f"{density}_{k}": v for k, v in values.items()})
-        print(row, flush=True)
-        rows.append(row)
+        for sigmas, scored in (("calibrated", model), ("as predicted", as_predicted)):
+            row = {"variant": args.name, "readout": readout, "sigmas": sigmas,
+                   "minutes": round(trainer.state.elapsed_s / 60, 1),
+                   "threshold": model.threshold}
+            for density, values in evaluate_model(scored, tests, readout).items():
+                row.update({f"{density}_{k}": v for k, v in values.items()})
+            print(row, flush=True)
+            rows.append(row)
+    factors = "; ".join(f"{readout}: " + ", ".join(f"{axis} {value:.3f}"
+                                                    for axis, value in axes.items())
+                        for readout, axes in model.sigma_scale.items())
     write_results(f"training_{args.name}_final", rows,
-                  "Final model, threshold tuned on the validation set; uncertainties as "
-                  "predicted (no calibration factor).")
+                  "Final model, threshold tuned on the validation set. sigmas: calibrated, "
+                  "multiplied by the factors fitted on the validation set (model.yaml's "
+                  f"sigma_scale; {factors}), as denseloc localize reports them; as predicted, "
+                  "without the factors. Localizations are the same.")
     recall, neighbours = breakdown_tables(model, tests)
     write_results(f"training_{args.name}_recall", recall,
                   "Recall of ground-truth emitters with >= 500 photons in the frame, mixture "
