@@ -118,6 +118,9 @@ def test_localize_mle_then_evaluate_json(sparse_movie, tmp_path) -> None:
     result = run("localize", str(sparse_movie / "frames.tif"), "--method", "mle", "--camera",
                  str(sparse_movie / "config.yaml"), "--psf", "gaussian", "--out", str(locs))
     assert result.exit_code == 0, result.output
+    from denseloc.io import read_table
+
+    assert read_table(locs).attrs["localization"] == {"method": "mle", "threshold": 5.0}
     result = run("evaluate", str(locs), "--gt", str(sparse_movie / "ground_truth.csv"),
                  "--json", "--config", str(sparse_movie / "config.yaml"))
     assert result.exit_code == 0, result.output

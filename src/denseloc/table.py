@@ -76,8 +76,12 @@ COLUMNS: dict[str, Column] = {
 REQUIRED: tuple[str, ...] = ("frame", "x_nm", "y_nm")
 """Columns a table must have; ``z_nm`` defaults to 0 (2D data)."""
 
-METADATA_KEYS: tuple[str, ...] = ("pixel_size_nm", "source", "config", "software_version")
-"""Keys of ``DataFrame.attrs`` that the native format stores."""
+METADATA_KEYS: tuple[str, ...] = (
+    "pixel_size_nm", "source", "config", "localization", "software_version",
+)
+"""Keys of ``DataFrame.attrs`` that the native format stores. ``localization`` says how a
+table was made: ``method`` and ``threshold``, and for a network its ``readout`` and the
+``sigma_scale`` factors applied to its sigmas."""
 
 
 def empty() -> pd.DataFrame:

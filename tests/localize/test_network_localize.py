@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from denseloc.cli import app
 from denseloc.config import Config, load_config
 from denseloc.errors import DenselocError, DenselocWarning
-from denseloc.io import open_movie
+from denseloc.io import open_movie, read_table
 from denseloc.localize.pipeline import check_model_matches, localize_movie_network
 from denseloc.sim.simulator import simulate_movie
 
@@ -213,10 +213,14 @@ def test_cli_sigma_filter_grouping_and_bad_flags(bundled, movie, tmp_path) -> No
     assert len(merged) < len(full) and merged["n_frames"].sum() == len(full)
     # The maximum-pixel readout finds the same detections, placed and scaled as that readout
     # does (the model's default is the mixture).
-    top = tmp_path / "top.csv"
+    top = tmp_path / "top.parquet"
     result = runner.invoke(app, ["localize", str(path), "--out", str(top), "--readout", "max"])
     assert result.exit_code == 0, result.output
-    top = pd.read_csv(top)
+    top = read_table(top)
+    # The native table records how it was made.
+    assert top.attrs["localization"] == {"method": "network", "threshold": bundled[1].threshold,
+                                         "readout": "max",
+                                         "sigma_scale": bundled[1].sigma_scale["max"]}
     with open_movie(path) as mv:
         api = localize_movie_network(mv, bundled[1], cfg, readout="max", check=False)
     assert len(top) == len(full) == len(api)

@@ -123,6 +123,7 @@ def localize_movie_mle(
         pixel_size_nm=config.image.pixel_size_nm,
         source=str(movie.path),
         config=config.to_yaml(),
+        localization={"method": "mle", "threshold": threshold},
     )
     logger.info("%d localizations in %d frames", len(table), len(frames))
     return table
@@ -206,6 +207,7 @@ def localize_movie_network(
         for problem in [*problems, *model.changed_inputs(config, prefix="camera.")]:
             warnings.warn(f"{problem}; {MISMATCH_ADVICE}", DenselocWarning, stacklevel=2)
     frames = frames or range(len(movie))
+    readout = readout or model.readout
     _, height, width = movie.shape
     camera = Camera.from_config(config.camera, (height, width))
     chunk_frames = chunk_frames or auto_chunk_frames(height, width)
@@ -232,7 +234,13 @@ def localize_movie_network(
             progress(done, len(frames))
     table = validate(pd.concat(tables, ignore_index=True), name=str(movie.path))
     table.attrs.update(
-        pixel_size_nm=config.image.pixel_size_nm, source=str(movie.path), config=config.to_yaml()
+        pixel_size_nm=config.image.pixel_size_nm, source=str(movie.path), config=config.to_yaml(),
+        localization={
+            "method": "network",
+            "threshold": model.threshold if threshold is None else threshold,
+            "readout": readout,
+            "sigma_scale": model.sigma_scale.get(readout, {}),
+        },
     )
     logger.info("%d localizations in %d frames", len(table), len(frames))
     return table
