@@ -14,9 +14,9 @@ per-emitter RMS(error / sqrt(CRLB)) per axis for matched emitters with >= 2000 p
 emitter's own bound: its photons, z and background, with the camera's excess noise);
 RMS(error / predicted sigma) per axis; and the classical MLE fitter's Jaccard on the same frames.
 Each evaluation finishes the model as ``denseloc train`` does (threshold and sigma factors fitted
-on the validation set), so the sigmas are those ``denseloc localize`` would report; results
-from before the factors existed (2026-12-02) used the sigmas as predicted. Training time
-excludes these evaluations.
+on the validation set) and reads the mixture, so the sigmas are those ``denseloc localize
+--readout mixture`` would report; results from before the factors existed (2026-12-02) used
+the sigmas as predicted. Training time excludes these evaluations.
 """
 
 from __future__ import annotations

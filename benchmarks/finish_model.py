@@ -57,7 +57,8 @@ def breakdown_tables(model: TrainedModel, tests: dict) -> tuple[list[dict], list
     """Recall by z and photons; error / sqrt(CRLB) by the distance to the nearest neighbour."""
     recall, neighbours = [], []
     for density, (cfg, photons, truth) in tests.items():
-        pred = predict_frames(model, photons, pixel_size_nm=cfg.image.pixel_size_nm)
+        pred = predict_frames(model, photons, pixel_size_nm=cfg.image.pixel_size_nm,
+                              readout="mixture")
         found = found_emitters(pred, truth)
         gt = truth.assign(found=found)[truth["photons"] >= MIN_PHOTONS]
         for column, bins, unit in (("z_nm", Z_BINS_NM, "nm"), ("photons", PHOTON_BINS, "")):

@@ -284,9 +284,11 @@ def test_train_writes_a_model_folder_and_resumes(tmp_path) -> None:
     loaded = TrainedModel.load(model)
     assert loaded.summary["epochs"] == 1 and loaded.config == cfg
     factors = loaded.sigma_scale[loaded.readout]
-    assert (f"readout {loaded.readout}; predicted sigmas scaled by their validation "
-            f"RMS(error / sigma): photons {factors['photons']:.2f}, x {factors['x']:.2f}"
-            ) in result.output
+    errors = loaded.summary["validation_by_readout"][loaded.readout]
+    assert f"readout {loaded.readout} (chosen on validation): RMSE lateral " in result.output
+    assert f"{errors['rmse_lateral_nm']:.1f} nm" in result.output
+    assert (f"predicted sigmas scaled by their validation RMS(error / sigma): photons "
+            f"{factors['photons']:.2f}, x {factors['x']:.2f}") in result.output
     result = run("train", str(tmp_path / "cfg.yaml"), "--out", str(model), "--epochs", "2",
                  "--device", "cpu", "--resume")
     assert result.exit_code == 0, result.output

@@ -318,7 +318,8 @@ def localize(
     ] = None,
     max_sigma_nm: Annotated[
         float | None,
-        typer.Option(help="Drop localizations with lateral sigma sqrt(sx^2 + sy^2) above this."),
+        typer.Option(help="Drop localizations with lateral sigma sqrt(sx^2 + sy^2) above this "
+                     "(the sigmas as reported: scaled by the model's factors)."),
     ] = None,
     sigma_quantile: Annotated[
         float | None,
@@ -608,14 +609,18 @@ def train(
 
         model = trainer.fit(epochs=epochs, minutes=minutes, resume=resume, progress=report)
     val = model.summary["validation"]
+    errors = model.summary["validation_by_readout"][model.readout]
     typer.echo(
-        f"saved {out}: threshold {model.threshold:.2f}, validation Jaccard {val['jaccard']:.3f}, "
-        f"RMSE lateral {_nm(val['rmse_lateral_nm'])}, axial {_nm(val['rmse_axial_nm'])}"
+        f"saved {out}: threshold {model.threshold:.2f}, validation Jaccard {val['jaccard']:.3f}; "
+        f"readout {model.readout} (chosen on validation): RMSE lateral "
+        f"{_nm(errors['rmse_lateral_nm'])}, axial {_nm(errors['rmse_axial_nm'])}"
     )
-    factors = ", ".join(f"{axis} {value:.2f}"
-                        for axis, value in model.sigma_scale.get(model.readout, {}).items())
-    typer.echo(f"readout {model.readout}; predicted sigmas scaled by their validation "
-               f"RMS(error / sigma): {factors}")
+    if errors["rmse_lateral_nm"] is None:
+        typer.echo("no validation emitter was found: the sigma factors are not fitted (1)")
+    else:
+        factors = ", ".join(f"{axis} {value:.2f}"
+                            for axis, value in model.sigma_scale[model.readout].items())
+        typer.echo(f"predicted sigmas scaled by their validation RMS(error / sigma): {factors}")
 
 
 def _changed_since_simulation(config: Config, digests: Path) -> list[str]:

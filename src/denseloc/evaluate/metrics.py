@@ -275,7 +275,9 @@ def sigma_scale(
     Returns
     -------
     dict
-        One factor per axis; 1 for an axis without a pair that has a finite, positive sigma.
+        One factor per axis, over the pairs with a finite error and a finite, positive sigma;
+        1 for an axis without such a pair (or, with errors or sigmas so extreme that the
+        factor is not a finite, positive number, 1 too).
     """
     factors = {}
     for axis in axes:
@@ -290,8 +292,9 @@ def sigma_scale(
             error = pairs[columns[0]].to_numpy(dtype=float)
             if axis == "photons":
                 error = error - pairs["photons_gt"].to_numpy(dtype=float)
-            z_rms = _calibration(error, pairs, columns[-1])[1]
-        factors[axis] = z_rms if z_rms else 1.0
+            finite = np.isfinite(error)
+            z_rms = _calibration(error[finite], pairs[finite], columns[-1])[1]
+        factors[axis] = z_rms if z_rms is not None and 0 < z_rms < math.inf else 1.0
     return factors
 
 

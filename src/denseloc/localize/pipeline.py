@@ -189,7 +189,8 @@ def localize_movie_network(
         Frames larger than this are tiled (default 640).
     readout : {"mixture", "max"}, optional
         How a detection is read from the output maps (default: the model's), see
-        :func:`denseloc.localize.postprocess.maps_to_table`.
+        :func:`denseloc.localize.postprocess.maps_to_table`; the sigmas are scaled by the
+        model's factors for that readout. ``table.attrs["localization"]`` records both.
     progress : callable(done, total), optional
         Called after each chunk.
     check : bool
@@ -239,7 +240,7 @@ def localize_movie_network(
             "method": "network",
             "threshold": model.threshold if threshold is None else threshold,
             "readout": readout,
-            "sigma_scale": model.sigma_scale.get(readout, {}),
+            "sigma_scale": dict(model.sigma_scale.get(readout, {})),
         },
     )
     logger.info("%d localizations in %d frames", len(table), len(frames))

@@ -12,8 +12,8 @@ mixture of the 3x3 pixels around a detection is read out by its mean and its sta
 deviation (law of total variance: the p-weighted mean of ``sigma_k^2 + (mu_k - mean)^2``).
 Reading the single maximum pixel instead ignores the spread between components and makes
 the sigmas 1.2-1.9 times too small, more so at high density; the mixture's are calibrated
-(RMS(error / sigma) 0.93-1.0 at 0.1 and 2 emitters/um^2 for the bundled model) and its means
-slightly more accurate (``benchmarks/results/training_default_f16_final.md``). The background
+(RMS(error / sigma) 0.99-1.04 at 0.1 and 2 emitters/um^2 for the bundled model, as predicted)
+and its z more accurate (``benchmarks/results/training_default_he_60min_final.md``). The background
 is read at the detection's pixel (NaN for a model without a background head); ``p`` is the
 integrated probability above.
 
@@ -21,7 +21,7 @@ Sigma factors: a model folder records, per readout, the factors by axis that mak
 calibrated on its validation set (RMS(error / sigma) over the matched validation emitters,
 :func:`denseloc.train.trainer.fit_readouts`); ``sigma_scale`` applies them. The mixture's
 factors are close to 1 for the bundled model, but not for every network: one trained for 3-9
-emitters/um^2 predicts mixture sigmas 1.6-1.7 times too large, at every density. The model
+emitters/um^2 predicts mixture sigmas 1.5-1.9 times too large, at every density. The model
 folder also names the readout to use by default, chosen on the same validation set.
 """
 
@@ -37,13 +37,14 @@ import torch.nn.functional as F
 
 from denseloc.nn.model import Scaling
 
-__all__ = ["Readout", "filter_by_sigma", "maps_to_table", "spatial_integration"]
+__all__ = ["SIGMA_AXES", "Readout", "filter_by_sigma", "maps_to_table", "spatial_integration"]
 
 Readout = Literal["mixture", "max"]
 """How a detection's values and sigmas are read from the output maps."""
 
 _CANDIDATE_P = 0.05
-_READOUT_AXES = ("photons", "x", "y", "z")  # the columns of _mixture_readout's arrays
+SIGMA_AXES = ("photons", "x", "y", "z")
+"""The axes of a model's sigma factors, in the column order of :func:`_mixture_readout`."""
 
 
 def spatial_integration(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +119,7 @@ def maps_to_table(
     b, row, col = torch.nonzero(keep, as_tuple=True)
     mean, sd = _mixture_readout(output, p, b, row, col, centre_only=readout == "max")
     if sigma_scale:
-        sd = sd * np.array([float(sigma_scale.get(axis, 1.0)) for axis in _READOUT_AXES])
+        sd = sd * np.array([float(sigma_scale.get(axis, 1.0)) for axis in SIGMA_AXES])
     vals = output[b, :, row, col].cpu().double().numpy()  # (N, 10)
     frame_of = np.arange(output.shape[0]) if frames is None else np.asarray(frames)
     x_px = col.cpu().numpy() + mean[:, 1] + origin_px[1]

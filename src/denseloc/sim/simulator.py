@@ -241,6 +241,7 @@ def simulate_movie(
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DenselocError(f"{out_dir}: exists and is not a folder")
+    digests = input_digests(config)  # before reading them: what the movie is made from
     sim = Simulator(config)
     n_frames = config.simulation.n_frames
     pixel_size_nm = config.image.pixel_size_nm
@@ -278,6 +279,6 @@ def simulate_movie(
         # Paths relative to the working directory would be read against the folder.
         tmp.write_text(config.resolve_paths(Path.cwd()).to_yaml())
     with atomic_path(paths["inputs"]) as tmp:
-        tmp.write_text(yaml.safe_dump(input_digests(config)))
+        tmp.write_text(yaml.safe_dump(digests))
     logger.info("simulated %d frames, %d localizations into %s", n_frames, len(truth), out_dir)
     return paths

@@ -33,7 +33,7 @@ from denseloc import __version__
 from denseloc._atomic import atomic_path
 from denseloc.config import Config, changed_inputs, load_config
 from denseloc.errors import InputFileError
-from denseloc.localize.postprocess import Readout
+from denseloc.localize.postprocess import SIGMA_AXES, Readout
 from denseloc.nn.model import DecodeNet, Scaling
 
 __all__ = ["MODEL_FORMAT", "TrainedModel"]
@@ -140,8 +140,10 @@ def _sigma_scale(raw: dict) -> dict[str, dict[str, float]]:
     for readout, factors in raw.items():
         if readout not in get_args(Readout):
             raise ValueError(f"sigma_scale for unknown readout {readout!r}")
-        out[readout] = {str(axis): float(value) for axis, value in factors.items()}
-        for axis, value in out[readout].items():
-            if axis not in ("photons", "x", "y", "z") or not 0 < value < math.inf:
-                raise ValueError(f"sigma_scale.{readout}.{axis} = {value}")
+        out[readout] = {}
+        for axis, value in factors.items():
+            if (axis not in SIGMA_AXES or isinstance(value, bool)
+                    or not isinstance(value, (int, float)) or not 0 < value < math.inf):
+                raise ValueError(f"sigma_scale.{readout}.{axis} = {value!r}")
+            out[readout][axis] = float(value)
     return out

@@ -33,7 +33,7 @@ from denseloc._atomic import atomic_path
 from denseloc._runtime import configure_cpu, select_device
 from denseloc.config import Config, input_digests
 from denseloc.errors import DenselocError
-from denseloc.localize.postprocess import Readout
+from denseloc.localize.postprocess import SIGMA_AXES, Readout
 from denseloc.nn.loss import detection_bce, gmm_loss
 from denseloc.nn.model import DecodeNet
 from denseloc.train.artifact import TrainedModel
@@ -169,7 +169,7 @@ def fit_readouts(
     threshold: float,
     *,
     min_photons: float | None = None,
-) -> tuple[Readout, dict[str, dict[str, float]]]:
+) -> tuple[Readout, dict[str, dict[str, float]], dict[str, dict[str, Any]]]:
     """The readout to use by default and, per readout, the factors that calibrate its sigmas.
 
     Both come from the matched, counted validation emitters. Each factor is RMS(error /
@@ -179,20 +179,30 @@ def fit_readouts(
     :data:`MAX_READOUT_GAIN` times the mixture's. (A network trained for 3-9 emitters/um^2
     has lateral errors a fifth smaller read at its maximum pixel; the bundled one, trained for
     0.05-2.5, has larger z errors there.)
+
+    Returns
+    -------
+    readout : {"mixture", "max"}
+        The default.
+    factors : dict
+        Per readout, the factor of each axis.
+    errors : dict
+        Per readout, the validation's RMSE and RMS(error / sqrt(CRLB)) per axis.
     """
     from denseloc.evaluate import sigma_scale
 
-    axes = ("photons", "x", "y", "z") if data.sim.psf.is_3d else ("photons", "x", "y")
-    factors, errors = {}, {}
+    axes = SIGMA_AXES if data.sim.psf.is_3d else tuple(a for a in SIGMA_AXES if a != "z")
+    factors, errors, scores = {}, {}, {}
     for readout in get_args(Readout):
         metrics, pairs = _validation_pairs(outputs, truth, data, threshold,
                                            min_photons=min_photons, readout=readout)
-        factors[readout] = {axis: round(value, 4)
+        factors[readout] = {axis: float(f"{value:.4g}")  # 4 digits; a positive stays so
                             for axis, value in sigma_scale(pairs, axes).items()}
+        errors[readout] = {name: getattr(metrics, name) for name in _READOUT_ERRORS}
         ratios = [getattr(metrics, f"crlb_ratio_{axis}") for axis in axes if axis != "photons"]
-        errors[readout] = math.inf if None in ratios else float(np.mean(ratios))
-    default = "max" if errors["max"] < MAX_READOUT_GAIN * errors["mixture"] else "mixture"
-    return default, factors
+        scores[readout] = math.inf if None in ratios else float(np.mean(ratios))
+    default = "max" if scores["max"] < MAX_READOUT_GAIN * scores["mixture"] else "mixture"
+    return default, factors, errors
 
 
 def tune_threshold(
@@ -559,15 +569,16 @@ class Trainer:
 
         Both come from the validation set: the threshold that maximises its Jaccard index,
         then, at that threshold, the default readout and the sigma factors of
-        :func:`fit_readouts`. The summary's validation metrics are those at the tuned
-        threshold, read from the mixture with the sigmas as predicted.
+        :func:`fit_readouts`. The summary's ``validation`` metrics are those at the tuned
+        threshold, read from the mixture with the sigmas as predicted;
+        ``validation_by_readout`` holds each readout's errors.
         """
         batches, truth = self.validation_set()
         outputs = predict_batches(self.net, batches, self.channels_last)
         threshold, metrics = tune_threshold(outputs, truth, self.val_data,
                                             min_photons=self._counted_photons)
-        readout, sigma_scale = fit_readouts(outputs, truth, self.val_data, threshold,
-                                            min_photons=self._counted_photons)
+        readout, sigma_scale, errors = fit_readouts(outputs, truth, self.val_data, threshold,
+                                                    min_photons=self._counted_photons)
         net = DecodeNet(**self.config.model.model_dump())
         net.load_state_dict({k: v.cpu() for k, v in self.net.state_dict().items()})
         model = TrainedModel(
@@ -585,12 +596,16 @@ class Trainer:
                 "minutes": round(self.state.elapsed_s / 60, 2),
                 "device": str(self.device),
                 "validation": {k: metrics[k] for k in _LOGGED if k in metrics},  # tuned threshold
+                "validation_by_readout": errors,
             },
         )
         model.save(self.out_dir)
         return model
 
 
+_READOUT_ERRORS = (
+    "rmse_lateral_nm", "rmse_axial_nm", "crlb_ratio_x", "crlb_ratio_y", "crlb_ratio_z",
+)  # fmt: skip
 _LOGGED = (
     "val_loss", "jaccard", "precision", "recall", "rmse_lateral_nm", "rmse_axial_nm",
     "efficiency_lateral", "efficiency_axial", "crlb_ratio_x", "crlb_ratio_y", "crlb_ratio_z",
