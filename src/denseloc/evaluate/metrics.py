@@ -275,9 +275,8 @@ def sigma_scale(
     Returns
     -------
     dict
-        One factor per axis, over the pairs with a finite error and a finite, positive sigma;
-        1 for an axis without such a pair (or, with errors or sigmas so extreme that the
-        factor is not a finite, positive number, 1 too).
+        One factor per axis, over the pairs with a finite, positive sigma and a finite
+        error / sigma; 1 for an axis without such a pair, or whose errors are all 0.
     """
     factors = {}
     for axis in axes:
@@ -292,8 +291,11 @@ def sigma_scale(
             error = pairs[columns[0]].to_numpy(dtype=float)
             if axis == "photons":
                 error = error - pairs["photons_gt"].to_numpy(dtype=float)
-            finite = np.isfinite(error)
-            z_rms = _calibration(error[finite], pairs[finite], columns[-1])[1]
+            sigma = pairs[columns[-1]].to_numpy(dtype=float)
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                ratio = error / sigma
+            ok = np.isfinite(ratio) & np.isfinite(sigma) & (sigma > 0)
+            z_rms = _rms(ratio[ok])
         factors[axis] = z_rms if z_rms is not None and 0 < z_rms < math.inf else 1.0
     return factors
 

@@ -13,7 +13,7 @@ deviation (law of total variance: the p-weighted mean of ``sigma_k^2 + (mu_k - m
 Reading the single maximum pixel instead ignores the spread between components and makes
 the sigmas 1.2-1.9 times too small, more so at high density; the mixture's are calibrated
 (RMS(error / sigma) 0.99-1.04 at 0.1 and 2 emitters/um^2 for the bundled model, as predicted)
-and its z more accurate (``benchmarks/results/training_default_he_60min_final.md``). The background
+and its z more accurate on sparse frames (``training_default_he_60min_final.md``). The background
 is read at the detection's pixel (NaN for a model without a background head); ``p`` is the
 integrated probability above.
 

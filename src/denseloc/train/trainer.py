@@ -196,13 +196,19 @@ def fit_readouts(
     for readout in get_args(Readout):
         metrics, pairs = _validation_pairs(outputs, truth, data, threshold,
                                            min_photons=min_photons, readout=readout)
-        factors[readout] = {axis: float(f"{value:.4g}")  # 4 digits; a positive stays so
+        factors[readout] = {axis: _four_digits(value)
                             for axis, value in sigma_scale(pairs, axes).items()}
         errors[readout] = {name: getattr(metrics, name) for name in _READOUT_ERRORS}
         ratios = [getattr(metrics, f"crlb_ratio_{axis}") for axis in axes if axis != "photons"]
         scores[readout] = math.inf if None in ratios else float(np.mean(ratios))
     default = "max" if scores["max"] < MAX_READOUT_GAIN * scores["mixture"] else "mixture"
     return default, factors, errors
+
+
+def _four_digits(value: float) -> float:
+    """`value` to 4 significant digits for model.yaml; never 0 or infinite if it was not."""
+    rounded = float(f"{value:.4g}")
+    return rounded if math.isfinite(rounded) else value
 
 
 def tune_threshold(
