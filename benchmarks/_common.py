@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -52,3 +53,8 @@ def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def sigma_variants(model):
+    """The model with its sigma factors ("calibrated") and without them ("as predicted")."""
+    return (("calibrated", model), ("as predicted", dataclasses.replace(model, sigma_scale={})))

@@ -29,14 +29,13 @@ on denseloc's frames at densities from 0.3 to 9 emitters/um^2.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from _common import write_results
+from _common import sigma_variants, write_results
 from bench_training import MIN_PHOTONS, TEST_SIZE_PX, found_emitters, test_movie
 from denseloc.classic.mle import localize_mle
 from denseloc.config import load_config
@@ -106,15 +105,14 @@ def main() -> None:
     # photons/px); the ground truth's "offset [photon]" column (50, read as bg) is not it.
     truth = add_crlb_columns(truth.drop(columns="bg").assign(z_nm=0.0), config)
 
-    as_predicted = dataclasses.replace(model, sigma_scale={})
     runs: dict[str, pd.DataFrame] = {}
     with open_movie(DATA / "frames.tif") as movie:
         runs["network"] = localize_movie_network(movie, model, config)
         adu = torch.from_numpy(movie[:].astype(np.float64))
     photons = Camera.from_config(config.camera).adu_to_photons(adu)
     for label, readout in READOUTS.items():
-        for name, scored in ((f"network, {label}", model),
-                             (f"network, {label}, sigmas as predicted", as_predicted)):
+        for sigmas, scored in sigma_variants(model):
+            name = f"network, {label}" + ("" if sigmas == "calibrated" else f", sigmas {sigmas}")
             runs[name] = predict_frames(scored, photons.float(), pixel_size_nm=pixel_size_nm,
                                         readout=readout)
     runs["MLE fitter"] = localize_mle(
@@ -177,7 +175,7 @@ def main() -> None:
 
     write_results(
         f"{args.name}_densities",
-        by_density(model, as_predicted),
+        by_density(model),
         f"The same network on frames denseloc simulates from the configuration at other "
         f"densities (seed {OWN_SEED}, about {DENSITY_EMITTERS} emitters each; tolerance 250 nm; "
         f"it was trained on {config.train.density_range_per_um2} emitters/um^2), read both "
@@ -186,7 +184,7 @@ def main() -> None:
     )
 
 
-def by_density(model: TrainedModel, as_predicted: TrainedModel) -> list[dict[str, object]]:
+def by_density(model: TrainedModel) -> list[dict[str, object]]:
     """Jaccard, RMSE and RMS(error / sigma) on denseloc's frames at each test density."""
     config = model.config
     area_um2 = (TEST_SIZE_PX * config.image.pixel_size_nm / 1000) ** 2
@@ -195,7 +193,7 @@ def by_density(model: TrainedModel, as_predicted: TrainedModel) -> list[dict[str
         n_frames = int(np.ceil(DENSITY_EMITTERS / (density * area_um2)))
         _, photons, truth = test_movie(config, density, n_frames, seed=OWN_SEED)
         for label, readout in READOUTS.items():
-            for sigmas, scored in (("calibrated", model), ("as predicted", as_predicted)):
+            for sigmas, scored in sigma_variants(model):
                 pred = predict_frames(scored, photons, pixel_size_nm=config.image.pixel_size_nm,
                                       readout=readout)
                 row = {"density_per_um2": density, "readout": label, "sigmas": sigmas,

@@ -17,14 +17,13 @@ costs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from _common import write_results
+from _common import sigma_variants, write_results
 from bench_training import (
     BRIGHT_PHOTONS,
     DENSITIES,
@@ -111,9 +110,8 @@ def main() -> None:
     tests = {name: test_movie(config, d, args.frames, seed=100 + i)
              for i, (name, d) in enumerate(DENSITIES.items())}
     rows = []
-    as_predicted = dataclasses.replace(model, sigma_scale={})
     for readout in ("mixture", "max"):
-        for sigmas, scored in (("calibrated", model), ("as predicted", as_predicted)):
+        for sigmas, scored in sigma_variants(model):
             row = {"variant": args.name, "readout": readout, "sigmas": sigmas,
                    "minutes": round(trainer.state.elapsed_s / 60, 1),
                    "threshold": model.threshold}

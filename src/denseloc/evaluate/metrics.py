@@ -291,11 +291,7 @@ def sigma_scale(
             error = pairs[columns[0]].to_numpy(dtype=float)
             if axis == "photons":
                 error = error - pairs["photons_gt"].to_numpy(dtype=float)
-            sigma = pairs[columns[-1]].to_numpy(dtype=float)
-            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-                ratio = error / sigma
-            ok = np.isfinite(ratio) & np.isfinite(sigma) & (sigma > 0)
-            z_rms = _rms(ratio[ok])
+            z_rms = _calibration(error, pairs, columns[-1])[1]
         factors[axis] = z_rms if z_rms is not None and 0 < z_rms < math.inf else 1.0
     return factors
 
@@ -356,13 +352,15 @@ def _calibration(
     """Compare errors with a per-pair scale (predicted sigma or sqrt(CRLB)), in nm.
 
     Returns ``RMS(error) / RMS(scale)``, ``RMS(error / scale)`` and the fractions of
-    ``|error| <= scale`` and ``<= 2 scale``, over pairs with a finite, positive scale;
-    all None when the column is missing or no pair qualifies.
+    ``|error| <= scale`` and ``<= 2 scale``, over pairs with a finite, positive scale, a
+    finite error and a finite error / scale; all None when the column is missing or no pair
+    qualifies.
     """
     if scale_column not in pairs.columns:
         return None, None, None, None
     scale = pairs[scale_column].to_numpy(dtype=float)
-    ok = np.isfinite(scale) & (scale > 0)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        ok = np.isfinite(scale) & (scale > 0) & np.isfinite(error_nm / scale)
     if not ok.any():
         return None, None, None, None
     e, s = error_nm[ok], scale[ok]
