@@ -586,6 +586,11 @@ def train(
         raise DenselocError("give --minutes or --epochs (or both: whichever ends first)")
     cfg = load_config(config)
     trainer = Trainer(cfg, out, device=device)
+
+    def axial(metrics: dict) -> str:
+        """The axial RMSE for a 3D PSF; a 2D model's z is 0, and so would be its RMSE."""
+        return f", axial {_nm(metrics['rmse_axial_nm'])}" if cfg.psf.is_3d else ""
+
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -602,8 +607,8 @@ def train(
                 bar.console.print(
                     f"epoch {info['epoch']:3d}  {info['minutes']:6.1f} min  "
                     f"loss {info['train_loss']:.4g}  val {info['val_loss']:.4g}  "
-                    f"JI {info['jaccard']:.3f}  RMSE {_nm(info['rmse_lateral_nm'])} lateral, "
-                    f"{_nm(info['rmse_axial_nm'])} axial"
+                    f"JI {info['jaccard']:.3f}  RMSE lateral {_nm(info['rmse_lateral_nm'])}"
+                    f"{axial(info)}"
                 )
             bar.update(task, completed=info["step"], total=info.get("planned_steps"), info=text)
 
@@ -613,7 +618,7 @@ def train(
     typer.echo(
         f"saved {out}: threshold {model.threshold:.2f}, validation Jaccard {val['jaccard']:.3f}; "
         f"readout {model.readout} (chosen on validation): RMSE lateral "
-        f"{_nm(errors['rmse_lateral_nm'])}, axial {_nm(errors['rmse_axial_nm'])}"
+        f"{_nm(errors['rmse_lateral_nm'])}{axial(errors)}"
     )
     if errors["rmse_lateral_nm"] is None:
         typer.echo("no validation emitter was found: the sigma factors are not fitted (1)")

@@ -209,6 +209,11 @@ class PSFConfig(_Model):
         "denseloc:psf_epfl_beads_as.h5 is the bundled EPFL astigmatic calibration",
     )
 
+    @property
+    def is_3d(self) -> bool:
+        """Whether z is a parameter of this PSF: of every kind but ``gaussian``."""
+        return self.kind != "gaussian"
+
     @model_validator(mode="after")
     def _path_given(self) -> PSFConfig:
         if self.kind == "file" and self.path is None:

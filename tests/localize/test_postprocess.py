@@ -139,6 +139,20 @@ def test_sigma_scale_multiplies_each_axis_sigma_and_nothing_else(readout) -> Non
     pd.testing.assert_series_equal(partial["sigma_y_nm"], raw["sigma_y_nm"])
 
 
+def test_a_2d_model_reports_z_0_without_a_sigma_and_the_rest_unchanged() -> None:
+    # A 2D model's z maps are untrained (the loss ignores them): whatever they hold.
+    out = _maps()
+    out[0, 0, 4, 4], out[0, 0, 4, 5] = _logit(0.6), _logit(0.3)
+    out[0, 1:9, 4, 5] = torch.tensor([0.7, -0.4, 0.2, -0.1, 0.2, 0.15, 0.08, 0.05],
+                                     dtype=torch.float64)
+    as_3d = maps_to_table(out, SCALING, pixel_size_nm=PX)
+    as_2d = maps_to_table(out, SCALING, pixel_size_nm=PX, is_3d=False)
+    assert as_3d.z_nm.abs().min() > 0
+    assert (as_2d.z_nm == 0).all() and as_2d.sigma_z_nm.isna().all()
+    others = [c for c in as_3d.columns if c not in ("z_nm", "sigma_z_nm")]
+    pd.testing.assert_frame_equal(as_2d[others], as_3d[others])
+
+
 def test_unknown_readout_is_an_error() -> None:
     with pytest.raises(ValueError, match="readout"):
         maps_to_table(_maps(), SCALING, pixel_size_nm=PX, readout="mean")

@@ -107,3 +107,31 @@ def test_detection_bce_rewards_p_on_the_target_pixel() -> None:
     assert detection_bce(out, targets, mask).item() < 0.01
     out[0, 0, 5, 3] = -10.0
     assert detection_bce(out, targets, mask).item() == pytest.approx(10.0, abs=0.01)
+
+
+@pytest.mark.parametrize("is_3d", [True, False])
+def test_mixture_term_is_the_mixture_nll_over_the_psf_parameters(is_3d: bool) -> None:
+    """Against torch.distributions, pixel by pixel; a 2D PSF's mixture ignores z entirely."""
+    gen = torch.Generator().manual_seed(1)
+    targets, mask = example_targets()
+    out = torch.randn((2, 10, 6, 7), generator=gen, dtype=torch.float64)
+    out[:, 5:9] = torch.rand((2, 4, 6, 7), generator=gen, dtype=torch.float64) + 0.2
+    out.requires_grad_(True)
+    loss = gmm_loss(out, targets, mask, is_3d=is_3d).localization
+
+    dims = 4 if is_3d else 3
+    rows, cols = torch.meshgrid(torch.arange(6.0), torch.arange(7.0), indexing="ij")
+    for b in range(2):
+        o = out[b].detach().flatten(1)
+        mu = torch.stack([o[1], cols.flatten() + o[2], rows.flatten() + o[3], o[4]])[:dims]
+        sd = o[[8, 5, 6, 7]][:dims]
+        mixture = torch.distributions.MixtureSameFamily(
+            torch.distributions.Categorical(probs=torch.sigmoid(o[0])),
+            torch.distributions.Independent(torch.distributions.Normal(mu.T, sd.T), 1),
+        )
+        expected = -mixture.log_prob(targets[b, mask[b], :dims]).sum()
+        assert loss[b].item() == pytest.approx(expected.item(), rel=1e-9)
+
+    loss.sum().backward()
+    z_grad = out.grad[:, [4, 7]]
+    assert (z_grad.abs().sum() > 0) == is_3d

@@ -89,6 +89,16 @@ def test_z_is_simulated_only_for_3d_psfs(kind: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "psf", [{"kind": "gaussian"}, {"kind": "astigmatic"},
+            {"kind": "file", "path": "denseloc:psf_epfl_beads_as.h5"}],
+)
+def test_the_config_knows_whether_its_psf_is_3d(psf: dict) -> None:
+    # Models read is_3d from their config without building the PSF (a file to load).
+    config = small_config(psf=psf)
+    assert config.psf.is_3d == Simulator(config).psf.is_3d
+
+
+@pytest.mark.parametrize(
     ("settings", "match"),
     [
         ({"emitters": {"z_range_nm": [-800.0, 700.0]}}, r"beyond .* calibration \(-750, 750\)"),

@@ -229,6 +229,7 @@ def predict_frames(
                     core=core,
                     readout=readout,
                     sigma_scale=model.sigma_scale.get(readout),
+                    is_3d=model.config.psf.is_3d,
                 )
             )
     table = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True)

@@ -75,6 +75,7 @@ def maps_to_table(
     core: tuple[slice, slice] | None = None,
     readout: Readout = "mixture",
     sigma_scale: Mapping[str, float] | None = None,
+    is_3d: bool = True,
 ) -> pd.DataFrame:
     """Localizations from network output (B, 10, H, W).
 
@@ -103,6 +104,10 @@ def maps_to_table(
         Factors for the predicted sigmas by axis (``photons``, ``x``, ``y``, ``z``; missing
         axes 1), as a model folder records them for each readout (``Trainer.finish`` fits them
         on validation data).
+    is_3d : bool
+        False for a model of a 2D PSF: its z maps are untrained (see
+        :func:`~denseloc.nn.loss.gmm_loss`), so ``z_nm`` is 0 and ``sigma_z_nm`` NaN, as the
+        MLE fitter reports 2D fits.
     """
     if readout not in get_args(Readout):
         raise ValueError(f"readout must be one of {get_args(Readout)}, got {readout!r}")
@@ -129,13 +134,13 @@ def maps_to_table(
             "frame": frame_of[b.cpu().numpy()],
             "x_nm": px_to_nm(x_px, pixel_size_nm),
             "y_nm": px_to_nm(y_px, pixel_size_nm),
-            "z_nm": mean[:, 3] * scaling.z_nm,
+            "z_nm": mean[:, 3] * scaling.z_nm if is_3d else 0.0,
             "photons": mean[:, 0] * scaling.photons,
             "bg": vals[:, 9] * scaling.bg_photons,
             "p": integrated[b, row, col].cpu().double().numpy(),
             "sigma_x_nm": sd[:, 1] * pixel_size_nm,
             "sigma_y_nm": sd[:, 2] * pixel_size_nm,
-            "sigma_z_nm": sd[:, 3] * scaling.z_nm,
+            "sigma_z_nm": sd[:, 3] * scaling.z_nm if is_3d else np.nan,
             "sigma_photons": sd[:, 0] * scaling.photons,
         }
     )

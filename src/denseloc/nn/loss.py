@@ -8,7 +8,8 @@ For one frame with true emitters e_1..e_M and the network output (see
 - localization term: a mixture over all pixels k with weights ``p_k / sum(p)``; component k
   is an independent 4D Normal with mean ``(photons_k, x_k + dx_k, y_k + dy_k, z_k)`` and
   standard deviations ``(sigma_photons_k, sigma_x_k, sigma_y_k, sigma_z_k)``; the loss is the
-  negative log-likelihood of every true emitter, computed with log-sum-exp;
+  negative log-likelihood of every true emitter, computed with log-sum-exp. For a 2D PSF
+  (``is_3d=False``) the components are 3D Normals over (photons, x, y);
 - background: mean squared error of the background map, when predicted.
 
 Targets are given in the network's units: photons / ``scaling.photons``, x and y in pixel
@@ -47,6 +48,7 @@ def gmm_loss(
     *,
     bg_weight: float = 1.0,
     count_by_emitters: bool = False,
+    is_3d: bool = True,
 ) -> LossParts:
     """Gaussian-mixture likelihood loss.
 
@@ -67,6 +69,11 @@ def gmm_loss(
         DECODE does (which multiplies by the number itself, so that frames without emitters
         add no count term), instead of weighting it 1. The mixture term has one summand per
         emitter; this gives the count term the same scale in crowded frames.
+    is_3d : bool
+        Include z in the mixture's components. For a 2D PSF (False) the z and sigma_z
+        channels get no gradient and the targets' z column is ignored: with z targets of 0
+        everywhere, sigma_z shrank to its floor and differences between the components' z of
+        a thousandth of ``scaling.z_nm`` decided which component explained an emitter.
 
     Returns
     -------
@@ -98,13 +105,15 @@ def gmm_loss(
         [o64[:, 1], grid_x.flatten() + o64[:, 2], grid_y.flatten() + o64[:, 3], o64[:, 4]], dim=1
     )  # (B, 4, HW): photons, x, y, z
     sigma = torch.stack([o64[:, 8], o64[:, 5], o64[:, 6], o64[:, 7]], dim=1)
-    inv_var = sigma**-2
     t = targets.double()  # (B, K, 4)
-    lhs = torch.cat([t**2, -2 * t], dim=2)  # (B, K, 8)
-    rhs = torch.cat([inv_var, mu * inv_var], dim=1)  # (B, 8, HW)
+    if not is_3d:
+        mu, sigma, t = mu[:, :3], sigma[:, :3], t[..., :3]
+    inv_var = sigma**-2
+    lhs = torch.cat([t**2, -2 * t], dim=2)  # (B, K, 2D)
+    rhs = torch.cat([inv_var, mu * inv_var], dim=1)  # (B, 2D, HW)
     const = (mu**2 * inv_var).sum(1) + 2 * torch.log(sigma).sum(1)  # (B, HW)
     log_weight = (F.logsigmoid(p_logit) - torch.log(mean.clamp_min(1e-6))[:, None]).double()
-    log_normal = -0.5 * (torch.bmm(lhs, rhs) + const[:, None]) - 4 * _LOG_SQRT_2PI
+    log_normal = -0.5 * (torch.bmm(lhs, rhs) + const[:, None]) - mu.shape[1] * _LOG_SQRT_2PI
     log_lik = torch.logsumexp(log_weight[:, None] + log_normal, dim=2)  # (B, K)
     localization = -(log_lik * mask.to(log_lik.dtype)).sum(1).to(out.dtype)
 

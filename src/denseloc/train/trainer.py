@@ -145,7 +145,7 @@ def _validation_pairs(
     from denseloc.localize.postprocess import maps_to_table
 
     pred = maps_to_table(outputs, data.scaling, pixel_size_nm=data.config.image.pixel_size_nm,
-                         threshold=threshold, readout=readout)
+                         threshold=threshold, readout=readout, is_3d=data.sim.psf.is_3d)
     return evaluate(pred, truth, min_photons=min_photons)
 
 
@@ -374,6 +374,7 @@ class Trainer:
         return gmm_loss(
             output, batch.targets, batch.mask, bg,
             bg_weight=tc.bg_weight, count_by_emitters=tc.count_weight == "emitters",
+            is_3d=self.data.sim.psf.is_3d,
         ).total
 
     def _step(self, batch: Batch) -> tuple[float, float]:
