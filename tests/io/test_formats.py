@@ -130,6 +130,7 @@ def test_thunderstorm_file_style(tmp_path: Path) -> None:
     table = make_table(5)
     table["sigma_y_nm"] = table["sigma_x_nm"]
     table["z_nm"] = 0.0
+    table["sigma_z_nm"] = np.nan  # as a 2D fit reports it
     path = tmp_path / "ts.csv"
     write_table(table, path, format="thunderstorm")
     header, first = path.read_text().splitlines()[:2]
@@ -137,7 +138,8 @@ def test_thunderstorm_file_style(tmp_path: Path) -> None:
     assert names[:4] == ['"id"', '"frame"', '"x [nm]"', '"y [nm]"']
     assert '"uncertainty_xy [nm]"' in names
     assert '"intensity [photon]"' in names and '"offset [photon]"' in names
-    assert '"z [nm]"' not in names  # 2D data
+    assert '"z [nm]"' not in names and '"uncertainty_z [nm]"' not in names  # 2D data
+    assert '""' not in first  # no empty quoted fields
     assert int(first.split(",")[1]) == table["frame"].iloc[0] + 1  # 1-based in the file
     back = read_table(path)
     np.testing.assert_array_equal(back["frame"], table["frame"])

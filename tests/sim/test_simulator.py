@@ -90,7 +90,8 @@ def test_z_is_simulated_only_for_3d_psfs(kind: str) -> None:
 
 @pytest.mark.parametrize(
     "psf", [{"kind": "gaussian"}, {"kind": "astigmatic"},
-            {"kind": "file", "path": "denseloc:psf_epfl_beads_as.h5"}],
+            {"kind": "file", "path": "denseloc:psf_epfl_beads_as.h5"},
+            {"kind": "file", "path": "denseloc:psf_epfl_beads_as_astigmatic.yaml"}],
 )
 def test_the_config_knows_whether_its_psf_is_3d(psf: dict) -> None:
     # Models read is_3d from their config without building the PSF (a file to load).

@@ -109,6 +109,8 @@ def test_edge_windows_replicate_the_central_frame_as_at_a_movies_ends() -> None:
          r"edge_windows needs neighbouring frames"),
         ({"camera": {"kind": "scmos", "em_gain": 1.0, "roi_origin_px": [8, 0]}},
          r"roi_origin_px places a localized movie on the chip"),
+        ({"emitters": {"z_range_nm": [200.0, 200.0]}},
+         r"z_range_nm is a single z \(200 nm\) for a 3D PSF"),
     ],
 )
 def test_untrainable_settings_are_one_line_config_errors(settings: dict, match: str) -> None:

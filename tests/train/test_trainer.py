@@ -243,6 +243,33 @@ def test_training_and_validation_use_the_configured_count_weight(
     assert set(seen) == {by_emitters}
 
 
+@pytest.mark.parametrize("kind", ["gaussian", "astigmatic"])
+def test_only_a_3d_model_is_trained_and_read_with_z(tmp_path, monkeypatch, kind) -> None:
+    import denseloc.localize.network as network_module
+    import denseloc.localize.postprocess as postprocess_module
+    from denseloc.localize.network import predict_frames
+
+    seen = {"loss": set(), "training": set(), "localize": set()}
+
+    def recording(name, real):
+        def wrapper(*args, **kwargs):
+            seen[name].add(kwargs["is_3d"])
+            return real(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(trainer_module, "gmm_loss", recording("loss", trainer_module.gmm_loss))
+    monkeypatch.setattr(postprocess_module, "maps_to_table",  # imported by the trainer on use
+                        recording("training", postprocess_module.maps_to_table))
+    monkeypatch.setattr(network_module, "maps_to_table",
+                        recording("localize", network_module.maps_to_table))
+    cfg = tiny_config()
+    cfg.psf.kind = kind
+    Trainer(cfg, tmp_path / "m", device="cpu").fit(epochs=1)
+    predict_frames(TrainedModel.load(tmp_path / "m"), torch.full((3, 16, 16), 100.0),
+                   pixel_size_nm=100.0)
+    assert seen == {name: {kind != "gaussian"} for name in seen}
+
+
 def test_a_model_without_background_head_reports_no_background(tmp_path) -> None:
     import numpy as np
     import pandas as pd

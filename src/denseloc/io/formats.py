@@ -416,7 +416,8 @@ def write_thunderstorm(
     Parameters
     ----------
     table : DataFrame
-        A localization table. ``z [nm]`` is written only for 3D data (a non-zero ``z_nm``);
+        A localization table. ``z [nm]`` is written only for 3D data (a non-zero ``z_nm``),
+        and ``uncertainty_z [nm]`` not for 2D data without it (NaN, as 2D fits report it);
         equal ``sigma_x_nm`` and ``sigma_y_nm`` become ``uncertainty_xy [nm]``.
     path : str or PathLike
         Output ``.csv`` file, replaced atomically.
@@ -429,6 +430,10 @@ def write_thunderstorm(
     out["frame"] = out["frame"] + 1
     if not out["z_nm"].to_numpy().any():
         out = out.drop(columns="z_nm")
+        # A 2D fit's sigma_z is NaN, which quoted CSV would write as "" (an empty table
+        # keeps the column: nothing to write).
+        if "sigma_z_nm" in out and len(out) and out["sigma_z_nm"].isna().all():
+            out = out.drop(columns="sigma_z_nm")
     names = {c: _SCHEMA_TO_TS.get(c, c) for c in out.columns}
     if {"sigma_x_nm", "sigma_y_nm"} <= set(out.columns) and np.array_equal(
         out["sigma_x_nm"].to_numpy(), out["sigma_y_nm"].to_numpy(), equal_nan=True

@@ -79,6 +79,14 @@ def _check_trainable(config: Config, frame_size_px: int) -> None:
             "training needs emitters: emitters.density_per_um2 (or count_per_frame) and the "
             "top of train.density_range_per_um2 must be > 0"
         )
+    z_lo, z_hi = em.z_range_nm
+    if config.psf.is_3d and z_hi - z_lo < 1.0:
+        # Every z target equal: sigma_z would shrink to its floor and its noise decide which
+        # pixel explains an emitter (see denseloc.nn.loss.gmm_loss's is_3d).
+        raise ConfigError(
+            f"emitters.z_range_nm is a single z ({z_lo:g} nm) for a 3D PSF: a network cannot "
+            "learn z from one value; give a range, or use psf kind gaussian for 2D data"
+        )
     if config.train.edge_windows > 0 and config.model.context_frames == 1:
         raise ConfigError("train.edge_windows needs neighbouring frames: model.context_frames "
                           "is 1, so set edge_windows to 0")
