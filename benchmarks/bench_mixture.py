@@ -1,0 +1,147 @@
+"""Why a network's mixture sigmas are calibrated or too wide: the 3x3 mixture, taken apart.
+
+Usage:
+    python benchmarks/bench_mixture.py --model MODEL_DIR --name NAME [--density 0.3 6]
+
+The mixture readout (``denseloc.localize.postprocess``) reports a detection's sigma as the
+standard deviation of the p-weighted mixture over its 3x3 pixels,
+``sqrt(within^2 + spread^2)``: ``within^2 = sum_k w_k sigma_k^2`` is the components' own
+variance, ``spread^2 = sum_k w_k (mu_k - mean)^2`` how far the components' means lie apart.
+That sigma is calibrated only if the mixture mean's errors are as large. On frames simulated
+from the model's own configuration (its training frame size, one density at a time, a fixed
+seed), detected and matched as its validation does (local maxima of p whose integrated p
+reaches the model's threshold, read by the mixture; counted emitters: at least a tenth of the
+mean brightness in the frame), this reports per axis the RMS error of the mixture mean and of
+the centre pixel's own mean, the RMS of within, spread and the mixture sigma, and RMS(error /
+sigma) for the mixture (as predicted, without the model's factors), for within alone, and for
+the centre pixel (the maximum-pixel readout, its own mean). ``within`` and ``spread`` come
+from the package's own readout: the spread is its sigma with the sigma maps set to 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+import torch
+
+from _common import write_results
+from denseloc.evaluate import evaluate
+from denseloc.localize.postprocess import SIGMA_AXES, _mixture_readout, spatial_integration
+from denseloc.table import px_to_nm
+from denseloc.train.artifact import TrainedModel
+from denseloc.train.data import TrainingData
+from denseloc.train.trainer import COUNTED_FRACTION
+
+SEED = 11
+CHUNK = 64  # samples per forward pass
+
+
+def _rms(values: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(values**2))) if len(values) else float("nan")
+
+
+def mixture_parts(model: TrainedModel, density: float, samples: int) -> dict[str, np.ndarray]:
+    """Errors and sigma parts (nm, photons) of the matched counted emitters, per axis column.
+
+    Detections and matching are the validation's: local maxima of p whose integrated p
+    reaches the model's threshold, read by the mixture, matched to the truth by
+    :func:`denseloc.evaluate.evaluate`.
+    """
+    cfg = model.config
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"density_range_per_um2": (density, density)})})
+    data = TrainingData(cfg)
+    batch = data.batch(samples, data.sim.generator(SEED))
+    with torch.no_grad():
+        output = torch.cat([
+            model.net.forward_windows(batch.frames, batch.windows[i:i + CHUNK]).double()
+            for i in range(0, samples, CHUNK)
+        ])
+    p = torch.sigmoid(output[:, 0])
+    is_max, integrated = spatial_integration(p)
+    b, row, col = torch.nonzero(is_max & (integrated >= model.threshold), as_tuple=True)
+    mean, sd = _mixture_readout(output, p, b, row, col)
+    no_sigma = output.clone()
+    no_sigma[:, 5:9] = 0.0
+    _, spread = _mixture_readout(no_sigma, p, b, row, col)
+    centre, centre_sd = _mixture_readout(output, p, b, row, col, centre_only=True)
+
+    pixel_nm = cfg.image.pixel_size_nm
+    unit = np.array([data.scaling.photons, pixel_nm, pixel_nm, data.scaling.z_nm])
+
+    def physical(values: np.ndarray) -> np.ndarray:
+        """(N, 4) readout in network units -> photons, x_nm, y_nm, z_nm as in the tables."""
+        out = values * unit
+        out[:, 1] = px_to_nm(col.numpy() + values[:, 1], pixel_nm)
+        out[:, 2] = px_to_nm(row.numpy() + values[:, 2], pixel_nm)
+        return out
+
+    position, centre_position = physical(mean), physical(centre)
+    pred = pd.DataFrame({"frame": b.numpy(), "x_nm": position[:, 1], "y_nm": position[:, 2],
+                         "z_nm": position[:, 3] if cfg.psf.is_3d else 0.0})
+    truth = batch.emitters.to_table(pixel_nm)
+    _, pairs = evaluate(pred, truth,
+                        min_photons=COUNTED_FRACTION * cfg.emitters.photons_mean)
+    i = pairs["pred_index"].to_numpy()
+    true = np.column_stack([truth["photons"].to_numpy()[pairs["gt_index"].to_numpy()],
+                            *(pairs[f"{a}_gt_nm"].to_numpy() for a in ("x", "y", "z"))])
+    sd, spread, centre_sd = sd[i] * unit, spread[i] * unit, centre_sd[i] * unit
+    return {
+        "error": position[i] - true,
+        "centre_error": centre_position[i] - true,
+        "sd": sd,
+        "spread": spread,
+        "within": np.sqrt(np.clip(sd**2 - spread**2, 0, None)),
+        "centre_sd": centre_sd,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="trained model folder")
+    parser.add_argument("--name", required=True, help="results name")
+    parser.add_argument("--density", type=float, nargs="+", default=[0.3, 2.0],
+                        help="emitters/um^2, one table block each")
+    parser.add_argument("--samples", type=int, default=512, help="frames per density")
+    args = parser.parse_args()
+
+    model = TrainedModel.load(args.model)
+    axes = ("x", "y", "z") if model.config.psf.is_3d else ("x", "y")
+    rows = []
+    for density in args.density:
+        parts = mixture_parts(model, density, args.samples)
+        for axis in axes:
+            i = SIGMA_AXES.index(axis)
+            err, err_c = parts["error"][:, i], parts["centre_error"][:, i]
+            sd, within = parts["sd"][:, i], parts["within"][:, i]
+            rows.append({
+                "density_per_um2": density,
+                "axis": axis,
+                "emitters": len(err),
+                "rmse_nm": _rms(err),
+                "rmse_centre_nm": _rms(err_c),
+                "within_rms_nm": _rms(within),
+                "spread_rms_nm": _rms(parts["spread"][:, i]),
+                "mixture_sd_rms_nm": _rms(sd),
+                "err_over_mixture_sd": _rms(err / sd),
+                "err_over_within": _rms(err / within),
+                "centre_err_over_centre_sd": _rms(err_c / parts["centre_sd"][:, i]),
+            })
+    notes = (
+        f"Model {args.model} ({model.config.psf.kind} PSF, trained on "
+        f"{model.config.train.density_range_per_um2} emitters/um^2 per frame, "
+        f"{model.summary.get('samples', '?')} samples). {args.samples} frames of "
+        f"{model.config.train.frame_size_px} px per density, seed {SEED}; matched counted "
+        f"emitters (>= {COUNTED_FRACTION} x the mean brightness in the frame). "
+        "rmse: the mixture mean's error; rmse_centre: the centre pixel's own mean's; within, "
+        "spread, mixture_sd: RMS over the emitters of the mixture's parts "
+        "(mixture_sd^2 = within^2 + spread^2); err_over_*: RMS(error / sigma), sigmas as "
+        "predicted (no factors)."
+    )
+    print(write_results(args.name, rows, notes))
+
+
+if __name__ == "__main__":
+    main()
