@@ -20,8 +20,9 @@ integrated probability above.
 Sigma factors: a model folder records, per readout, the factors by axis that make its sigmas
 calibrated on its validation set (RMS(error / sigma) over the matched validation emitters,
 :func:`denseloc.train.trainer.fit_readouts`); ``sigma_scale`` applies them. The mixture's
-factors are close to 1 for the bundled model, but not for every network: one trained for 3-9
-emitters/um^2 predicts mixture sigmas 1.5-1.9 times too large, at every density. The model
+factors are close to 1 for the bundled model, but not for every network: one of ThunderSTORM's
+2D setting, trained for 3-9 emitters/um^2, predicts mixture sigmas 1.5-1.6 times too large, at
+every density. The model
 folder also names the readout to use by default, chosen on the same validation set.
 """
 

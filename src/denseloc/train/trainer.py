@@ -176,8 +176,8 @@ def fit_readouts(
     predicted sigma) (:func:`denseloc.evaluate.sigma_scale`; z only for a 3D PSF). The default
     is the mixture, the distribution the loss trains, unless the maximum pixel's errors are
     clearly smaller: its mean over the axes of RMS(error / sqrt(CRLB)) below
-    :data:`MAX_READOUT_GAIN` times the mixture's. (A network trained for 3-9 emitters/um^2
-    has lateral errors a fifth smaller read at its maximum pixel; for the bundled one, trained
+    :data:`MAX_READOUT_GAIN` times the mixture's. (A 2D network trained for 3-9 emitters/um^2
+    has lateral errors a sixth smaller read at its maximum pixel; for the bundled one, trained
     for 0.05-2.5, the two are level, and at 0.1 /um^2 the maximum pixel's z errors are larger.)
 
     Returns
