@@ -54,11 +54,14 @@ def mixture_parts(model: TrainedModel, density: float, samples: int) -> dict[str
         update={"density_range_per_um2": (density, density)})})
     data = TrainingData(cfg)
     batch = data.batch(samples, data.sim.generator(SEED))
+    outputs = []
     with torch.no_grad():
-        output = torch.cat([
-            model.net.forward_windows(batch.frames, batch.windows[i:i + CHUNK]).double()
-            for i in range(0, samples, CHUNK)
-        ])
+        for i in range(0, samples, CHUNK):
+            windows = batch.windows[i:i + CHUNK]
+            first, last = int(windows.min()), int(windows.max())
+            frames = batch.frames[first:last + 1]  # only the frames these windows use
+            outputs.append(model.net.forward_windows(frames, windows - first).double())
+    output = torch.cat(outputs)
     p = torch.sigmoid(output[:, 0])
     is_max, integrated = spatial_integration(p)
     b, row, col = torch.nonzero(is_max & (integrated >= model.threshold), as_tuple=True)
@@ -69,7 +72,7 @@ def mixture_parts(model: TrainedModel, density: float, samples: int) -> dict[str
     centre, centre_sd = _mixture_readout(output, p, b, row, col, centre_only=True)
 
     pixel_nm = cfg.image.pixel_size_nm
-    unit = np.array([data.scaling.photons, pixel_nm, pixel_nm, data.scaling.z_nm])
+    unit = np.array([model.scaling.photons, pixel_nm, pixel_nm, model.scaling.z_nm])
 
     def physical(values: np.ndarray) -> np.ndarray:
         """(N, 4) readout in network units -> photons, x_nm, y_nm, z_nm as in the tables."""
