@@ -15,7 +15,8 @@ mean brightness in the frame), this reports per axis the RMS error of the mixtur
 the centre pixel's own mean, the RMS of within, spread and the mixture sigma, and RMS(error /
 sigma) for the mixture (as predicted, without the model's factors), for within alone, and for
 the centre pixel (the maximum-pixel readout, its own mean). ``within`` and ``spread`` come
-from the package's own readout: the spread is its sigma with the sigma maps set to 0.
+from the package's own readout (``maps_to_table``): the spread is its sigma with the sigma maps
+set to 0.
 """
 
 from __future__ import annotations
@@ -28,26 +29,27 @@ import torch
 
 from _common import write_results
 from denseloc.evaluate import evaluate
-from denseloc.localize.postprocess import SIGMA_AXES, _mixture_readout, spatial_integration
-from denseloc.table import px_to_nm
+from denseloc.localize.postprocess import maps_to_table
 from denseloc.train.artifact import TrainedModel
 from denseloc.train.data import TrainingData
 from denseloc.train.trainer import COUNTED_FRACTION
 
 SEED = 11
 CHUNK = 64  # samples per forward pass
+AXES = ("x", "y", "z")
 
 
 def _rms(values: np.ndarray) -> float:
     return float(np.sqrt(np.mean(values**2))) if len(values) else float("nan")
 
 
-def mixture_parts(model: TrainedModel, density: float, samples: int) -> dict[str, np.ndarray]:
-    """Errors and sigma parts (nm, photons) of the matched counted emitters, per axis column.
+def mixture_parts(model: TrainedModel, density: float, samples: int) -> dict[str, pd.DataFrame]:
+    """Errors and sigma parts (nm) of the matched counted emitters, a column per axis.
 
-    Detections and matching are the validation's: local maxima of p whose integrated p
-    reaches the model's threshold, read by the mixture, matched to the truth by
-    :func:`denseloc.evaluate.evaluate`.
+    Detections and matching are the validation's: :func:`maps_to_table` at the model's
+    threshold, matched to the truth by :func:`denseloc.evaluate.evaluate`. The same
+    detections read at their maximum pixel give the centre's mean and sigma, and read from
+    maps whose sigmas are 0 the spread.
     """
     cfg = model.config
     cfg = cfg.model_copy(update={"train": cfg.train.model_copy(
@@ -60,44 +62,33 @@ def mixture_parts(model: TrainedModel, density: float, samples: int) -> dict[str
             windows = batch.windows[i:i + CHUNK]
             first, last = int(windows.min()), int(windows.max())
             frames = batch.frames[first:last + 1]  # only the frames these windows use
-            outputs.append(model.net.forward_windows(frames, windows - first).double())
+            outputs.append(model.net.forward_windows(frames, windows - first))
     output = torch.cat(outputs)
-    p = torch.sigmoid(output[:, 0])
-    is_max, integrated = spatial_integration(p)
-    b, row, col = torch.nonzero(is_max & (integrated >= model.threshold), as_tuple=True)
-    mean, sd = _mixture_readout(output, p, b, row, col)
     no_sigma = output.clone()
     no_sigma[:, 5:9] = 0.0
-    _, spread = _mixture_readout(no_sigma, p, b, row, col)
-    centre, centre_sd = _mixture_readout(output, p, b, row, col, centre_only=True)
-
-    pixel_nm = cfg.image.pixel_size_nm
-    unit = np.array([model.scaling.photons, pixel_nm, pixel_nm, model.scaling.z_nm])
-
-    def physical(values: np.ndarray) -> np.ndarray:
-        """(N, 4) readout in network units -> photons, x_nm, y_nm, z_nm as in the tables."""
-        out = values * unit
-        out[:, 1] = px_to_nm(col.numpy() + values[:, 1], pixel_nm)
-        out[:, 2] = px_to_nm(row.numpy() + values[:, 2], pixel_nm)
-        return out
-
-    position, centre_position = physical(mean), physical(centre)
-    pred = pd.DataFrame({"frame": b.numpy(), "x_nm": position[:, 1], "y_nm": position[:, 2],
-                         "z_nm": position[:, 3] if cfg.psf.is_3d else 0.0})
-    truth = batch.emitters.to_table(pixel_nm)
-    _, pairs = evaluate(pred, truth,
+    read = {"pixel_size_nm": cfg.image.pixel_size_nm, "threshold": model.threshold,
+            "is_3d": cfg.psf.is_3d}
+    # One row per detection, in the same order in all three tables.
+    pred = maps_to_table(output, model.scaling, **read)
+    centre = maps_to_table(output, model.scaling, readout="max", **read)
+    spread = maps_to_table(no_sigma, model.scaling, **read)
+    _, pairs = evaluate(pred, batch.emitters.to_table(cfg.image.pixel_size_nm),
                         min_photons=COUNTED_FRACTION * cfg.emitters.photons_mean)
     i = pairs["pred_index"].to_numpy()
-    true = np.column_stack([truth["photons"].to_numpy()[pairs["gt_index"].to_numpy()],
-                            *(pairs[f"{a}_gt_nm"].to_numpy() for a in ("x", "y", "z"))])
-    sd, spread, centre_sd = sd[i] * unit, spread[i] * unit, centre_sd[i] * unit
+    axes = AXES if cfg.psf.is_3d else AXES[:2]
+
+    def per_axis(table: pd.DataFrame, column: str) -> pd.DataFrame:
+        return pd.DataFrame({a: table[column.format(a)].to_numpy()[i] for a in axes})
+
+    sd, spread_sd = per_axis(pred, "sigma_{}_nm"), per_axis(spread, "sigma_{}_nm")
+    truth = pd.DataFrame({a: pairs[f"{a}_gt_nm"].to_numpy() for a in axes})
     return {
-        "error": position[i] - true,
-        "centre_error": centre_position[i] - true,
+        "error": per_axis(pred, "{}_nm") - truth,
+        "centre_error": per_axis(centre, "{}_nm") - truth,
         "sd": sd,
-        "spread": spread,
-        "within": np.sqrt(np.clip(sd**2 - spread**2, 0, None)),
-        "centre_sd": centre_sd,
+        "spread": spread_sd,
+        "within": np.sqrt((sd**2 - spread_sd**2).clip(lower=0)),
+        "centre_sd": per_axis(centre, "sigma_{}_nm"),
     }
 
 
@@ -111,14 +102,12 @@ def main() -> None:
     args = parser.parse_args()
 
     model = TrainedModel.load(args.model)
-    axes = ("x", "y", "z") if model.config.psf.is_3d else ("x", "y")
     rows = []
     for density in args.density:
         parts = mixture_parts(model, density, args.samples)
-        for axis in axes:
-            i = SIGMA_AXES.index(axis)
-            err, err_c = parts["error"][:, i], parts["centre_error"][:, i]
-            sd, within = parts["sd"][:, i], parts["within"][:, i]
+        for axis in parts["error"].columns:
+            err, err_c = parts["error"][axis].to_numpy(), parts["centre_error"][axis].to_numpy()
+            sd, within = parts["sd"][axis].to_numpy(), parts["within"][axis].to_numpy()
             rows.append({
                 "density_per_um2": density,
                 "axis": axis,
@@ -126,11 +115,11 @@ def main() -> None:
                 "rmse_nm": _rms(err),
                 "rmse_centre_nm": _rms(err_c),
                 "within_rms_nm": _rms(within),
-                "spread_rms_nm": _rms(parts["spread"][:, i]),
+                "spread_rms_nm": _rms(parts["spread"][axis].to_numpy()),
                 "mixture_sd_rms_nm": _rms(sd),
                 "err_over_mixture_sd": _rms(err / sd),
                 "err_over_within": _rms(err / within),
-                "centre_err_over_centre_sd": _rms(err_c / parts["centre_sd"][:, i]),
+                "centre_err_over_centre_sd": _rms(err_c / parts["centre_sd"][axis].to_numpy()),
             })
     notes = (
         f"Model {args.model} ({model.config.psf.kind} PSF, trained on "
