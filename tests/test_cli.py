@@ -132,6 +132,11 @@ def test_localize_mle_then_evaluate_json(sparse_movie, tmp_path) -> None:
     assert metrics["precision"] > 0.9 and metrics["recall"] > 0.6
     assert metrics["rmse_lateral_nm"] < 40
     assert metrics["crlb_ratio_x"] is not None
+    # 2D tables (z 0 in both) are scored without z; --3d reads their z of 0 as measured
+    assert metrics["rmse_axial_nm"] is None and metrics["efficiency_axial"] is None
+    result = run("evaluate", str(locs), "--gt", str(sparse_movie / "ground_truth.csv"),
+                 "--json", "--3d")
+    assert json.loads(result.output)["rmse_axial_nm"] == 0.0
 
 
 def test_localize_frames_range_and_camera_flags(sparse_movie, tmp_path) -> None:

@@ -520,6 +520,11 @@ def evaluate(
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     plots: Annotated[Path | None, typer.Option(help="Write error plots (PNG) here.")] = None,
+    is_3d: Annotated[
+        bool | None,
+        typer.Option("--3d/--2d", help="Score z, or not (2D data: z 0 in both tables). "
+                     "Default: 3D if either table has a non-zero z."),
+    ] = None,
 ) -> None:
     """Match localizations to ground truth and report detection and localization metrics."""
     import json
@@ -541,9 +546,11 @@ def evaluate(
             typer.secho(f"warning: {problem}; the Cramer-Rao bounds use the file as it is now",
                         fg=typer.colors.YELLOW, err=True)
         truth = add_crlb_columns(truth, sim_config)
+    if is_3d is None:
+        is_3d = any((t["z_nm"] != 0).any() for t in (predictions, truth) if "z_nm" in t.columns)
     metrics, pairs = run_evaluation(
         predictions, truth, tol_lateral_nm=tol_lateral_nm, tol_axial_nm=tol_axial_nm,
-        method=matching,
+        method=matching, is_3d=is_3d,
     )
     written = plot_evaluation(pairs, plots) if plots is not None else []
     if json_out:
@@ -588,7 +595,7 @@ def train(
     trainer = Trainer(cfg, out, device=device)
 
     def axial(metrics: dict) -> str:
-        """The axial RMSE for a 3D PSF; a 2D model's z is 0, and so would be its RMSE."""
+        """The axial RMSE; none for a 2D model (its z is 0, not measured)."""
         return f", axial {_nm(metrics['rmse_axial_nm'])}" if cfg.psf.is_3d else ""
 
     columns = (

@@ -118,6 +118,29 @@ def test_2d_data_has_zero_axial_error():
     assert (pairs["z_gt_nm"] == 0).all()
 
 
+def test_2d_evaluation_has_no_axial_scores_and_refuses_a_z():
+    gt = pd.DataFrame({"frame": [0, 0, 1], "x_nm": [0.0, 1000.0, 0.0], "y_nm": [0.0] * 3,
+                       "photons": [900.0, 100.0, 900.0], "crlb_x_nm": [2.0] * 3,
+                       "crlb_y_nm": [2.0] * 3})
+    pred = pd.DataFrame({"frame": [0, 1], "x_nm": [6.0, 0.0], "y_nm": [8.0, 0.0],
+                         "z_nm": [0.0, 0.0], "sigma_x_nm": [3.0] * 2, "sigma_y_nm": [4.0] * 2,
+                         "sigma_z_nm": [np.nan] * 2})
+    for min_photons in (None, 500.0):
+        m2, _ = evaluate(pred, gt, is_3d=False, min_photons=min_photons)
+        m3, _ = evaluate(pred, gt, min_photons=min_photons)
+        d2, d3 = m2.to_dict(), m3.to_dict()
+        axial = {k for k in d2 if k.endswith("_z") or "axial" in k or k in ("rmse_3d_nm",
+                                                                            "bias_z_nm")}
+        assert all(d2[k] is None for k in axial)
+        assert d3["rmse_axial_nm"] == 0.0  # what the 3D reading of the same tables says
+        assert {k: v for k, v in d2.items() if k not in axial} == {
+            k: v for k, v in d3.items() if k not in axial
+        }
+        assert m2.crlb_ratio_x == pytest.approx(6.0 / 2.0 / math.sqrt(2))  # (6, 0) over 2 pairs
+    with pytest.raises(ValueError, match="non-zero z"):
+        evaluate(pred.assign(z_nm=[0.0, 50.0]), gt, is_3d=False)
+
+
 def test_tolerances_and_method_are_passed_to_matching():
     gt = pd.DataFrame({"frame": [0, 0], "x_nm": [0.0, 200.0], "y_nm": [0.0, 0.0]})
     pred = pd.DataFrame({"frame": [0, 0], "x_nm": [110.0, 310.0], "y_nm": [0.0, 0.0]})

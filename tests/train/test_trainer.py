@@ -264,10 +264,24 @@ def test_only_a_3d_model_is_trained_and_read_with_z(tmp_path, monkeypatch, kind)
                         recording("localize", network_module.maps_to_table))
     cfg = tiny_config()
     cfg.psf.kind = kind
-    Trainer(cfg, tmp_path / "m", device="cpu").fit(epochs=1)
+    model = Trainer(cfg, tmp_path / "m", device="cpu").fit(epochs=1)
     predict_frames(TrainedModel.load(tmp_path / "m"), torch.full((3, 16, 16), 100.0),
                    pixel_size_nm=100.0)
     assert seen == {name: {kind != "gaussian"} for name in seen}
+    # a 2D model's log and summary have no axial scores, not an RMSE of 0 for its z of 0
+    import pandas as pd
+
+    # (the axial efficiency is a number in 3D even when nothing is matched, as after 1 epoch)
+    log = pd.read_csv(tmp_path / "m" / "training_log.csv")
+    validation = model.summary["validation"]
+    if kind == "gaussian":
+        assert log["rmse_axial_nm"].isna().all() and log["efficiency_axial"].isna().all()
+        assert validation["efficiency_axial"] is None and validation["rmse_axial_nm"] is None
+        assert all(s["rmse_axial_nm"] is None
+                   for s in model.summary["validation_by_readout"].values())
+    else:
+        assert log["efficiency_axial"].notna().all()
+        assert validation["efficiency_axial"] is not None
 
 
 def test_a_model_without_background_head_reports_no_background(tmp_path) -> None:

@@ -23,12 +23,15 @@ Conventions:
 - Against the Cramer-Rao bound, when the ground truth carries ``crlb_{x,y,z}_nm`` (the square
   root of the bound, a standard deviation in nm), per emitter: ``crlb_ratio = RMS(error_i /
   crlb_i)`` over matched pairs with a finite, positive bound (1 for an efficient estimator).
+- 2D data (``is_3d=False``: z is 0 in both tables, as denseloc writes it for a 2D PSF) has no
+  axial scores: the fields that involve z, including the 3D RMSE and the axial efficiency,
+  are None, rather than an RMSE of 0 that reads as a perfect z.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -40,6 +43,10 @@ __all__ = ["Metrics", "evaluate", "metrics_from_pairs", "sigma_scale"]
 _AXES = ("x", "y", "z")
 _ALPHA_LATERAL_PER_NM = 1.0
 _ALPHA_AXIAL_PER_NM = 0.5
+_AXIAL_FIELDS = (
+    "rmse_axial_nm", "rmse_3d_nm", "mad_axial_nm", "bias_z_nm", "efficiency_axial",
+    "sigma_ratio_z", "z_score_rms_z", "within_1sigma_z", "within_2sigma_z", "crlb_ratio_z",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ class Metrics:
     bias_x_nm, bias_y_nm, bias_z_nm : float or None
         Mean error (prediction minus ground truth) per axis, in nm.
     efficiency_lateral, efficiency_axial : float
-        SMLM Challenge efficiency, at most 100.
+        SMLM Challenge efficiency, at most 100 (the axial one None for 2D data).
     sigma_ratio_x, sigma_ratio_y, sigma_ratio_z : float or None
         ``RMSE / RMS(predicted sigma)`` per axis; 1 when calibrated.
     z_score_rms_x, z_score_rms_y, z_score_rms_z : float or None
@@ -108,7 +115,7 @@ class Metrics:
     bias_y_nm: float | None
     bias_z_nm: float | None
     efficiency_lateral: float
-    efficiency_axial: float
+    efficiency_axial: float | None
     sigma_ratio_x: float | None = None
     sigma_ratio_y: float | None = None
     sigma_ratio_z: float | None = None
@@ -138,6 +145,7 @@ def evaluate(
     tol_axial_nm: float = 500.0,
     method: MatchMethod = "hungarian",
     min_photons: float | None = None,
+    is_3d: bool = True,
 ) -> tuple[Metrics, pd.DataFrame]:
     """Match predictions to ground truth and score them.
 
@@ -163,6 +171,8 @@ def evaluate(
         therefore does not count for a bright one further away (measured on the benchmark's
         crowded frames, such predictions were all about three times closer to the dim one:
         the bright one had been missed).
+    is_3d : bool
+        False for 2D data: z must be 0 in both tables, and the scores that involve z are None.
 
     Returns
     -------
@@ -175,26 +185,39 @@ def evaluate(
         when present in the inputs, ``sigma_{x,y,z}_nm`` (predicted), ``photons_gt``,
         ``photons_pred``, ``sigma_photons`` (predicted) and ``crlb_{x,y,z}_nm`` (ground
         truth).
+
+    Raises
+    ------
+    ValueError
+        For bad tolerances or method, a missing ``photons`` column with `min_photons`, or a
+        non-zero z with ``is_3d=False``.
     """
     _check_args(tol_lateral_nm, tol_axial_nm, method)
     pred = _as_table(pred, "pred")
     gt = _as_table(gt, "gt")
+    if not is_3d:
+        for name, table in (("pred", pred), ("gt", gt)):
+            if (table["z_nm"].to_numpy(dtype=float) != 0).any():
+                raise ValueError(f"`is_3d=False` is for 2D data, but `{name}` has a non-zero z")
     matching = match(
         pred, gt, tol_lateral_nm=tol_lateral_nm, tol_axial_nm=tol_axial_nm, method=method
     )
     pairs = _pair_table(pred, gt, matching)
     if min_photons is None:
-        return metrics_from_pairs(pairs, n_pred=len(pred), n_gt=len(gt)), pairs
+        return metrics_from_pairs(pairs, n_pred=len(pred), n_gt=len(gt), is_3d=is_3d), pairs
     if "photons" not in gt.columns:
         raise ValueError("`min_photons` needs a `photons` column in the ground truth")
     optional = gt["photons"].to_numpy() < min_photons
     optional_pairs = optional[pairs["gt_index"].to_numpy()]
     pairs = pairs[~optional_pairs].reset_index(drop=True)
     n_pred = len(pred) - int(optional_pairs.sum())
-    return metrics_from_pairs(pairs, n_pred=n_pred, n_gt=int((~optional).sum())), pairs
+    metrics = metrics_from_pairs(pairs, n_pred=n_pred, n_gt=int((~optional).sum()), is_3d=is_3d)
+    return metrics, pairs
 
 
-def metrics_from_pairs(pairs: pd.DataFrame, *, n_pred: int, n_gt: int) -> Metrics:
+def metrics_from_pairs(
+    pairs: pd.DataFrame, *, n_pred: int, n_gt: int, is_3d: bool = True
+) -> Metrics:
     """Score a table of matched pairs, e.g. a subset of the pairs from :func:`evaluate`.
 
     Parameters
@@ -204,6 +227,8 @@ def metrics_from_pairs(pairs: pd.DataFrame, *, n_pred: int, n_gt: int) -> Metric
         ``sigma_{x,y,z}_nm`` and ``crlb_{x,y,z}_nm`` columns as in :func:`evaluate`.
     n_pred, n_gt : int
         Number of predictions and of ground-truth emitters the pairs were drawn from.
+    is_3d : bool
+        False for 2D data: the scores that involve z are None.
 
     Returns
     -------
@@ -233,7 +258,7 @@ def metrics_from_pairs(pairs: pd.DataFrame, *, n_pred: int, n_gt: int) -> Metric
         fields[f"within_1sigma_{axis}"] = within_1
         fields[f"within_2sigma_{axis}"] = within_2
         fields[f"crlb_ratio_{axis}"] = _calibration(err[axis], pairs, f"crlb_{axis}_nm")[1]
-    return Metrics(
+    metrics = Metrics(
         tp=tp,
         fp=fp,
         fn=fn,
@@ -253,6 +278,7 @@ def metrics_from_pairs(pairs: pd.DataFrame, *, n_pred: int, n_gt: int) -> Metric
         efficiency_axial=_efficiency(jaccard, rmse_axial, _ALPHA_AXIAL_PER_NM),
         **fields,
     )
+    return metrics if is_3d else replace(metrics, **dict.fromkeys(_AXIAL_FIELDS))
 
 
 def sigma_scale(

@@ -26,11 +26,14 @@ def plot_training_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     axes[0].legend()
     axes[1].plot(minutes, series("jaccard"), color="tab:green")
     axes[1].set_ylabel("Jaccard (threshold 0.5)")
+    # a 2D model has no axial scores (None in every row): no empty line in the legend
+    is_3d = any(r.get("rmse_axial_nm") is not None for r in rows)
     axes[2].plot(minutes, series("rmse_lateral_nm"), label="lateral")
-    axes[2].plot(minutes, series("rmse_axial_nm"), label="axial")
+    if is_3d:
+        axes[2].plot(minutes, series("rmse_axial_nm"), label="axial")
     axes[2].set_ylabel("RMSE (nm)")
     axes[2].legend()
-    for axis in "xyz":
+    for axis in "xyz" if is_3d else "xy":
         axes[3].plot(minutes, series(f"crlb_ratio_{axis}"), label=f"error/CRLB {axis}")
         axes[3].plot(minutes, series(f"z_score_rms_{axis}"), ls="--", label=f"error/sigma {axis}")
     axes[3].axhline(1.0, color="k", lw=0.5)

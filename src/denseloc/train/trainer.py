@@ -146,7 +146,7 @@ def _validation_pairs(
 
     pred = maps_to_table(outputs, data.scaling, pixel_size_nm=data.config.image.pixel_size_nm,
                          threshold=threshold, readout=readout, is_3d=data.sim.psf.is_3d)
-    return evaluate(pred, truth, min_photons=min_photons)
+    return evaluate(pred, truth, min_photons=min_photons, is_3d=data.sim.psf.is_3d)
 
 
 def evaluate_batches(
