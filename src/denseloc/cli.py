@@ -552,7 +552,7 @@ def evaluate(
         predictions, truth, tol_lateral_nm=tol_lateral_nm, tol_axial_nm=tol_axial_nm,
         method=matching, is_3d=is_3d,
     )
-    written = plot_evaluation(pairs, plots) if plots is not None else []
+    written = plot_evaluation(pairs, plots, is_3d=is_3d) if plots is not None else []
     if json_out:
         typer.echo(json.dumps(metrics.to_dict()))
         return

@@ -374,6 +374,21 @@ def test_plot_evaluation_without_sigma_or_z(tmp_path):
     assert plot_evaluation(pairs.iloc[:0], tmp_path / "empty") == []
 
 
+def test_2d_plots_have_no_z_panel(tmp_path):
+    from matplotlib.image import imread
+
+    pred, gt, _ = calibrated_case(n_frames=3)
+    pred["sigma_z_nm"] = np.nan  # as a 2D network writes it
+    pred["z_nm"] = gt["z_nm"] = 0.0
+    _, pairs = evaluate(pred, gt, is_3d=False)
+    paths = {p.name: p for p in plot_evaluation(pairs, tmp_path / "2d", is_3d=False, dpi=50)}
+    assert sorted(paths) == ["error_histograms.png", "sigma_vs_error.png"]
+    widths = {name: imread(path).shape[1] for name, path in paths.items()}
+    three = {p.name: imread(p).shape[1] for p in plot_evaluation(pairs, tmp_path / "3d", dpi=50)}
+    for name, width in widths.items():  # panels of 4 inches: two (x, y), not three
+        assert width == pytest.approx(2 / 3 * three[name], abs=2)
+
+
 def test_dim_ground_truth_is_optional_with_min_photons() -> None:
     gt = pd.DataFrame({"frame": [0, 0, 0], "x_nm": [0.0, 1000.0, 2000.0],
                        "y_nm": [0.0, 0.0, 0.0], "photons": [5000.0, 50.0, 80.0]})

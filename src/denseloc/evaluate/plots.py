@@ -28,15 +28,21 @@ _AXES = ("x", "y", "z")
 
 
 def plot_evaluation(
-    pairs: pd.DataFrame, out_dir: str | os.PathLike, *, n_bins: int = 20, dpi: int = 120
+    pairs: pd.DataFrame,
+    out_dir: str | os.PathLike,
+    *,
+    n_bins: int = 20,
+    dpi: int = 120,
+    is_3d: bool = True,
 ) -> list[Path]:
     """Write PNG figures that show the localization errors of matched pairs.
 
     Files written to `out_dir` (created if needed), each atomically:
 
-    - ``error_histograms.png``: histograms of dx, dy, dz (nm), with mean and RMSE.
+    - ``error_histograms.png``: histograms of dx, dy, dz (nm; dz only in 3D), with mean and
+      RMSE.
     - ``error_vs_z.png``: RMSE of x, y and z (nm) in `n_bins` equal-width bins of the
-      ground-truth z; skipped when all ground-truth z are equal (2D data).
+      ground-truth z; skipped in 2D and when all ground-truth z are equal.
     - ``sigma_vs_error.png``: per axis with a predicted ``sigma_*_nm`` column, the RMS error
       against the RMS predicted sigma in `n_bins` bins of equal count (quantiles of sigma),
       with the identity line that calibrated sigmas follow; skipped without sigma columns.
@@ -51,6 +57,9 @@ def plot_evaluation(
         Number of bins of the binned plots.
     dpi : int
         Resolution of the PNG files.
+    is_3d : bool
+        False for 2D data (z 0 in both tables, as :func:`denseloc.evaluate.evaluate` with
+        ``is_3d=False``): no panel shows z, whose errors of 0 were never measured.
 
     Returns
     -------
@@ -63,10 +72,11 @@ def plot_evaluation(
     if len(pairs) == 0:
         logger.warning("no matched pairs: no evaluation plots written to %s", out_dir)
         return []
-    figures = {"error_histograms.png": _error_histograms(pairs)}
-    if np.ptp(pairs["z_gt_nm"].to_numpy(dtype=float)) > 0:
+    axes = _AXES if is_3d else _AXES[:2]
+    figures = {"error_histograms.png": _error_histograms(pairs, axes)}
+    if is_3d and np.ptp(pairs["z_gt_nm"].to_numpy(dtype=float)) > 0:
         figures["error_vs_z.png"] = _error_vs_z(pairs, n_bins)
-    sigma_axes = [a for a in _AXES if f"sigma_{a}_nm" in pairs.columns]
+    sigma_axes = [a for a in axes if f"sigma_{a}_nm" in pairs.columns]
     if sigma_axes:
         figures["sigma_vs_error.png"] = _sigma_vs_error(pairs, sigma_axes, n_bins)
     return [save_figure(fig, out_dir / name, dpi=dpi) for name, fig in figures.items()]
@@ -79,9 +89,9 @@ def _figure(n_panels: int) -> Figure:
     return fig
 
 
-def _error_histograms(pairs: pd.DataFrame) -> Figure:
-    fig = _figure(len(_AXES))
-    for ax, axis in zip(fig.axes, _AXES, strict=True):
+def _error_histograms(pairs: pd.DataFrame, axes: tuple[str, ...]) -> Figure:
+    fig = _figure(len(axes))
+    for ax, axis in zip(fig.axes, axes, strict=True):
         err = pairs[f"d{axis}_nm"].to_numpy(dtype=float)
         ax.hist(err, bins=60, color="C0")
         ax.axvline(0.0, color="k", lw=0.8)
