@@ -83,11 +83,12 @@ def found_emitters(pred: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
 
 
 def score(pred: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float | None]:
-    metrics, pairs = evaluate(pred, truth, min_photons=MIN_PHOTONS)
+    is_3d = bool((truth["z_nm"] != 0).any())  # 2D test movies: no axial scores, not 0
+    metrics, pairs = evaluate(pred, truth, min_photons=MIN_PHOTONS, is_3d=is_3d)
     row = {"jaccard": metrics.jaccard, "rmse_lateral_nm": metrics.rmse_lateral_nm,
            "rmse_axial_nm": metrics.rmse_axial_nm}
     bright = pairs[pairs["photons_gt"] >= BRIGHT_PHOTONS]
-    for axis in "xyz":
+    for axis in "xyz" if is_3d else "xy":
         err = bright[f"d{axis}_nm"].to_numpy()
         row[f"crlb_ratio_{axis}"] = float(np.sqrt(np.mean((err / bright[f"crlb_{axis}_nm"]) ** 2)))
         if f"sigma_{axis}_nm" in pairs:

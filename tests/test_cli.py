@@ -178,6 +178,19 @@ def test_localize_missing_and_corrupt_stack(tmp_path) -> None:
         assert "Traceback" not in result.output
 
 
+def test_evaluate_2d_refuses_a_table_with_z(tmp_path) -> None:
+    import json
+
+    flat, tilted = tmp_path / "flat.csv", tmp_path / "tilted.csv"
+    flat.write_text("frame,x_nm,y_nm\n0,100,100\n")
+    tilted.write_text("frame,x_nm,y_nm,z_nm\n0,110,100,50\n")
+    result = run("evaluate", str(tilted), "--gt", str(flat), "--2d")
+    assert result.exit_code == 2 and "tilted.csv has a non-zero z" in result.output
+    assert "Traceback" not in result.output
+    result = run("evaluate", str(tilted), "--gt", str(flat), "--json")  # 3D: z is measured
+    assert json.loads(result.output)["rmse_axial_nm"] == 50.0
+
+
 def test_evaluate_rejects_unreadable_tables(tmp_path) -> None:
     bad = tmp_path / "pred.csv"
     bad.write_text("frame,foo\n1,2\n")

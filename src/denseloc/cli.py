@@ -546,8 +546,12 @@ def evaluate(
             typer.secho(f"warning: {problem}; the Cramer-Rao bounds use the file as it is now",
                         fg=typer.colors.YELLOW, err=True)
         truth = add_crlb_columns(truth, sim_config)
+    with_z = [name for name, t in ((pred, predictions), (gt, truth))
+              if "z_nm" in t.columns and (t["z_nm"] != 0).any()]
     if is_3d is None:
-        is_3d = any((t["z_nm"] != 0).any() for t in (predictions, truth) if "z_nm" in t.columns)
+        is_3d = bool(with_z)
+    elif not is_3d and with_z:
+        raise DenselocError(f"--2d: {with_z[0]} has a non-zero z; drop --2d to score it in 3D")
     metrics, pairs = run_evaluation(
         predictions, truth, tol_lateral_nm=tol_lateral_nm, tol_axial_nm=tol_axial_nm,
         method=matching, is_3d=is_3d,

@@ -127,11 +127,13 @@ def run_demo(
         paths[f"locs_{method}"] = out_dir / f"localizations_{method}.csv"
         write_table(table, paths[f"locs_{method}"])
     for name, (table, reference) in runs.items():
-        metrics, pairs = evaluate(table, reference, min_photons=500.0)
+        metrics, pairs = evaluate(table, reference, min_photons=500.0,
+                                  is_3d=config.psf.is_3d)
         results[name] = metrics.to_dict()
         if name != "network_first":
             method = name.split("_")[0]
-            for png in plot_evaluation(pairs, out_dir / f"plots_{method}"):
+            for png in plot_evaluation(pairs, out_dir / f"plots_{method}",
+                                       is_3d=config.psf.is_3d):
                 paths[f"{method}_{png.stem}"] = png
     results.update(_images(tables["network"], truth, config, out_dir, paths))
     paths["metrics"] = out_dir / "metrics.json"

@@ -69,8 +69,10 @@ class Metrics:
         Mean absolute deviations ``mean(hypot(dx, dy))`` and ``mean(|dz|)``, in nm.
     bias_x_nm, bias_y_nm, bias_z_nm : float or None
         Mean error (prediction minus ground truth) per axis, in nm.
-    efficiency_lateral, efficiency_axial : float
-        SMLM Challenge efficiency, at most 100 (the axial one None for 2D data).
+    efficiency_lateral : float
+        SMLM Challenge efficiency, at most 100.
+    efficiency_axial : float or None
+        The same for z; None for 2D data.
     sigma_ratio_x, sigma_ratio_y, sigma_ratio_z : float or None
         ``RMSE / RMS(predicted sigma)`` per axis; 1 when calibrated.
     z_score_rms_x, z_score_rms_y, z_score_rms_z : float or None
