@@ -291,8 +291,8 @@ class ModelConfig(_Model):
         16, ge=2, le=256, description="filters in the first U-Net stage (DECODE: 48)"
     )
     depth: int = Field(2, ge=1, le=4, description="down/up stages per U-Net")
-    context_frames: Literal[1, 3] = Field(
-        3, description="input frames: 3 (t-1, t, t+1, temporal context) or 1"
+    context_frames: Literal[1, 3, 5] = Field(
+        3, description="input frames centred on t: 3 (t-1, t, t+1), 5 (t-2 .. t+2) or 1"
     )
     predict_bg: bool = Field(True, description="predict the background map")
 
@@ -306,15 +306,16 @@ class TrainConfig(_Model):
         8,
         ge=1,
         description="frames of each simulated training movie; every window of consecutive "
-        "frames is a sample, so a frame's analysis serves up to 3 samples (3: independent "
-        "samples, 1.5 times slower to train; 4 to 16 train equally well per sample)",
+        "frames is a sample, so a frame's analysis serves up to context_frames samples "
+        "(with 3: 3 frames give independent samples, 1.5 times slower to train; 4 to 16 "
+        "train equally well per sample)",
     )
     edge_windows: float = Field(
         0.0, ge=0, le=1,
-        description="replace each training window's previous and next frame by a copy of the "
-        "central frame, each with half this probability, as localization does at a movie's "
-        "first and last frame (0.1 did not improve those frames' detection; validation uses "
-        "interior windows)",
+        description="with half this probability for each side, make a training window one "
+        "of a movie's first (or last) frames, whose missing neighbours localization fills "
+        "with copies of the movie's first (last) frame (0.1 did not improve those frames' "
+        "detection with 3 frames; validation uses interior windows)",
     )
     steps_per_epoch: int = Field(250, ge=1, description="optimiser steps between validations")
     lr: float = Field(2e-3, gt=0, description="peak learning rate of AdamW")

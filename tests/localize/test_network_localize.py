@@ -71,13 +71,24 @@ def test_bundled_model_localizes_a_simulated_movie(bundled, movie) -> None:
         assert getattr(top_metrics, f"z_score_rms_{axis}") > 1.15 * score, top_metrics
 
 
-def test_chunked_inference_equals_whole_movie(bundled, movie) -> None:
+@pytest.mark.parametrize("context", [3, 5])
+def test_chunked_inference_equals_whole_movie(bundled, movie, context) -> None:
+    import dataclasses
+
+    from denseloc.nn.model import DecodeNet
+
     _, model = bundled
     path, cfg, _ = movie
+    threshold = None
+    if context != model.net.context_frames:  # untrained: detections wherever p peaks
+        torch.manual_seed(0)
+        net = DecodeNet(filters=4, depth=2, context_frames=context).eval()
+        model, threshold = dataclasses.replace(model, net=net), 0.0
     with open_movie(path) as mv:
-        whole = localize_movie_network(mv, model, cfg, chunk_frames=24)
-        chunked = localize_movie_network(mv, model, cfg, chunk_frames=5)
-        part = localize_movie_network(mv, model, cfg, frames=range(3, 7), chunk_frames=3)
+        whole = localize_movie_network(mv, model, cfg, chunk_frames=24, threshold=threshold)
+        chunked = localize_movie_network(mv, model, cfg, chunk_frames=5, threshold=threshold)
+        part = localize_movie_network(mv, model, cfg, frames=range(3, 7), chunk_frames=3,
+                                      threshold=threshold)
     assert len(whole) > 0
     pd.testing.assert_frame_equal(whole, chunked, check_exact=False, rtol=1e-5, atol=1e-3)
     # Frames 3..6 with their real neighbours as context: the same rows as in the whole run.
@@ -304,6 +315,37 @@ def test_the_model_folders_readout_and_sigma_factors_are_used(bundled, movie, tm
     for column, ratio in (("sigma_photons", 3), ("sigma_x_nm", 2), ("sigma_y_nm", 1),
                           ("sigma_z_nm", 0.5)):
         np.testing.assert_allclose(theirs[column], ratio * ours[column], rtol=1e-9)
+
+
+@pytest.mark.parametrize("context", [3, 5])
+def test_windows_replicate_the_movies_ends_and_chunks_see_their_real_neighbours(
+    bundled, context
+) -> None:
+    import dataclasses
+
+    from denseloc.localize.network import network_outputs
+    from denseloc.nn.model import DecodeNet
+    from denseloc.train.data import scale_frames
+
+    _, model = bundled
+    torch.manual_seed(0)
+    net = DecodeNet(filters=4, depth=1, context_frames=context).eval()
+    small = dataclasses.replace(model, net=net)
+    photons = 100 + 50 * torch.rand(7, 12, 12)
+    half = context // 2
+    padded = torch.cat([photons[:1].expand(half, -1, -1), photons,
+                        photons[-1:].expand(half, -1, -1)])
+    scaled = scale_frames(padded, small.scaling)
+    with torch.no_grad():
+        whole = network_outputs(small, photons, batch_size=3)
+        expected = net(torch.stack([scaled[t : t + context] for t in range(7)]))
+        torch.testing.assert_close(whole, expected, rtol=1e-4, atol=1e-5)
+        # A part with all the frames before and after it (only `half` of each are used)
+        # gives the whole movie's outputs; at the ends, the missing ones are replicated.
+        for a, b in [(0, 1), (1, 3), (2, 5), (3, 4), (5, 7), (6, 7)]:
+            part = network_outputs(small, photons[a:b], before=photons[:a] if a else None,
+                                   after=photons[b:] if b < 7 else None, batch_size=1)
+            torch.testing.assert_close(part, whole[a:b], rtol=1e-4, atol=1e-5)
 
 
 def test_a_single_frame_network_reads_each_frame_alone(bundled) -> None:

@@ -9,7 +9,7 @@ from denseloc.nn.loss import gmm_loss
 from denseloc.nn.model import CHANNELS, DecodeNet
 
 
-@pytest.mark.parametrize("context", [1, 3])
+@pytest.mark.parametrize("context", [1, 3, 5])
 @pytest.mark.parametrize("size", [(16, 16), (21, 34)])
 def test_output_shape_and_ranges(context: int, size: tuple[int, int]) -> None:
     net = DecodeNet(filters=4, depth=2, context_frames=context)
@@ -23,6 +23,8 @@ def test_output_shape_and_ranges(context: int, size: tuple[int, int]) -> None:
 def test_rejects_wrong_context() -> None:
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         DecodeNet(filters=4)(torch.randn(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="1, 3 or 5"):
+        DecodeNet(filters=4, context_frames=2)
 
 
 def test_channels_last_gives_the_same_output() -> None:

@@ -72,25 +72,47 @@ def test_z_targets_span_the_range_over_the_margin(z_margin: float) -> None:
     assert z.max() > 0.95 / z_margin and z.min() < -0.95 * 400.0 / (600.0 * z_margin)
 
 
-def test_edge_windows_replicate_the_central_frame_as_at_a_movies_ends() -> None:
-    cfg = Config.model_validate({"psf": {"kind": "gaussian"},
+@pytest.mark.parametrize("context", [3, 5])
+def test_edge_windows_are_padded_as_localization_pads_a_movies_ends(context) -> None:
+    cfg = Config.model_validate({"psf": {"kind": "gaussian"}, "model": {"context_frames": context},
                                  "train": {"frame_size_px": 16, "edge_windows": 0.5}})
-    batch = TrainingData(cfg).batch(400, torch.Generator().manual_seed(0))
-    centre = batch.windows[:, 1]
-    previous = batch.windows[:, 0] == centre
-    following = batch.windows[:, 2] == centre
-    # Each side is replaced with probability 0.25; otherwise the window is consecutive.
-    assert torch.equal(batch.windows[~previous, 0], centre[~previous] - 1)
-    assert torch.equal(batch.windows[~following, 2], centre[~following] + 1)
-    for replaced in (previous, following):
-        assert abs(int(replaced.sum()) - 100) < 3 * (400 * 0.25 * 0.75) ** 0.5
-    # The network sees the central frame in place of a replaced neighbour.
-    torch.testing.assert_close(batch.inputs[previous, 0], batch.inputs[previous, 1])
-    torch.testing.assert_close(batch.inputs[following, 2], batch.inputs[following, 1])
+    n = 800
+    batch = TrainingData(cfg).batch(n, torch.Generator().manual_seed(0))
+    half = context // 2
+    centre = batch.windows[:, half]
+    consecutive = centre[:, None] + torch.arange(-half, half + 1)
+    # Each side is cut with probability 0.25: k of its frames (k uniform in 1 .. half) are
+    # copies of the nearest frame left, as localization pads frame k-1 of a movie (or the
+    # k-th from its end); otherwise the window is consecutive on that side.
+    for side in ("before", "after"):
+        found = []
+        for k in range(half + 1):
+            expected = consecutive.clone()
+            if side == "before":
+                expected[:, :k] = consecutive[:, k : k + 1]
+            else:
+                expected[:, context - k :] = consecutive[:, context - 1 - k : context - k]
+            if side == "before":  # the other side may be cut too
+                this = (batch.windows[:, : half + 1] == expected[:, : half + 1]).all(1)
+            else:
+                this = (batch.windows[:, half:] == expected[:, half:]).all(1)
+            found.append(this)
+            if k:
+                copies = slice(0, k) if side == "before" else slice(context - k, context)
+                nearest = k if side == "before" else context - 1 - k
+                for j in range(copies.start, copies.stop):
+                    torch.testing.assert_close(batch.inputs[this, j], batch.inputs[this, nearest])
+        found = torch.stack(found, 1)
+        assert (found.sum(1) == 1).all()  # every window is one of these
+        cut = int(found[:, 1:].sum())
+        assert abs(cut - n / 4) < 3 * (n * 0.25 * 0.75) ** 0.5
+        for k in range(1, half + 1):
+            p = 0.25 / half
+            assert abs(int(found[:, k].sum()) - n * p) < 3 * (n * p * (1 - p)) ** 0.5
     # The targets stay the central frame's, whatever its neighbours.
     plain = TrainingData(cfg.model_copy(update={"train": cfg.train.model_copy(
-        update={"edge_windows": 0.0})})).batch(400, torch.Generator().manual_seed(0))
-    assert torch.equal(plain.windows[:, 1], centre) and torch.equal(plain.targets, batch.targets)
+        update={"edge_windows": 0.0})})).batch(n, torch.Generator().manual_seed(0))
+    assert torch.equal(plain.windows[:, half], centre) and torch.equal(plain.targets, batch.targets)
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,12 @@
 """Apply a trained network to a stack of frames (photons), in chunks and tiles.
 
-Each frame goes through the frame-analysis U-Net once; its features are reused by the three
-3-frame windows that contain it (1.6-1.8x faster than running each window; DESIGN
-section 9). The first and last frames of the movie use replicated neighbours (a copy of
-themselves as the missing frame); a network trained without ``train.edge_windows`` never saw
-such windows and does worse on these two frames (``benchmarks/bench_edges.py``).
-Chunks overlap by one frame on each side, so results do not depend on the chunk size.
+Each frame goes through the frame-analysis U-Net once; its features are reused by every
+window that contains it (for 3-frame windows 1.6-1.8x faster than running each window; DESIGN
+section 9). Frames near the start and end of the movie use replicated neighbours (copies of
+the movie's first or last frame stand in for the missing ones); a network trained without
+``train.edge_windows`` never saw such windows and does worse on these frames
+(``benchmarks/bench_edges.py``). Chunks overlap by ``context_frames // 2`` frames on each
+side, so results do not depend on the chunk size.
 
 Frames larger than `max_tile_px` are cut into tiles that overlap by the network's receptive
 field plus one pixel (:attr:`DecodeNet.receptive_radius` + 1, rounded up to the network's size
@@ -123,9 +124,10 @@ def iter_network_outputs(
         The network and its units.
     photons : Tensor of shape (T, H, W)
         Frames in photons.
-    before, after : Tensor of shape (H, W), optional
-        The movie's frames just before and after these frames; when None (start or end of
-        the movie) the first/last frame is replicated.
+    before, after : Tensor of shape (K, H, W), optional
+        The movie's frames just before and just after these frames, in time order, up to
+        ``context_frames // 2`` of each (more are ignored); where there are fewer (start or
+        end of the movie), the movie's first / last frame is replicated in their place.
     batch_size : int, optional
         Frames per forward pass (default: :func:`auto_batch_size`).
     """
@@ -134,13 +136,21 @@ def iter_network_outputs(
     channels_last = device.type == "cpu"
     n, height, width = photons.shape
     batch_size = batch_size or auto_batch_size(height, width)
-    frames = photons
-    if net.context_frames == 3:
-        first = photons[:1] if before is None else before[None]
-        last = photons[-1:] if after is None else after[None]
-        frames = torch.cat([first, photons, last])
-    pad_h, pad_w = (-height) % net.multiple, (-width) % net.multiple
     ctx = net.context_frames
+    frames = photons
+    for name, given in (("before", before), ("after", after)):
+        if given is not None and (given.ndim != 3 or given.shape[1:] != photons.shape[1:]):
+            raise ValueError(f"`{name}` must be frames (K, {height}, {width}), "
+                             f"got {tuple(given.shape)}")
+    if ctx > 1:
+        half = ctx // 2
+        before = photons[:0] if before is None else before[max(len(before) - half, 0) :]
+        after = photons[:0] if after is None else after[:half]
+        first = torch.cat([before, photons[:1]])[:1]  # the movie's first and last frames
+        last = torch.cat([photons[-1:], after])[-1:]
+        frames = torch.cat([first.expand(half - len(before), -1, -1), before, photons, after,
+                            last.expand(half - len(after), -1, -1)])
+    pad_h, pad_w = (-height) % net.multiple, (-width) % net.multiple
 
     def features_of(a: int, b: int) -> torch.Tensor:
         x = scale_frames(frames[a:b].to(device=device, dtype=torch.float32), model.scaling)
@@ -191,6 +201,8 @@ def predict_frames(
 ) -> pd.DataFrame:
     """Localizations in frames (T, H, W) given in photons, with the model's threshold.
 
+    `before` and `after` are the movie's frames (K, H, W) just before and after these, as in
+    :func:`iter_network_outputs`; None at the movie's start and end.
     Frames larger than `max_tile_px` are processed in overlapping tiles (see the module
     docstring). `readout` (default: the model's) is passed to
     :func:`~denseloc.localize.postprocess.maps_to_table`, with the model's factors that
@@ -213,8 +225,8 @@ def predict_frames(
         batches = iter_network_outputs(
             model,
             photons[(slice(None), *window)],
-            before=None if before is None else before[window],
-            after=None if after is None else after[window],
+            before=None if before is None else before[(slice(None), *window)],
+            after=None if after is None else after[(slice(None), *window)],
             batch_size=batch_size,
         )
         for start, out in batches:

@@ -216,12 +216,13 @@ def localize_movie_network(
     def photons(a: int, b: int) -> torch.Tensor:
         return camera.adu_to_photons(torch.from_numpy(movie[a:b].astype("float32")))
 
+    half = model.net.context_frames // 2  # neighbours on each side of a window's centre
     tables, done = [], 0
     for start, chunk in movie.iter_chunks(chunk_frames, start=frames.start, stop=frames.stop):
         stop = start + len(chunk)
         chunk_photons = camera.adu_to_photons(torch.from_numpy(chunk.astype("float32")))
-        before = photons(start - 1, start)[0] if start > 0 else None
-        after = photons(stop, stop + 1)[0] if stop < len(movie) else None
+        before = photons(max(start - half, 0), start) if start > 0 and half else None
+        after = photons(stop, stop + half) if stop < len(movie) and half else None
         tables.append(
             predict_frames(
                 model, chunk_photons, pixel_size_nm=config.image.pixel_size_nm,

@@ -1,7 +1,7 @@
 """The DECODE network: frame-analysis U-Net, temporal-context U-Net and output heads.
 
-Each of the `context_frames` input frames (t-1, t, t+1, or t alone) goes through the same
-frame-analysis U-Net; the feature maps are concatenated and pass through the
+Each of the `context_frames` input frames (t-1, t, t+1; t-2 .. t+2; or t alone) goes through
+the same frame-analysis U-Net; the feature maps are concatenated and pass through the
 temporal-context U-Net; four heads (conv 3x3 + ELU, conv 1x1) predict, per pixel:
 
 ====  ==============  =========================================================
@@ -84,7 +84,7 @@ class DecodeNet(nn.Module):
     depth : int
         Down/up stages per U-Net.
     context_frames : int
-        1 (single frame) or 3 (t-1, t, t+1).
+        1 (single frame), 3 (t-1, t, t+1) or 5 (t-2 .. t+2).
     predict_bg : bool
         Whether to predict the background map.
     """
@@ -93,8 +93,8 @@ class DecodeNet(nn.Module):
         self, filters: int = 16, depth: int = 2, context_frames: int = 3, predict_bg: bool = True
     ) -> None:
         super().__init__()
-        if context_frames not in (1, 3):
-            raise ValueError(f"context_frames must be 1 or 3, got {context_frames}")
+        if context_frames not in (1, 3, 5):
+            raise ValueError(f"context_frames must be 1, 3 or 5, got {context_frames}")
         self.filters = filters
         self.depth = depth
         self.context_frames = context_frames

@@ -128,6 +128,29 @@ def scale_frames(photons: torch.Tensor, scaling: Scaling) -> torch.Tensor:
     return (photons - scaling.input_offset) / scaling.input_scale
 
 
+def _edge_windows(index: torch.Tensor, edge: float, generator: torch.Generator) -> torch.Tensor:
+    """Windows (B, C) of frame indices, some made a movie's first or last frames.
+
+    Each side of a window is cut with probability `edge` / 2: k of its frames there (k uniform
+    in 1 .. C // 2) are replaced by the nearest frame left, as localization pads a movie's
+    ends. For 3 frames (k = 1) no k is drawn, so their random stream is that of earlier
+    versions.
+    """
+    size, ctx = index.shape
+    half = ctx // 2
+    cut = torch.rand(size, 2, generator=generator, device=index.device) < edge / 2
+    if half > 1:
+        k = torch.randint(1, half + 1, (size, 2), generator=generator, device=index.device)
+    else:
+        k = torch.ones(size, 2, dtype=torch.long, device=index.device)
+    k = torch.where(cut, k, 0)
+    position = torch.arange(ctx, device=index.device)
+    # the first k[:, 0] positions take position k[:, 0]'s frame; the last k[:, 1] take
+    # position (ctx - 1 - k[:, 1])'s
+    source = position.clamp(min=k[:, :1]).minimum(ctx - 1 - k[:, 1:])
+    return index.gather(1, source)
+
+
 def _peak_fraction(sim: Simulator) -> float:
     zero = torch.zeros(1, dtype=torch.float64)
     return float(sim.psf.evaluate(zero, zero, zero, sim.patch_size).max())
@@ -189,9 +212,11 @@ class TrainingData:
     ) -> Batch:
         """Simulate `size` samples (windows of ``context_frames`` consecutive frames).
 
-        With `edge_windows` (default ``train.edge_windows``) > 0, each window's previous and
-        next frame are each replaced by its central frame with probability `edge_windows` / 2
-        (both with (`edge_windows` / 2)^2), as localization does at a movie's ends.
+        With `edge_windows` (default ``train.edge_windows``) > 0, each window is made one of
+        a movie's first frames with probability `edge_windows` / 2, and one of its last with
+        the same probability (both with (`edge_windows` / 2)^2), as localization pads them:
+        k of its previous (next) frames are missing, k uniform in 1 .. ``context_frames //
+        2``, and are copies of the nearest one present (for 3 frames: the central frame).
         """
         sim, scaling = self.sim, self.scaling
         ctx = self.context
@@ -218,11 +243,7 @@ class TrainingData:
         index = starts[:, None] + torch.arange(ctx, device=frames.device)
         edge = self.config.train.edge_windows if edge_windows is None else edge_windows
         if edge > 0 and ctx > 1:  # draws nothing otherwise: other runs keep their stream
-            # A missing neighbour at a movie's ends is its central frame, replicated.
-            replace = torch.rand(size, 2, generator=generator, device=sim.device) < edge / 2
-            centre = index[:, ctx // 2]
-            index[:, 0] = torch.where(replace[:, 0], centre, index[:, 0])
-            index[:, -1] = torch.where(replace[:, 1], centre, index[:, -1])
+            index = _edge_windows(index, edge, generator)
         return Batch(
             targets=targets,
             mask=mask,
