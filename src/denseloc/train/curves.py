@@ -26,8 +26,9 @@ def plot_training_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     axes[0].legend()
     axes[1].plot(minutes, series("jaccard"), color="tab:green")
     axes[1].set_ylabel("Jaccard (threshold 0.5)")
-    # a 2D model has no axial scores (None in every row): no empty line in the legend
-    is_3d = any(r.get("rmse_axial_nm") is not None for r in rows)
+    # a 2D model has no axial scores (None in every row): no empty line in the legend; the
+    # axial efficiency is a number in every 3D row, even before anything is matched
+    is_3d = any(r.get("efficiency_axial") is not None for r in rows)
     axes[2].plot(minutes, series("rmse_lateral_nm"), label="lateral")
     if is_3d:
         axes[2].plot(minutes, series("rmse_axial_nm"), label="axial")
