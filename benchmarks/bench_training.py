@@ -34,7 +34,7 @@ from _common import RESULTS, write_results
 from denseloc.cli import resolve_config
 from denseloc.config import Config
 from denseloc.errors import DenselocError
-from denseloc.evaluate import evaluate
+from denseloc.evaluate import evaluate, has_z
 from denseloc.evaluate.crlb import NoiseModel, add_crlb_columns
 from denseloc.sim.simulator import Simulator
 from denseloc.train.artifact import TrainedModel
@@ -83,7 +83,7 @@ def found_emitters(pred: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
 
 
 def score(pred: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float | None]:
-    is_3d = bool((truth["z_nm"] != 0).any())  # 2D test movies: no axial scores, not 0
+    is_3d = has_z(truth)  # 2D test movies: no axial scores, not 0
     metrics, pairs = evaluate(pred, truth, min_photons=MIN_PHOTONS, is_3d=is_3d)
     row = {"jaccard": metrics.jaccard, "rmse_lateral_nm": metrics.rmse_lateral_nm,
            "rmse_axial_nm": metrics.rmse_axial_nm}

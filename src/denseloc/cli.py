@@ -530,7 +530,7 @@ def evaluate(
     import json
 
     from denseloc.evaluate import evaluate as run_evaluation
-    from denseloc.evaluate import plot_evaluation
+    from denseloc.evaluate import has_z, plot_evaluation
     from denseloc.io import read_table
 
     if matching not in ("hungarian", "greedy"):
@@ -546,8 +546,7 @@ def evaluate(
             typer.secho(f"warning: {problem}; the Cramer-Rao bounds use the file as it is now",
                         fg=typer.colors.YELLOW, err=True)
         truth = add_crlb_columns(truth, sim_config)
-    with_z = [name for name, t in ((pred, predictions), (gt, truth))
-              if "z_nm" in t.columns and (t["z_nm"] != 0).any()]
+    with_z = [name for name, t in ((pred, predictions), (gt, truth)) if has_z(t)]
     if is_3d is None:
         is_3d = bool(with_z)
     elif not is_3d and with_z:

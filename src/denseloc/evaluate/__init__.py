@@ -6,7 +6,7 @@ and uncertainty calibration (:func:`evaluate`, :class:`Metrics`) and plot the er
 """
 
 from denseloc.evaluate.match import Matching, MatchMethod, match
-from denseloc.evaluate.metrics import Metrics, evaluate, metrics_from_pairs, sigma_scale
+from denseloc.evaluate.metrics import Metrics, evaluate, has_z, metrics_from_pairs, sigma_scale
 from denseloc.evaluate.plots import plot_evaluation
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Matching",
     "Metrics",
     "evaluate",
+    "has_z",
     "match",
     "metrics_from_pairs",
     "plot_evaluation",

@@ -38,7 +38,7 @@ import pandas as pd
 
 from denseloc.evaluate.match import Matching, MatchMethod, _as_table, _check_args, match
 
-__all__ = ["Metrics", "evaluate", "metrics_from_pairs", "sigma_scale"]
+__all__ = ["Metrics", "evaluate", "has_z", "metrics_from_pairs", "sigma_scale"]
 
 _AXES = ("x", "y", "z")
 _ALPHA_LATERAL_PER_NM = 1.0
@@ -199,7 +199,7 @@ def evaluate(
     gt = _as_table(gt, "gt")
     if not is_3d:
         for name, table in (("pred", pred), ("gt", gt)):
-            if (table["z_nm"].to_numpy(dtype=float) != 0).any():
+            if has_z(table):
                 raise ValueError(f"`is_3d=False` is for 2D data, but `{name}` has a non-zero z")
     matching = match(
         pred, gt, tol_lateral_nm=tol_lateral_nm, tol_axial_nm=tol_axial_nm, method=method
@@ -215,6 +215,14 @@ def evaluate(
     n_pred = len(pred) - int(optional_pairs.sum())
     metrics = metrics_from_pairs(pairs, n_pred=n_pred, n_gt=int((~optional).sum()), is_3d=is_3d)
     return metrics, pairs
+
+
+def has_z(table: pd.DataFrame) -> bool:
+    """Whether a localization table is 3D: it has a ``z_nm`` column with a non-zero value.
+
+    denseloc writes z 0 for 2D data, and other programs' 2D tables have no z column.
+    """
+    return "z_nm" in table.columns and bool((table["z_nm"].to_numpy(dtype=float) != 0).any())
 
 
 def metrics_from_pairs(
