@@ -12,7 +12,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from denseloc.evaluate import Metrics, evaluate, metrics_from_pairs, plot_evaluation, sigma_scale
+from denseloc.evaluate import (
+    Metrics,
+    evaluate,
+    has_z,
+    metrics_from_pairs,
+    pairs_have_z,
+    plot_evaluation,
+    sigma_scale,
+)
 
 # Gaussian probabilities P(|Z| <= 1), P(|Z| <= 2), P(|Z| <= 4).
 P1, P2, P4 = math.erf(1 / math.sqrt(2)), math.erf(2 / math.sqrt(2)), math.erf(4 / math.sqrt(2))
@@ -106,16 +114,40 @@ def test_metrics_from_a_subset_of_pairs():
         metrics_from_pairs(pairs, n_pred=2, n_gt=5)
 
 
-def test_2d_data_has_zero_axial_error():
+def test_2d_data_read_as_3d_has_zero_axial_error():
     gt = pd.DataFrame({"frame": [0, 0, 1], "x_nm": [0.0, 1000.0, 0.0], "y_nm": [0.0] * 3})
     pred = pd.DataFrame({"frame": [0, 1], "x_nm": [6.0, 0.0], "y_nm": [8.0, 0.0]})
-    m, pairs = evaluate(pred, gt)
+    m, pairs = evaluate(pred, gt, is_3d=True)
     assert (m.tp, m.fp, m.fn) == (2, 0, 1)
     assert m.rmse_lateral_nm == pytest.approx(math.sqrt(100 / 2))
     assert m.rmse_axial_nm == 0.0
     assert m.rmse_3d_nm == pytest.approx(m.rmse_lateral_nm)
     assert m.efficiency_axial == pytest.approx(100 * m.jaccard)  # no axial error term
     assert (pairs["z_gt_nm"] == 0).all()
+    # Tables without a non-zero z are 2D unless the caller says otherwise.
+    assert evaluate(pred, gt)[0].rmse_axial_nm is None
+    # Pairs (and their subsets) keep evaluate's decision; pairs from elsewhere are 2D by their z.
+    assert metrics_from_pairs(pairs[pairs["frame"] == 1], n_pred=1, n_gt=1).rmse_axial_nm == 0.0
+    bare = pairs.copy()
+    bare.attrs.clear()
+    assert metrics_from_pairs(bare, n_pred=2, n_gt=3).rmse_axial_nm is None
+    assert metrics_from_pairs(bare, n_pred=2, n_gt=3, is_3d=True).rmse_axial_nm == 0.0
+
+
+def test_data_with_a_z_are_3d_by_default():
+    gt = pd.DataFrame({"frame": [0, 0], "x_nm": [0.0, 1000.0], "y_nm": [0.0] * 2,
+                       "z_nm": [0.0, 0.0]})
+    pred = pd.DataFrame({"frame": [0, 0], "x_nm": [0.0, 1000.0], "y_nm": [0.0] * 2,
+                         "z_nm": [30.0, -40.0]})
+    m, pairs = evaluate(pred, gt)  # the truth alone would read as 2D: pred decides
+    assert m.rmse_axial_nm == pytest.approx(math.sqrt((30.0**2 + 40.0**2) / 2))
+    assert has_z(pred) and not has_z(gt) and pairs_have_z(pairs)
+    assert metrics_from_pairs(pairs, n_pred=2, n_gt=2) == m
+    assert pairs_have_z(pairs.iloc[:0])  # evaluate's decision, not the (absent) z of the subset
+    bare = pairs.copy()
+    bare.attrs.clear()
+    assert pairs_have_z(bare) and not pairs_have_z(bare.iloc[:0])
+    assert not pairs_have_z(bare.assign(z_pred_nm=np.nan, dz_nm=np.nan))  # NaN is no z
 
 
 def test_2d_evaluation_has_no_axial_scores_and_refuses_a_z():
@@ -127,7 +159,8 @@ def test_2d_evaluation_has_no_axial_scores_and_refuses_a_z():
                          "sigma_z_nm": [np.nan] * 2})
     for min_photons in (None, 500.0):
         m2, _ = evaluate(pred, gt, is_3d=False, min_photons=min_photons)
-        m3, _ = evaluate(pred, gt, min_photons=min_photons)
+        m3, _ = evaluate(pred, gt, is_3d=True, min_photons=min_photons)
+        assert evaluate(pred, gt, min_photons=min_photons)[0] == m2  # 2D by default
         d2, d3 = m2.to_dict(), m3.to_dict()
         axial = {k for k in d2 if k.endswith("_z") or "axial" in k or k in ("rmse_3d_nm",
                                                                             "bias_z_nm")}
@@ -157,10 +190,11 @@ def test_tolerances_and_method_are_passed_to_matching():
 
 
 def _evaluate_without_warnings(pred: pd.DataFrame, gt: pd.DataFrame) -> Metrics:
+    """3D scores (tables without a non-zero z would read as 2D), with warnings as errors."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with np.errstate(all="raise"):
-            m, pairs = evaluate(pred, gt)
+            m, pairs = evaluate(pred, gt, is_3d=True)
     assert len(pairs) == 0 and {"dx_nm", "dy_nm", "dz_nm", "frame"} <= set(pairs.columns)
     json.dumps(m.to_dict())
     return m
@@ -384,7 +418,9 @@ def test_2d_plots_have_no_z_panel(tmp_path):
     paths = {p.name: p for p in plot_evaluation(pairs, tmp_path / "2d", is_3d=False, dpi=50)}
     assert sorted(paths) == ["error_histograms.png", "sigma_vs_error.png"]
     widths = {name: imread(path).shape[1] for name, path in paths.items()}
-    three = {p.name: imread(p).shape[1] for p in plot_evaluation(pairs, tmp_path / "3d", dpi=50)}
+    assert sorted(p.name for p in plot_evaluation(pairs, tmp_path / "auto")) == sorted(paths)
+    three = {p.name: imread(p).shape[1]
+             for p in plot_evaluation(pairs, tmp_path / "3d", is_3d=True, dpi=50)}
     for name, width in widths.items():  # panels of 4 inches: two (x, y), not three
         assert width == pytest.approx(2 / 3 * three[name], abs=2)
 

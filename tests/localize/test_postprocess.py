@@ -12,6 +12,7 @@ from denseloc.nn.model import Scaling
 
 SCALING = Scaling(input_offset=0.0, input_scale=1.0, photons=1000.0, z_nm=500.0, bg_photons=10.0)
 PX = 100.0
+READ_3D = {"pixel_size_nm": PX, "is_3d": True}  # maps_to_table for a 3D model
 
 
 def _maps(size: int = 9) -> torch.Tensor:
@@ -41,7 +42,7 @@ def test_single_pixel_mixture_equals_the_pixel() -> None:
     out[0, :9, 4, 4] = torch.tensor([_logit(0.9), 0.5, 0.2, -0.3, 0.4, 0.05, 0.07, 0.02, 0.03],
                                     dtype=torch.float64)
     for readout in ("mixture", "max"):
-        row = maps_to_table(out, SCALING, pixel_size_nm=PX, threshold=0.5, readout=readout)
+        row = maps_to_table(out, SCALING, **READ_3D, threshold=0.5, readout=readout)
         assert len(row) == 1
         r = row.iloc[0]
         assert r.x_nm == pytest.approx((4 + 0.2 + 0.5) * PX)
@@ -66,7 +67,7 @@ def test_mixture_readout_is_the_mixture_mean_and_total_variance() -> None:
     mu_x, s_x = np.array([4.3, 4.5]), np.array([0.1, 0.2])
     mu_z, s_z = np.array([0.2, 0.4]), np.array([0.05, 0.05])
 
-    table = maps_to_table(out, SCALING, pixel_size_nm=PX, threshold=0.5)
+    table = maps_to_table(out, SCALING, **READ_3D, threshold=0.5)
     assert len(table) == 1  # one local maximum; integrated p = 0.9
     r = table.iloc[0]
     mean_x = w @ mu_x
@@ -78,7 +79,7 @@ def test_mixture_readout_is_the_mixture_mean_and_total_variance() -> None:
     assert r.sigma_z_nm == pytest.approx(np.sqrt(w @ (s_z**2 + (mu_z - mean_z) ** 2)) * 500.0,
                                          rel=1e-6)
     # The maximum pixel alone understates the uncertainty.
-    top = maps_to_table(out, SCALING, pixel_size_nm=PX, threshold=0.5, readout="max").iloc[0]
+    top = maps_to_table(out, SCALING, **READ_3D, threshold=0.5, readout="max").iloc[0]
     assert top.x_nm == pytest.approx(4.8 * PX) and top.sigma_x_nm == pytest.approx(0.1 * PX)
     assert r.sigma_x_nm > top.sigma_x_nm
 
@@ -96,7 +97,7 @@ def test_detection_at_the_frame_corner_uses_only_pixels_inside(corner) -> None:
     out[0, 0, row, col], out[0, 0, row, col + side] = _logit(0.6), _logit(0.3)
     out[0, 2, row, col], out[0, 2, row, col + side] = -0.2, 0.1
     out[0, 0, 8 - row, 8 - col], out[0, 2, 8 - row, 8 - col] = _logit(0.1), 0.4  # opposite
-    table = maps_to_table(out, SCALING, pixel_size_nm=PX, threshold=0.5)
+    table = maps_to_table(out, SCALING, **READ_3D, threshold=0.5)
     assert len(table) == 1  # the dim corner is below the threshold
     x_px = 2 / 3 * (col - 0.2) + 1 / 3 * (col + side + 0.1)
     assert table.x_nm[0] == pytest.approx((x_px + 0.5) * PX, rel=1e-6)
@@ -107,7 +108,7 @@ def test_each_frame_reads_its_own_maps() -> None:
     out[0, 0, 2, 2], out[0, 2, 2, 2] = _logit(0.9), 0.3
     out[1, 0, 6, 5], out[1, 2, 6, 5], out[1, 5, 6, 5] = _logit(0.8), -0.1, 0.2
     out[1, 0, 6, 6] = _logit(0.05)  # a faint neighbour in frame 1 only
-    table = maps_to_table(out, SCALING, pixel_size_nm=PX, threshold=0.5, frames=[10, 11])
+    table = maps_to_table(out, SCALING, **READ_3D, threshold=0.5, frames=[10, 11])
     assert table.frame.tolist() == [10, 11]
     assert table.x_nm[0] == pytest.approx(2.8 * PX) and table.sigma_x_nm[0] == pytest.approx(10.0)
     w = np.array([0.8, 0.05]) / 0.85
@@ -124,9 +125,9 @@ def test_sigma_scale_multiplies_each_axis_sigma_and_nothing_else(readout) -> Non
     out[0, 0, 4, 4], out[0, 0, 4, 5] = _logit(0.6), _logit(0.3)
     out[0, 1:9, 4, 5] = torch.tensor([0.7, -0.4, 0.2, -0.1, 0.2, 0.15, 0.08, 0.05],
                                      dtype=torch.float64)
-    raw = maps_to_table(out, SCALING, pixel_size_nm=PX, readout=readout)
+    raw = maps_to_table(out, SCALING, **READ_3D, readout=readout)
     factors = {"photons": 1.5, "x": 0.6, "y": 2.0, "z": 0.8}
-    scaled = maps_to_table(out, SCALING, pixel_size_nm=PX, readout=readout,
+    scaled = maps_to_table(out, SCALING, **READ_3D, readout=readout,
                            sigma_scale=factors)
     for column, axis in (("sigma_photons", "photons"), ("sigma_x_nm", "x"),
                          ("sigma_y_nm", "y"), ("sigma_z_nm", "z")):
@@ -134,7 +135,7 @@ def test_sigma_scale_multiplies_each_axis_sigma_and_nothing_else(readout) -> Non
     others = [c for c in raw.columns if not c.startswith("sigma_")]
     pd.testing.assert_frame_equal(scaled[others], raw[others])
     # Missing axes keep their sigma.
-    partial = maps_to_table(out, SCALING, pixel_size_nm=PX, readout=readout,
+    partial = maps_to_table(out, SCALING, **READ_3D, readout=readout,
                             sigma_scale={"x": 0.6})
     pd.testing.assert_series_equal(partial["sigma_y_nm"], raw["sigma_y_nm"])
 
@@ -145,7 +146,7 @@ def test_a_2d_model_reports_z_0_without_a_sigma_and_the_rest_unchanged() -> None
     out[0, 0, 4, 4], out[0, 0, 4, 5] = _logit(0.6), _logit(0.3)
     out[0, 1:9, 4, 5] = torch.tensor([0.7, -0.4, 0.2, -0.1, 0.2, 0.15, 0.08, 0.05],
                                      dtype=torch.float64)
-    as_3d = maps_to_table(out, SCALING, pixel_size_nm=PX)
+    as_3d = maps_to_table(out, SCALING, **READ_3D)
     as_2d = maps_to_table(out, SCALING, pixel_size_nm=PX, is_3d=False)
     assert as_3d.z_nm.abs().min() > 0
     assert (as_2d.z_nm == 0).all() and as_2d.sigma_z_nm.isna().all()
@@ -155,4 +156,4 @@ def test_a_2d_model_reports_z_0_without_a_sigma_and_the_rest_unchanged() -> None
 
 def test_unknown_readout_is_an_error() -> None:
     with pytest.raises(ValueError, match="readout"):
-        maps_to_table(_maps(), SCALING, pixel_size_nm=PX, readout="mean")
+        maps_to_table(_maps(), SCALING, **READ_3D, readout="mean")

@@ -299,7 +299,8 @@ def test_a_model_without_background_head_reports_no_background(tmp_path) -> None
         out = model.net(torch.randn(1, 3, 16, 16))
     out[:, 0] = -10.0  # p logits: one sure detection; the rest of the maps as the net made them
     out[0, 0, 8, 8] = 10.0
-    table = maps_to_table(out, model.scaling, pixel_size_nm=100.0, threshold=0.5)
+    table = maps_to_table(out, model.scaling, pixel_size_nm=100.0, threshold=0.5,
+                          is_3d=True)
     assert len(table) == 1
     assert table["bg"].isna().all()  # not 0 photons/px, which would be a false measurement
 

@@ -6,7 +6,14 @@ and uncertainty calibration (:func:`evaluate`, :class:`Metrics`) and plot the er
 """
 
 from denseloc.evaluate.match import Matching, MatchMethod, match
-from denseloc.evaluate.metrics import Metrics, evaluate, has_z, metrics_from_pairs, sigma_scale
+from denseloc.evaluate.metrics import (
+    Metrics,
+    evaluate,
+    has_z,
+    metrics_from_pairs,
+    pairs_have_z,
+    sigma_scale,
+)
 from denseloc.evaluate.plots import plot_evaluation
 
 __all__ = [
@@ -17,6 +24,7 @@ __all__ = [
     "has_z",
     "match",
     "metrics_from_pairs",
+    "pairs_have_z",
     "plot_evaluation",
     "sigma_scale",
 ]

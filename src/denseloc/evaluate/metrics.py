@@ -14,7 +14,7 @@ Conventions:
   Without matched pairs the error statistics are None (null in JSON).
 - Efficiency ``E = 100 - sqrt((100 (1 - JI))^2 + alpha^2 RMSE^2)`` with ``alpha = 1 /nm``
   (lateral) and ``0.5 /nm`` (axial); without matched pairs the RMSE term is 0, so ``E = 0``
-  (or 100 when both tables are empty). E can be negative.
+  (or 100 when both tables are empty; axial only for 3D data). E can be negative.
 - Uncertainty calibration per axis, when predictions carry ``sigma_{x,y,z}_nm``, over matched
   pairs whose sigma is finite and > 0: ``sigma_ratio = RMSE / RMS(sigma)`` (quadratic means,
   so that calibrated, heteroscedastic Gaussian errors give 1), ``z_score_rms = RMS(error /
@@ -23,9 +23,10 @@ Conventions:
 - Against the Cramer-Rao bound, when the ground truth carries ``crlb_{x,y,z}_nm`` (the square
   root of the bound, a standard deviation in nm), per emitter: ``crlb_ratio = RMS(error_i /
   crlb_i)`` over matched pairs with a finite, positive bound (1 for an efficient estimator).
-- 2D data (``is_3d=False``: z is 0 in both tables, as denseloc writes it for a 2D PSF) has no
+- 2D data (z is 0 in both tables, as denseloc writes it for a 2D PSF, or absent) has no
   axial scores: the fields that involve z, including the 3D RMSE and the axial efficiency,
-  are None, rather than an RMSE of 0 that reads as a perfect z.
+  are None, rather than an RMSE of 0 that reads as a perfect z. By default the data are 3D
+  if and only if a table has a non-zero z (:func:`has_z`); ``is_3d`` overrides.
 """
 
 from __future__ import annotations
@@ -38,7 +39,9 @@ import pandas as pd
 
 from denseloc.evaluate.match import Matching, MatchMethod, _as_table, _check_args, match
 
-__all__ = ["Metrics", "evaluate", "has_z", "metrics_from_pairs", "sigma_scale"]
+__all__ = [
+    "Metrics", "evaluate", "has_z", "metrics_from_pairs", "pairs_have_z", "sigma_scale"
+]
 
 _AXES = ("x", "y", "z")
 _ALPHA_LATERAL_PER_NM = 1.0
@@ -93,8 +96,8 @@ class Metrics:
     >>> m, pairs = evaluate(pred, gt)
     >>> m.tp, m.fp, m.fn, m.precision, m.recall, m.jaccard
     (1, 0, 1, 1.0, 0.5, 0.5)
-    >>> m.rmse_lateral_nm, m.rmse_axial_nm, m.sigma_ratio_x
-    (50.0, 0.0, None)
+    >>> m.rmse_lateral_nm, m.rmse_axial_nm, m.sigma_ratio_x  # no z: 2D, no axial scores
+    (50.0, None, None)
     >>> round(m.efficiency_lateral, 2)  # 100 - sqrt(50^2 + 50^2)
     29.29
     >>> pairs[["frame", "dx_nm", "dy_nm", "dz_nm"]].to_numpy().tolist()
@@ -147,7 +150,7 @@ def evaluate(
     tol_axial_nm: float = 500.0,
     method: MatchMethod = "hungarian",
     min_photons: float | None = None,
-    is_3d: bool = True,
+    is_3d: bool | None = None,
 ) -> tuple[Metrics, pd.DataFrame]:
     """Match predictions to ground truth and score them.
 
@@ -173,8 +176,9 @@ def evaluate(
         therefore does not count for a bright one further away (measured on the benchmark's
         crowded frames, such predictions were all about three times closer to the dim one:
         the bright one had been missed).
-    is_3d : bool
+    is_3d : bool, optional
         False for 2D data: z must be 0 in both tables, and the scores that involve z are None.
+        Default: 3D if either table has a non-zero z (:func:`has_z`).
 
     Returns
     -------
@@ -197,7 +201,9 @@ def evaluate(
     _check_args(tol_lateral_nm, tol_axial_nm, method)
     pred = _as_table(pred, "pred")
     gt = _as_table(gt, "gt")
-    if not is_3d:
+    if is_3d is None:
+        is_3d = has_z(pred) or has_z(gt)
+    elif not is_3d:
         for name, table in (("pred", pred), ("gt", gt)):
             if has_z(table):
                 raise ValueError(f"`is_3d=False` is for 2D data, but `{name}` has a non-zero z")
@@ -205,6 +211,7 @@ def evaluate(
         pred, gt, tol_lateral_nm=tol_lateral_nm, tol_axial_nm=tol_axial_nm, method=method
     )
     pairs = _pair_table(pred, gt, matching)
+    pairs.attrs["is_3d"] = is_3d  # for subsets scored or plotted later (see pairs_have_z)
     if min_photons is None:
         return metrics_from_pairs(pairs, n_pred=len(pred), n_gt=len(gt), is_3d=is_3d), pairs
     if "photons" not in gt.columns:
@@ -222,11 +229,28 @@ def has_z(table: pd.DataFrame) -> bool:
 
     denseloc writes z 0 for 2D data, and other programs' 2D tables have no z column.
     """
-    return "z_nm" in table.columns and bool((table["z_nm"].to_numpy(dtype=float) != 0).any())
+    return _any_nonzero(table, ["z_nm"])
+
+
+def pairs_have_z(pairs: pd.DataFrame) -> bool:
+    """Whether matched pairs are 3D.
+
+    Pairs from :func:`evaluate`, and the subsets pandas makes of them, carry its decision
+    (``pairs.attrs["is_3d"]``), so that a subset whose z happen to be all 0 stays 3D. Other
+    pairs are 3D if ``z_gt_nm``, ``z_pred_nm`` or ``dz_nm`` has a finite non-zero value.
+    """
+    if "is_3d" in pairs.attrs:
+        return bool(pairs.attrs["is_3d"])
+    return _any_nonzero(pairs, ["z_gt_nm", "z_pred_nm", "dz_nm"])
+
+
+def _any_nonzero(table: pd.DataFrame, columns: list[str]) -> bool:
+    values = table[[c for c in columns if c in table.columns]].to_numpy(dtype=float)
+    return bool((np.isfinite(values) & (values != 0)).any())
 
 
 def metrics_from_pairs(
-    pairs: pd.DataFrame, *, n_pred: int, n_gt: int, is_3d: bool = True
+    pairs: pd.DataFrame, *, n_pred: int, n_gt: int, is_3d: bool | None = None
 ) -> Metrics:
     """Score a table of matched pairs, e.g. a subset of the pairs from :func:`evaluate`.
 
@@ -237,8 +261,9 @@ def metrics_from_pairs(
         ``sigma_{x,y,z}_nm`` and ``crlb_{x,y,z}_nm`` columns as in :func:`evaluate`.
     n_pred, n_gt : int
         Number of predictions and of ground-truth emitters the pairs were drawn from.
-    is_3d : bool
-        False for 2D data: the scores that involve z are None.
+    is_3d : bool, optional
+        False for 2D data: the scores that involve z are None. Default:
+        :func:`pairs_have_z`.
 
     Returns
     -------
@@ -254,6 +279,8 @@ def metrics_from_pairs(
         raise ValueError(
             f"`n_pred` ({n_pred}) and `n_gt` ({n_gt}) must be >= the number of pairs ({tp})"
         )
+    if is_3d is None:
+        is_3d = pairs_have_z(pairs)
     fp, fn = n_pred - tp, n_gt - tp
     jaccard = _ratio(tp, tp + fp + fn)
     err = {axis: pairs[f"d{axis}_nm"].to_numpy(dtype=float) for axis in _AXES}

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from denseloc._plotting import new_figure, save_figure
+from denseloc.evaluate.metrics import pairs_have_z
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -33,7 +34,7 @@ def plot_evaluation(
     *,
     n_bins: int = 20,
     dpi: int = 120,
-    is_3d: bool = True,
+    is_3d: bool | None = None,
 ) -> list[Path]:
     """Write PNG figures that show the localization errors of matched pairs.
 
@@ -57,9 +58,10 @@ def plot_evaluation(
         Number of bins of the binned plots.
     dpi : int
         Resolution of the PNG files.
-    is_3d : bool
+    is_3d : bool, optional
         False for 2D data (z 0 in both tables, as :func:`denseloc.evaluate.evaluate` with
-        ``is_3d=False``): no panel shows z, whose errors of 0 were never measured.
+        ``is_3d=False``): no panel shows z, whose errors of 0 were never measured. Default:
+        :func:`denseloc.evaluate.pairs_have_z`.
 
     Returns
     -------
@@ -72,6 +74,8 @@ def plot_evaluation(
     if len(pairs) == 0:
         logger.warning("no matched pairs: no evaluation plots written to %s", out_dir)
         return []
+    if is_3d is None:
+        is_3d = pairs_have_z(pairs)
     axes = _AXES if is_3d else _AXES[:2]
     figures = {"error_histograms.png": _error_histograms(pairs, axes)}
     if is_3d and np.ptp(pairs["z_gt_nm"].to_numpy(dtype=float)) > 0:

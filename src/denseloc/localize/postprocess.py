@@ -76,7 +76,7 @@ def maps_to_table(
     core: tuple[slice, slice] | None = None,
     readout: Readout = "mixture",
     sigma_scale: Mapping[str, float] | None = None,
-    is_3d: bool = True,
+    is_3d: bool,
 ) -> pd.DataFrame:
     """Localizations from network output (B, 10, H, W).
 
@@ -106,7 +106,8 @@ def maps_to_table(
         axes 1), as a model folder records them for each readout (``Trainer.finish`` fits them
         on validation data).
     is_3d : bool
-        False for a model of a 2D PSF: its z maps are untrained (see
+        Whether the model is of a 3D PSF (``config.psf.is_3d``; no default, so that no caller
+        forgets it). A 2D model's z maps are untrained (see
         :func:`~denseloc.nn.loss.gmm_loss`), so ``z_nm`` is 0 and ``sigma_z_nm`` NaN, as the
         MLE fitter reports 2D fits.
     """
