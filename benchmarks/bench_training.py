@@ -7,6 +7,13 @@ Usage:
 ``--set train.lr=3e-3 --set train.seed=5`` runs a variant of CONFIG without a copy of it; the
 results file records the command and the effective configuration.
 
+``--epochs N`` trains N epochs (``train.steps_per_epoch`` x ``train.batch_size`` samples each,
+with the learning-rate schedule planned over them) instead of ``--minutes``, and ``--eval-at``
+counts epochs. The machine's speed has varied by a factor of two between days (57 to 132
+samples/s for the default), so a time budget compares variants on one day only; at equal
+samples two runs are comparable on any day, and a variant's speed relative to the default
+(``bench_training_speed.py``) turns its samples into minutes.
+
 Test movies (fixed seeds): 64x64 px, low density (0.1 /um^2) and high density (2 /um^2),
 z in -700..700 nm, with the configuration's PSF, camera, photons and background. Metrics per
 the network issue: Jaccard counting ground-truth emitters with >= 500 photons in the frame;
@@ -131,8 +138,12 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", type=Path)
     parser.add_argument("--name", required=True)
-    parser.add_argument("--minutes", type=float, default=30.0)
-    parser.add_argument("--eval-at", type=float, nargs="+", default=[5, 10, 20, 30])
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=None, help="training minutes (30)")
+    budget.add_argument("--epochs", type=int, default=None,
+                        help="train this many epochs instead of --minutes")
+    parser.add_argument("--eval-at", type=float, nargs="+", default=[5, 10, 20, 30],
+                        help="evaluate after these minutes (epochs with --epochs)")
     parser.add_argument("--filters", type=int, default=None)
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="override a configuration field (repeatable)")
@@ -140,6 +151,10 @@ def main() -> None:
     parser.add_argument("--out-model", type=Path, default=None)
     parser.add_argument("--skip-mle", action="store_true")
     args = parser.parse_args()
+    if args.epochs is not None and args.epochs < 1:
+        parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    if args.epochs is None and args.minutes is None:
+        args.minutes = 30.0
 
     overrides = {"model.filters": args.filters, **parse_overrides(args.set)}
     try:
@@ -161,12 +176,13 @@ def main() -> None:
             print(f"epoch {info['epoch']} {info['minutes']:.1f} min val JI {info['jaccard']:.3f} "
                   f"loss {info['val_loss']:.2f}", flush=True)
         minutes = trainer.state.elapsed_s / 60
-        while pending and minutes >= pending[0]:
+        while pending and (minutes if args.epochs is None else trainer.state.epoch) >= pending[0]:
             pending.pop(0)
             model = trainer.finish()
             result = evaluate_model(model, tests)
             row = {"variant": args.name, "filters": config.model.filters,
-                   "minutes": round(minutes, 1), "samples": trainer.state.samples,
+                   "epochs": trainer.state.epoch, "minutes": round(minutes, 1),
+                   "samples": trainer.state.samples,
                    "samples_per_s": round(trainer.state.samples / trainer.state.elapsed_s, 1),
                    "threshold": model.threshold}
             for density, values in result.items():
@@ -174,7 +190,10 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    trainer.fit(minutes=args.minutes, progress=checkpoint)
+    if args.epochs is None:
+        trainer.fit(minutes=args.minutes, progress=checkpoint)
+    else:
+        trainer.fit(epochs=args.epochs, progress=checkpoint)
     if pending:  # the budget ended just before the last evaluation point
         pending[:] = [0.0]
         checkpoint({})
