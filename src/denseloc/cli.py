@@ -546,16 +546,15 @@ def evaluate(
             typer.secho(f"warning: {problem}; the Cramer-Rao bounds use the file as it is now",
                         fg=typer.colors.YELLOW, err=True)
         truth = add_crlb_columns(truth, sim_config)
-    with_z = [name for name, t in ((pred, predictions), (gt, truth)) if has_z(t)]
-    if is_3d is None:
-        is_3d = bool(with_z)
-    elif not is_3d and with_z:
-        raise DenselocError(f"--2d: {with_z[0]} has a non-zero z; drop --2d to score it in 3D")
+    if is_3d is False:  # the default (None) is evaluate's: 3D if either table has a z
+        for path, table in ((pred, predictions), (gt, truth)):
+            if has_z(table):
+                raise DenselocError(f"--2d: {path} has a non-zero z; drop --2d to score it in 3D")
     metrics, pairs = run_evaluation(
         predictions, truth, tol_lateral_nm=tol_lateral_nm, tol_axial_nm=tol_axial_nm,
         method=matching, is_3d=is_3d,
     )
-    written = plot_evaluation(pairs, plots, is_3d=is_3d) if plots is not None else []
+    written = plot_evaluation(pairs, plots) if plots is not None else []  # 2D/3D as evaluated
     if json_out:
         typer.echo(json.dumps(metrics.to_dict()))
         return
