@@ -47,6 +47,8 @@ def test_partial_yaml_fills_defaults(tmp_path) -> None:
         ("camera: {gain: 3}", r"camera\.gain"),
         ("[1, 2]", r"expected a mapping"),
         ("image: {size_px: [0, 10]}", r"positive"),
+        ("emitters: {photons_mean: .inf}", r"emitters\.photons_mean: .*finite"),
+        ("train: {lr: .nan}", r"train\.lr: .*finite"),
     ],
 )
 def test_invalid_values_name_the_field(tmp_path, text: str, match: str) -> None:

@@ -35,6 +35,12 @@ def test_channels_last_gives_the_same_output() -> None:
     fast = net.to(memory_format=torch.channels_last)(x.contiguous(
         memory_format=torch.channels_last))
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+    # Windows over shared frames: the same outputs in either layout, and as the plain forward.
+    frames = torch.randn(4, 16, 16)
+    windows = torch.tensor([[0, 1, 2], [1, 2, 3]])
+    for layout in (True, False):
+        torch.testing.assert_close(net.forward_windows(frames, windows, channels_last=layout),
+                                   net(frames[windows]), rtol=1e-4, atol=1e-5)
 
 
 def test_tiny_network_overfits_a_fixed_batch() -> None:

@@ -325,10 +325,132 @@ def test_validation_counts_emitters_relative_to_their_brightness(tmp_path, monke
 
         monkeypatch.setattr(trainer_module, name, recording)
     cfg = tiny_config()
-    cfg.emitters.photons_mean, cfg.emitters.photons_std = 400.0, 50.0
+    cfg.emitters.photons_mean, cfg.emitters.photons_std = 2000.0, 200.0
+    cfg.train.min_target_photons = 100.0
     Trainer(cfg, tmp_path / "m", device="cpu").fit(epochs=1)
-    # A fixed 500-photon cut would count none of these emitters (and 0 / 0 scores 1).
-    assert len(seen) >= 2 and all(m == pytest.approx(40.0) for m in seen)
+    # A fixed 500-photon cut would count the emitters of a 5000-photon simulation only.
+    assert len(seen) >= 2 and all(m == pytest.approx(200.0) for m in seen)
+
+
+def test_validation_never_counts_emitters_the_network_was_taught_to_skip(
+    tmp_path, monkeypatch
+) -> None:
+    seen = []
+    real = trainer_module.evaluate_batches
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["min_photons"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate_batches", recording)
+    cfg = tiny_config()
+    cfg.emitters.photons_mean, cfg.emitters.photons_std = 400.0, 50.0
+    cfg.train.min_target_photons = 100.0
+    Trainer(cfg, tmp_path / "m", device="cpu").fit(epochs=1)
+    # 10 % of the mean is 40 photons, but training has no targets below 100: counting the
+    # emitters between would score correct silence as misses.
+    assert seen and all(m == pytest.approx(100.0) for m in seen)
+
+
+class FakeClock:
+    """time.perf_counter for the trainer: one second per call, so a step or a validation
+    takes one second."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 1.0
+        return self.now
+
+
+def test_a_time_budget_shorter_than_the_epochs_plans_the_schedule_to_end_in_time(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setattr(trainer_module, "time", FakeClock())
+    config = tiny_config()
+    trainer = Trainer(config, tmp_path / "m", device="cpu")
+    trainer.fit(epochs=100, minutes=1.0)
+    tc = config.train
+    assert trainer.state.planned_steps < 100 * tc.steps_per_epoch  # the budget ended first
+    assert trainer.state.elapsed_s >= 60.0
+    # The learning rate decayed: the last step was near the end of the planned schedule.
+    assert trainer.state.step >= 0.9 * trainer.state.planned_steps
+    assert trainer.lr_at(trainer.state.step) < 0.1 * tc.lr
+
+
+def test_a_rollback_keeps_the_time_spent_on_the_lost_steps(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(trainer_module, "time", FakeClock())
+    real_loss = trainer_module.gmm_loss
+    calls = {"n": 0}
+
+    def flaky_loss(*args, **kwargs):
+        parts = real_loss(*args, **kwargs)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 5:  # the second step of the second epoch
+                parts.total = parts.total * float("nan")
+        return parts
+
+    monkeypatch.setattr(trainer_module, "gmm_loss", flaky_loss)
+    trainer = Trainer(tiny_config(), tmp_path / "m", device="cpu")
+    trainer.fit(epochs=2)
+    assert trainer.state.rollbacks == 1
+    # 7 steps and 2 validations of one second each: epoch 1 (3 + 1), the first step of the
+    # lost epoch (1), epoch 2 again (3 + 1); the step that diverged never completed.
+    assert trainer.state.elapsed_s == pytest.approx(9.0)
+
+
+def test_a_non_finite_gradient_rolls_back_instead_of_stepping(
+    tmp_path, monkeypatch, caplog
+) -> None:
+    real_clip = torch.nn.utils.clip_grad_norm_
+    calls = {"n": 0}
+
+    def flaky_clip(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        calls["n"] += 1
+        # The last step of epoch 1: a NaN step here would be validated and checkpointed,
+        # leaving no good state to roll back to.
+        if calls["n"] == 3:
+            for p in parameters:
+                p.grad.fill_(float("inf"))
+        return real_clip(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", flaky_clip)
+    trainer = Trainer(tiny_config(), tmp_path / "m", device="cpu")
+    trainer.fit(epochs=2)
+    assert "gradient is not finite" in caplog.text
+    assert trainer.state.rollbacks == 1
+    assert all(torch.isfinite(p).all() for p in trainer.net.parameters())
+
+
+def test_resume_on_another_device_names_the_one_to_use(tmp_path) -> None:
+    Trainer(tiny_config(), tmp_path / "m", device="cpu").fit(epochs=1)
+    path = tmp_path / "m" / CHECKPOINT
+    ckpt = torch.load(path, weights_only=False)
+    ckpt["device"] = "cuda"
+    torch.save(ckpt, path)
+    with pytest.raises(DenselocError, match="resume with --device cuda"):
+        Trainer(tiny_config(), tmp_path / "m", device="cpu").fit(epochs=2, resume=True)
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_training_steps_follow_the_channels_last_setting(
+    tmp_path, monkeypatch, channels_last
+) -> None:
+    seen = []
+    real = trainer_module.DecodeNet.forward_windows
+
+    def recording(self, frames, windows, **kwargs):
+        seen.append(kwargs.get("channels_last"))
+        return real(self, frames, windows, **kwargs)
+
+    monkeypatch.setattr(trainer_module.DecodeNet, "forward_windows", recording)
+    config = tiny_config()
+    config.train.channels_last = channels_last
+    Trainer(config, tmp_path / "m", device="cpu").fit(epochs=1)
+    assert seen and set(seen) == {channels_last}
 
 
 def test_fit_readouts_measures_the_factors_of_a_2d_network_from_its_maps() -> None:

@@ -161,7 +161,8 @@ class DecodeNet(nn.Module):
         out = self.from_features(features)
         return out[:, :, :height, :width]
 
-    def forward_windows(self, frames: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+    def forward_windows(self, frames: torch.Tensor, windows: torch.Tensor, *,
+                        channels_last: bool | None = None) -> torch.Tensor:
         """Outputs (B, 10, H, W) for windows of frames sharing frame features.
 
         Parameters
@@ -171,6 +172,9 @@ class DecodeNet(nn.Module):
         windows : Tensor of shape (B, context_frames), long
             Indices in `frames` of each window's frames, in time order (usually consecutive;
             a repeated index is a replicated neighbour, as at the ends of a movie).
+        channels_last : bool, optional
+            Run the convolutions in channels-last memory format; default: on the CPU, where
+            it is faster.
 
         Each frame goes through the frame-analysis U-Net once, however many windows use it.
         """
@@ -180,7 +184,9 @@ class DecodeNet(nn.Module):
         x = frames[:, None]
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-        if frames.is_contiguous(memory_format=torch.channels_last) or frames.device.type == "cpu":
+        if channels_last is None:
+            channels_last = frames.device.type == "cpu"
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         features = self.frame_features(x)
         stacked = features[windows.flatten()].reshape(

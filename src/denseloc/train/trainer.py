@@ -288,6 +288,7 @@ class Trainer:
             "state": self.state.__dict__,
             "config": self.config.model_dump(mode="json"),
             "inputs": self.inputs,
+            "device": self.device.type,
         }
         with atomic_path(self.out_dir / CHECKPOINT) as tmp:
             torch.save(state, tmp)
@@ -324,6 +325,12 @@ class Trainer:
             raise DenselocError(
                 f"{path}: the contents of {', '.join(changed)} differ from those the run "
                 "was trained with; restore the files to resume, or train anew with another --out"
+            )
+        saved_device = ckpt.get("device", self.device.type)
+        if saved_device != self.device.type:
+            raise DenselocError(
+                f"{path}: the run was trained on {saved_device} and its random state cannot "
+                f"continue on {self.device.type}; resume with --device {saved_device}"
             )
         self.net.load_state_dict(ckpt["net"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -364,7 +371,9 @@ class Trainer:
     @property
     def _counted_photons(self) -> float:
         """Photons below which a validation emitter is optional (see COUNTED_FRACTION)."""
-        return COUNTED_FRACTION * self.config.emitters.photons_mean
+        # Never below the training targets' floor: the network learns not to report those.
+        return max(COUNTED_FRACTION * self.config.emitters.photons_mean,
+                   self.config.train.min_target_photons)
 
     # -- training ---------------------------------------------------------------------------
     def _loss(self, output: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -381,7 +390,8 @@ class Trainer:
         tc = self.config.train
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr_at(self.state.step)
-        output = self.net.forward_windows(batch.frames, batch.windows)
+        output = self.net.forward_windows(batch.frames, batch.windows,
+                                          channels_last=self.channels_last)
         loss = self._loss(output, batch)
         aux_weight = 1.0 - self.state.step / tc.detection_warmup_steps if (
             self.state.step < tc.detection_warmup_steps) else 0.0
@@ -389,13 +399,14 @@ class Trainer:
             loss = loss + aux_weight * detection_bce(output, batch.targets, batch.mask)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), tc.grad_clip))
         value = float(loss.detach())
-        if math.isfinite(value):
+        # A non-finite norm makes the clipped gradients NaN even when the loss is finite.
+        if math.isfinite(value) and math.isfinite(grad_norm):
             self.optimizer.step()
-        return value, float(grad_norm)
+        return value, grad_norm
 
-    def _rollback(self, reason: str) -> None:
+    def _rollback(self, reason: str, budget_s: float | None) -> None:
         self.state.rollbacks += 1
         if self.state.rollbacks > MAX_ROLLBACKS:
             raise TrainingDiverged(
@@ -403,11 +414,19 @@ class Trainer:
             )
         factor = self.state.lr_factor * 0.5
         rollbacks = self.state.rollbacks
+        # The time spent on the lost steps stays spent: the budget is wall time.
+        elapsed, per_step = self.state.elapsed_s, self._seconds_per_step()
         if not self.load_checkpoint():
             self._fresh_network()
             self.state = _State()
         self.state.lr_factor = factor
         self.state.rollbacks = rollbacks
+        self.state.elapsed_s = elapsed
+        if budget_s is not None and self.state.planned_steps is not None:
+            self.state.planned_steps = min(
+                self.state.planned_steps,
+                self.state.step + max(self._steps_in_budget(budget_s, per_step), 1),
+            )
         # Draw different batches than the ones that diverged.
         self.generator.manual_seed(self.config.train.seed + 1 + 7919 * rollbacks)
         logger.warning("%s: rolled back to epoch %d, learning rate x%.3g",
@@ -427,12 +446,12 @@ class Trainer:
         torch.manual_seed(seed)
         self._fresh_network()
         self.generator.manual_seed(seed + 1)
+        plans = []
         if budget_s is not None:
-            per_step = state.elapsed_s / max(state.step, 1)
-            remaining = max(budget_s - state.elapsed_s, 0.0)
-            state.planned_steps = max(int(0.95 * remaining / per_step), 1)
-        elif epochs is not None:
-            state.planned_steps = max(epochs - state.epoch, 1) * tc.steps_per_epoch
+            plans.append(max(self._steps_in_budget(budget_s, self._seconds_per_step()), 1))
+        if epochs is not None:
+            plans.append(max(epochs - state.epoch, 1) * tc.steps_per_epoch)
+        state.planned_steps = min(plans)
         state.step, state.lr_factor = 0, 1.0
         logger.warning("%s: restarting from new random weights (seed %d, restart %d of %d)",
                        reason, seed, state.restarts, MAX_RESTARTS)
@@ -485,12 +504,12 @@ class Trainer:
                 f"{self.out_dir}: holds a checkpoint; pass --resume to continue it, "
                 "or choose another --out"
             )
-        if epochs is not None and self.state.planned_steps is None:
+        budget_s = None if minutes is None else minutes * 60.0
+        if epochs is not None and budget_s is None and self.state.planned_steps is None:
             self.state.planned_steps = epochs * tc.steps_per_epoch
         self.validation_set()
         if not resume:
             self.save_checkpoint()  # epoch 0: the rollback target before the first epoch
-        budget_s = None if minutes is None else minutes * 60.0
         loss_ema: float | None = None
         while True:
             if epochs is not None and self.state.epoch >= epochs:
@@ -506,9 +525,10 @@ class Trainer:
                 loss, grad_norm = self._step(batch)
                 exploded = loss_ema is not None and self.state.step > tc.warmup_steps and (
                     loss > loss_ema + EXPLOSION_FACTOR * max(abs(loss_ema), 1.0))
-                if not math.isfinite(loss) or exploded:
+                if not math.isfinite(loss) or not math.isfinite(grad_norm) or exploded:
                     self._rollback("loss is not finite" if not math.isfinite(loss)
-                                   else f"loss exploded to {loss:.3g}")
+                                   else "gradient is not finite" if not math.isfinite(grad_norm)
+                                   else f"loss exploded to {loss:.3g}", budget_s)
                     loss_ema = None
                     diverged = True
                     break
@@ -517,7 +537,7 @@ class Trainer:
                 self.state.step += 1
                 self.state.samples += tc.batch_size
                 self.state.elapsed_s += time.perf_counter() - t0
-                self._plan(budget_s, tc)
+                self._plan(budget_s, epochs)
                 if progress is not None:
                     progress({"step": self.state.step, "planned_steps": self.state.planned_steps,
                               "epoch": self.state.epoch, "loss": loss, "grad_norm": grad_norm,
@@ -552,14 +572,28 @@ class Trainer:
                 progress({**record, "planned_steps": self.state.planned_steps})
         return self.finish()
 
-    def _plan(self, budget_s: float | None, tc) -> None:
-        """With a time budget, fix the planned steps once the warm-up has been timed."""
-        if budget_s is None or self.state.planned_steps is not None:
+    def _plan(self, budget_s: float | None, epochs: int | None) -> None:
+        """With a time budget, fix the planned steps once the warm-up has been timed.
+
+        With `epochs` too, the plan is whichever ends first, so that the learning rate has
+        decayed when the run stops.
+        """
+        state, tc = self.state, self.config.train
+        if budget_s is None or state.planned_steps is not None:
             return
-        if self.state.step >= max(tc.warmup_steps, 20):
-            per_step = self.state.elapsed_s / self.state.step
-            # Validation costs about as much as a few dozen steps per epoch; keep a margin.
-            self.state.planned_steps = max(int(0.95 * budget_s / per_step), self.state.step + 1)
+        if state.step >= max(tc.warmup_steps, 20):
+            planned = state.step + self._steps_in_budget(budget_s, self._seconds_per_step())
+            if epochs is not None:
+                planned = min(planned, epochs * tc.steps_per_epoch)
+            state.planned_steps = max(planned, state.step + 1)
+
+    def _seconds_per_step(self) -> float:
+        """Wall time per step so far, validations included."""
+        return self.state.elapsed_s / max(self.state.step, 1)
+
+    def _steps_in_budget(self, budget_s: float, per_step: float) -> int:
+        """Steps that fit in what is left of the time budget, with a margin for validations."""
+        return int(0.95 * max(budget_s - self.state.elapsed_s, 0.0) / per_step)
 
     def _write_log(self) -> None:
         rows = self.state.history
