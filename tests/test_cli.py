@@ -155,8 +155,11 @@ def test_localize_frames_range_and_camera_flags(sparse_movie, tmp_path) -> None:
     ("extra", "message"),
     [
         ([], "camera settings are needed"),
-        (["--camera", "emccd", "--frames", "30:40"], "selects no frame"),
-        (["--camera", "emccd", "--frames", "abc"], "START:STOP"),
+        (["--camera", "emccd"], "the fitter needs the data's PSF"),
+        (["--camera", "emccd", "--psf", "astigmatic", "--sigma-px", "1.3"],
+         "--sigma-px applies to a Gaussian PSF"),
+        (["--camera", "emccd", "--psf", "gaussian", "--frames", "30:40"], "selects no frame"),
+        (["--camera", "emccd", "--psf", "gaussian", "--frames", "abc"], "START:STOP"),
         (["--camera", "emccd", "--method", "magic"], "unknown method"),
     ],
 )
@@ -176,6 +179,21 @@ def test_localize_missing_and_corrupt_stack(tmp_path) -> None:
                      "--out", str(tmp_path / "l.csv"))
         assert result.exit_code == 2 and message in result.output, result.output
         assert "Traceback" not in result.output
+    # Without --pixel-size-nm the pixel size is looked up in the file: a typo is not found,
+    # rather than a file without a pixel size.
+    result = run("localize", str(tmp_path / "none.tif"), "--method", "mle", "--camera", "emccd",
+                 "--psf", "gaussian", "--out", str(tmp_path / "l.csv"))
+    assert result.exit_code == 2 and "file not found" in result.output, result.output
+
+
+@pytest.mark.parametrize("text", ["camera: [unclosed", "\xff\xfe\x00binary", "- 1\n- 2\n"])
+def test_a_broken_camera_file_is_a_one_line_error(sparse_movie, tmp_path, text) -> None:
+    camera = tmp_path / "cam.yaml"
+    camera.write_bytes(text.encode("latin-1"))
+    result = run("localize", str(sparse_movie / "frames.tif"), "--method", "mle", "--camera",
+                 str(camera), "--psf", "gaussian", "--out", str(tmp_path / "l.csv"))
+    assert result.exit_code == 2 and "cam.yaml" in result.output, result.output
+    assert "Traceback" not in result.output
 
 
 def test_evaluate_2d_refuses_a_table_with_z(tmp_path) -> None:
@@ -268,10 +286,13 @@ def test_camera_flags_adjust_the_models_camera() -> None:
     from denseloc.cli import DEFAULT_MODEL, _network_config
 
     flags = dict.fromkeys(("baseline_adu", "e_per_adu", "em_gain", "qe"))
-    trained, cfg = _network_config(DEFAULT_MODEL, "cpu", None, None,
+    from pathlib import Path
+
+    movie = Path("not_read.tif")  # with --pixel-size-nm the movie's metadata is not read
+    trained, cfg = _network_config(DEFAULT_MODEL, "cpu", movie, None, 100.0,
                                    {**flags, "baseline_adu": 200.0})
     assert cfg.camera == trained.config.camera.model_copy(update={"baseline_adu": 200.0})
-    _, preset = _network_config(DEFAULT_MODEL, "cpu", "scmos", None, flags)
+    _, preset = _network_config(DEFAULT_MODEL, "cpu", movie, "scmos", 100.0, flags)
     assert preset.camera == Config().with_camera_preset("scmos").camera
     # A flag that a per-pixel map would replace is refused rather than silently ignored.
     from denseloc.cli import _camera_config

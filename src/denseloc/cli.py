@@ -136,8 +136,14 @@ def _with_camera(cfg, camera: str):
 
     if not path.is_file():
         raise InputFileError(path, "no such file")
-    data = yaml.safe_load(path.read_text()) or {}
-    if isinstance(data, dict) and "camera" in data:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputFileError(path, f"not a readable YAML file ({first})") from None
+    if not isinstance(data, dict):
+        raise InputFileError(path, f"expected a camera mapping, got {type(data).__name__}")
+    if "camera" in data:
         return cfg.model_copy(update={"camera": load_config(path).camera})
     return cfg.model_copy(update={"camera": validated(CameraConfig, data, name=str(path))})
 
@@ -191,7 +197,7 @@ def _is_full_config(path: Path) -> bool:
 
     try:
         data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
     return isinstance(data, dict) and bool(set(data) - {"camera"})
 
@@ -252,8 +258,13 @@ def _localize_config(
     cam = None if full else _camera_config(camera, camera_values)
     if cam is None and not full:
         raise DenselocError(_NO_CAMERA)
+    if psf is None and not full:
+        raise DenselocError(
+            "the fitter needs the data's PSF: pass --psf gaussian (with --sigma-px), "
+            "astigmatic or a calibration PSF.h5, or --camera with a simulation's config.yaml"
+        )
     if pixel_size_nm is None and not full:
-        pixel_size_nm = read_pixel_size_nm(stack) if stack.exists() else None
+        pixel_size_nm = read_pixel_size_nm(stack)
         if pixel_size_nm is None:
             raise DenselocError(
                 f"{stack}: no pixel size in the file; pass --pixel-size-nm "
@@ -264,6 +275,8 @@ def _localize_config(
         psf=psf,
         **{"image.pixel_size_nm": pixel_size_nm, "psf.sigma_px": sigma_px},
     )
+    if sigma_px is not None and cfg.psf.kind != "gaussian":
+        raise DenselocError(f"--sigma-px applies to a Gaussian PSF, not to {cfg.psf.kind!r}")
     if full:  # flags adjust the file's camera
         cam = _camera_config(None, camera_values, default=cfg.camera)
         return cfg if cam is None else cfg.model_copy(update={"camera": cam})
@@ -334,7 +347,7 @@ def localize(
     group_gap: Annotated[int, typer.Option(help="--group: dark frames a group may skip.")] = 0,
 ) -> None:
     """Localize the emitters in a movie and write a localization table."""
-    from denseloc.io import open_movie, write_table
+    from denseloc.io import open_movie, writable_format, write_table
     from denseloc.localize.pipeline import frame_range, localize_movie_mle
     from denseloc.localize.postprocess import Readout
 
@@ -346,6 +359,12 @@ def localize(
     if readout is not None and readout not in readouts:
         raise DenselocError(f"unknown readout {readout!r}; available: {', '.join(readouts)}")
     batch = _batch_size(batch_size)
+    if method == "network" and threshold is not None and not 0 < threshold <= 1:
+        raise DenselocError(f"--threshold is a detection probability for --method network: "
+                            f"0 < threshold <= 1, got {threshold:g}")
+    if group and (group_radius_nm <= 0 or group_gap < 0):
+        raise DenselocError("--group-radius-nm must be > 0 and --group-gap >= 0")
+    writable_format(out)
     camera_values = {"baseline_adu": baseline, "e_per_adu": e_per_adu, "em_gain": em_gain,
                      "qe": qe, "read_noise_e": read_noise_e}
     if method == "mle":
@@ -353,7 +372,8 @@ def localize(
                                pixel_size_nm=pixel_size_nm, camera_values=camera_values)
         trained = None
     else:
-        trained, cfg = _network_config(model, device, camera, pixel_size_nm, camera_values)
+        trained, cfg = _network_config(model, device, stack, camera, pixel_size_nm,
+                                       camera_values)
     with open_movie(stack) as movie:
         selected = frame_range(frames, len(movie))
         with _frames_progress("localizing", len(selected)) as update:
@@ -371,8 +391,9 @@ def localize(
     if max_sigma_nm is not None or sigma_quantile is not None:
         from denseloc.localize.postprocess import filter_by_sigma
 
-        if "sigma_x_nm" not in table:
-            raise DenselocError("sigma filters need predicted sigmas (--method network)")
+        if len(table) and "sigma_x_nm" not in table:
+            raise DenselocError("sigma filters need sigma columns, and these localizations "
+                                "have none")
         try:
             table = filter_by_sigma(table, max_sigma_nm=max_sigma_nm, quantile=sigma_quantile)
         except ValueError as exc:
@@ -424,11 +445,14 @@ def _frames_progress(description: str, total: int) -> Iterator[Callable[[int, in
         yield update
 
 
-def _network_config(model: str, device: str, camera: str | None, pixel_size_nm: float | None,
-                    camera_values: dict[str, float | None]):
-    """Load a trained model; the data's settings are the model's unless flags say otherwise."""
+def _network_config(model: str, device: str, stack: Path, camera: str | None,
+                    pixel_size_nm: float | None, camera_values: dict[str, float | None]):
+    """Load a trained model; the data's settings are the model's unless flags (or, for the
+    pixel size, the movie's metadata) say otherwise."""
     from denseloc._runtime import configure_cpu, select_device
     from denseloc.calibration import resolve_builtin
+    from denseloc.config import ImageConfig, validated
+    from denseloc.io.movie import read_pixel_size_nm
     from denseloc.localize.pipeline import MISMATCH_ADVICE, check_model_matches
     from denseloc.train.artifact import TrainedModel
 
@@ -453,9 +477,23 @@ def _network_config(model: str, device: str, camera: str | None, pixel_size_nm: 
         typer.secho(f"note: no camera settings given; using those the model was trained for "
                     f"({cfg.camera.kind}, baseline {cfg.camera.baseline_adu:g} ADU, "
                     f"{cfg.camera.e_per_adu:g} e-/ADU, gain {cfg.camera.em_gain:g})", err=True)
-    if pixel_size_nm is not None:
-        cfg = cfg.model_copy(update={"image": cfg.image.model_copy(
-            update={"pixel_size_nm": pixel_size_nm})})
+    elif camera is None:
+        kept = [f"{key} {getattr(cfg.camera, key):g}" for key, value in camera_values.items()
+                if value is None]
+        if kept:
+            typer.secho(f"note: camera settings not given are those the model was trained for "
+                        f"({cfg.camera.kind}: {', '.join(kept)}); pass --camera for a preset",
+                        err=True)
+    source = "--pixel-size-nm"
+    if pixel_size_nm is None:
+        pixel_size_nm, source = read_pixel_size_nm(stack), f"{stack.name}'s metadata"
+    if pixel_size_nm is None:
+        typer.secho(f"note: {stack.name} records no pixel size; using the model's "
+                    f"{cfg.image.pixel_size_nm:g} nm (pass --pixel-size-nm)", err=True)
+    else:
+        image = validated(ImageConfig, {**cfg.image.model_dump(), "pixel_size_nm": pixel_size_nm},
+                          name=source)
+        cfg = cfg.model_copy(update={"image": image})
     for problem in [*check_model_matches(trained.config, cfg), *changed]:
         typer.secho(f"warning: {problem}; {MISMATCH_ADVICE}", fg=typer.colors.YELLOW, err=True)
     return trained, cfg
@@ -755,8 +793,9 @@ def drift(
     import numpy as np
 
     from denseloc.analysis.drift import correct_drift, estimate_drift, plot_drift
-    from denseloc.io import write_table
+    from denseloc.io import writable_format, write_table
 
+    writable_format(out)
     table = _read_locs(locs, camera_pixel_nm)
     estimate = estimate_drift(table, n_segments=segments, pixel_size_nm=pixel_size_nm,
                               max_shift_nm=max_drift_nm)

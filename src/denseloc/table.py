@@ -77,11 +77,12 @@ REQUIRED: tuple[str, ...] = ("frame", "x_nm", "y_nm")
 """Columns a table must have; ``z_nm`` defaults to 0 (2D data)."""
 
 METADATA_KEYS: tuple[str, ...] = (
-    "pixel_size_nm", "source", "config", "localization", "software_version",
+    "pixel_size_nm", "source", "movie_shape", "config", "localization", "software_version",
 )
-"""Keys of ``DataFrame.attrs`` that the native format stores. ``localization`` says how a
-table was made: ``method`` and ``threshold``, and for a network its ``readout`` and the
-``sigma_scale`` factors applied to its sigmas."""
+"""Keys of ``DataFrame.attrs`` that the native format stores. ``movie_shape`` is the source
+movie's ``[frames, height, width]`` (the Picasso writer's ``Frames``, ``Height``, ``Width``).
+``localization`` says how a table was made: ``method`` and ``threshold``, and for a network
+its ``readout`` and the ``sigma_scale`` factors applied to its sigmas."""
 
 
 def empty() -> pd.DataFrame:

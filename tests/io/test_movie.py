@@ -554,6 +554,14 @@ def test_inch_resolution_is_not_a_pixel_size(tmp_path: Path) -> None:
     assert read_pixel_size_nm(path) is None
 
 
+def test_imagej_inch_unit_is_not_a_pixel_size(tmp_path: Path) -> None:
+    """Fiji labels a TIFF's display DPI (here 300 per inch, 'pixels' of 84.7 um) unit inch."""
+    path = tmp_path / "fiji_dpi.tif"
+    tifffile.imwrite(path, ramp_movie(), imagej=True, resolution=(300, 300),
+                     metadata={"unit": "inch", "axes": "TYX"})
+    assert read_pixel_size_nm(path) is None
+
+
 def test_pixel_size_from_ome(tmp_path: Path) -> None:
     path = tmp_path / "px.ome.tif"
     tifffile.imwrite(

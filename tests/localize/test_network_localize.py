@@ -244,12 +244,77 @@ def test_cli_sigma_filter_grouping_and_bad_flags(bundled, movie, tmp_path) -> No
         (["--batch-size", "zero"], "--batch-size must be auto or a positive integer"),
         (["--sigma-quantile", "1.5"], "quantile must be in (0, 1]"),
         (["--frames", "50:60"], "selects no frame"),
+        (["--threshold", "5"], "0 < threshold <= 1, got 5"),  # MLE's sigmas, not a probability
+        (["--group", "--group-radius-nm", "0"], "--group-radius-nm must be > 0"),
+        (["--pixel-size-nm", "-100"], "--pixel-size-nm: pixel_size_nm"),
     ]
     for flags, message in bad:
         out = tmp_path / "bad.csv"
         result = runner.invoke(app, ["localize", str(path), "--out", str(out), *flags])
         assert result.exit_code == 2 and message in result.output, (flags, result.output)
         assert not out.exists()
+    # An output that cannot be written is refused before the run, not after it.
+    for out, message in [(tmp_path / "locs.txt", "unknown table format '.txt'"),
+                         (tmp_path / "nowhere" / "locs.csv", "does not exist")]:
+        result = runner.invoke(app, ["localize", str(path), "--out", str(out)])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert "localizing" not in result.output
+
+
+def test_cli_reads_the_pixel_size_from_the_movie(bundled, movie, tmp_path) -> None:
+    """A movie whose metadata says 160 nm is localized in 160 nm pixels, with a warning that
+    the model was trained for 100 nm; without metadata the model's size is used, and said."""
+    from denseloc.io import write_tiff
+
+    path, _, _ = movie
+    runner = CliRunner()
+    with open_movie(path) as mv:
+        frames = mv[:]
+    model_px = bundled[1].config.image.pixel_size_nm
+    tables = {}
+    for name, px in [("model", model_px), ("wide", 1.6 * model_px), ("bare", None)]:
+        tif = tmp_path / f"{name}.tif"
+        write_tiff(tif, frames, pixel_size_nm=px)
+        out = tmp_path / f"{name}.parquet"
+        result = runner.invoke(app, ["localize", str(tif), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        tables[name] = read_table(out)
+        if name == "wide":
+            assert "warning: the model was trained for 100 nm pixels, the data has 160 nm" \
+                in " ".join(result.output.split())
+        if name == "bare":
+            assert "records no pixel size" in result.output
+    assert tables["wide"].attrs["pixel_size_nm"] == pytest.approx(1.6 * model_px)
+    np.testing.assert_allclose(tables["wide"]["x_nm"], 1.6 * tables["model"]["x_nm"], rtol=1e-5)
+    np.testing.assert_allclose(tables["bare"]["x_nm"], tables["model"]["x_nm"], rtol=1e-6)
+    # The table knows the movie it came from, for Picasso's Frames, Height and Width.
+    assert tables["model"].attrs["movie_shape"] == list(frames.shape)
+
+
+def test_partial_camera_flags_say_which_settings_the_model_supplies(movie, tmp_path) -> None:
+    path, _, _ = movie
+    result = CliRunner().invoke(app, ["localize", str(path), "--out", str(tmp_path / "l.csv"),
+                                      "--baseline", "100", "--e-per-adu", "45"])
+    assert result.exit_code == 0, result.output
+    assert "not given are those the model was trained for" in result.output
+    assert "em_gain 300" in result.output and "baseline_adu" not in result.output
+
+
+def test_counts_below_the_baseline_are_flagged(bundled, movie, tmp_path) -> None:
+    from denseloc.localize.pipeline import check_counts
+    from denseloc.sim.camera import Camera
+
+    path, cfg, _ = movie
+    camera = Camera.from_config(cfg.camera)
+    with open_movie(path) as mv:
+        raw = mv[:4].astype(np.float64)
+    assert check_counts(raw, camera, "raw") == []  # the simulated camera's own counts
+    subtracted = raw - np.median(raw)  # background-subtracted, as some software exports
+    with pytest.warns(DenselocWarning, match="below the camera baseline"):
+        assert len(check_counts(subtracted, camera, "sub")) == 1
+    raw[0, 0, 0] = np.nan
+    with pytest.warns(DenselocWarning, match="NaN or infinite"):
+        check_counts(raw, camera, "nan")
 
 
 @pytest.mark.parametrize("damage", ["no threshold", "bad architecture", "html weights",

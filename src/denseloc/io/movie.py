@@ -72,8 +72,7 @@ _UNIT_NM = {
     "m": 1e9,
     "meter": 1e9,
     "å": 0.1,
-    "inch": 2.54e7,
-}
+}  # No inch: ImageJ reports a display DPI as unit "inch", as the TIFF tags below.
 # TIFF ResolutionUnit values with a metric unit: centimeter (3), and millimeter (4) and
 # micrometer (5) of the TIFF/EP extension. Inch (2), the TIFF default, is deliberately absent:
 # in microscopy files it is a display DPI left by image software, not a pixel size.

@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "auto_chunk_frames",
+    "check_counts",
     "check_model_matches",
     "frame_range",
     "localize_movie_mle",
@@ -93,7 +95,6 @@ def localize_movie_mle(
     from denseloc.classic.mle import localize_mle
     from denseloc.evaluate.crlb import NoiseModel
     from denseloc.sim.simulator import psf_from_config
-    from denseloc.table import validate
 
     frames = frames or range(len(movie))
     _, height, width = movie.shape
@@ -103,6 +104,8 @@ def localize_movie_mle(
     tables = []
     done = 0
     for start, chunk in movie.iter_chunks(chunk_frames, start=frames.start, stop=frames.stop):
+        if not done:
+            check_counts(chunk, camera, str(movie.path))
         photons = camera.adu_to_photons(torch.from_numpy(chunk.astype("float64")))
         tables.append(
             localize_mle(
@@ -118,14 +121,50 @@ def localize_movie_mle(
         done += len(chunk)
         if progress is not None:
             progress(done, len(frames))
+    table = _with_provenance(tables, movie, config,
+                             localization={"method": "mle", "threshold": threshold})
+    logger.info("%d localizations in %d frames", len(table), len(frames))
+    return table
+
+
+def check_counts(adu: np.ndarray, camera: Camera, name: str) -> list[str]:
+    """Warn when frames cannot be this camera's raw counts; returns the problems found.
+
+    Checked on a movie's first chunk: values that are not finite, and a median pixel below
+    the camera baseline by more than three times the read noise (a wrong ``baseline_adu``,
+    or a movie that is background-subtracted or already in photons), which makes most
+    photon counts negative.
+    """
+    problems = []
+    if not np.isfinite(adu).all():
+        problems.append(f"{name}: the movie holds NaN or infinite values")
+    offset = camera.offset_adu
+    offset = float(offset.median()) if isinstance(offset, torch.Tensor) else float(offset)
+    read_var = camera.read_var_adu2
+    read_sd = float(read_var.median() if isinstance(read_var, torch.Tensor) else read_var) ** 0.5
+    median = float(np.nanmedian(adu))
+    if median < offset - max(3 * read_sd, 1.0):
+        problems.append(
+            f"{name}: its median pixel, {median:.4g} ADU, is below the camera baseline of "
+            f"{offset:.4g} ADU, so most photon counts come out negative: is the baseline right, "
+            "and does the movie hold raw camera counts (not background-subtracted, not photons)?"
+        )
+    for problem in problems:
+        warnings.warn(problem, DenselocWarning, stacklevel=3)
+    return problems
+
+
+def _with_provenance(tables: list[pd.DataFrame], movie: Movie, config: Config, *,
+                     localization: dict) -> pd.DataFrame:
+    """The chunks' tables as one validated table, with where and how it was made in attrs."""
+    from denseloc.table import validate
+
     table = validate(pd.concat(tables, ignore_index=True), name=str(movie.path))
     table.attrs.update(
-        pixel_size_nm=config.image.pixel_size_nm,
-        source=str(movie.path),
-        config=config.to_yaml(),
-        localization={"method": "mle", "threshold": threshold},
+        pixel_size_nm=config.image.pixel_size_nm, source=str(movie.path),
+        movie_shape=[int(n) for n in movie.shape], config=config.to_yaml(),
+        localization=localization,
     )
-    logger.info("%d localizations in %d frames", len(table), len(frames))
     return table
 
 
@@ -201,7 +240,6 @@ def localize_movie_network(
         these checks itself, with advice on the command line, and passes False.
     """
     from denseloc.localize.network import MAX_TILE_PX, predict_frames
-    from denseloc.table import validate
 
     if check:
         problems = check_model_matches(model.config, config)
@@ -220,6 +258,8 @@ def localize_movie_network(
     tables, done = [], 0
     for start, chunk in movie.iter_chunks(chunk_frames, start=frames.start, stop=frames.stop):
         stop = start + len(chunk)
+        if not done:
+            check_counts(chunk, camera, str(movie.path))
         chunk_photons = camera.adu_to_photons(torch.from_numpy(chunk.astype("float32")))
         before = photons(max(start - half, 0), start) if start > 0 and half else None
         after = photons(stop, stop + half) if stop < len(movie) and half else None
@@ -234,15 +274,11 @@ def localize_movie_network(
         done += len(chunk)
         if progress is not None:
             progress(done, len(frames))
-    table = validate(pd.concat(tables, ignore_index=True), name=str(movie.path))
-    table.attrs.update(
-        pixel_size_nm=config.image.pixel_size_nm, source=str(movie.path), config=config.to_yaml(),
-        localization={
-            "method": "network",
-            "threshold": model.threshold if threshold is None else threshold,
-            "readout": readout,
-            "sigma_scale": dict(model.sigma_scale.get(readout, {})),
-        },
-    )
+    table = _with_provenance(tables, movie, config, localization={
+        "method": "network",
+        "threshold": model.threshold if threshold is None else threshold,
+        "readout": readout,
+        "sigma_scale": dict(model.sigma_scale.get(readout, {})),
+    })
     logger.info("%d localizations in %d frames", len(table), len(frames))
     return table
