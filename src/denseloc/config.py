@@ -39,6 +39,7 @@ __all__ = [
     "SimulationConfig",
     "TrainConfig",
     "changed_inputs",
+    "file_sha256",
     "input_digests",
     "load_config",
 ]
@@ -453,7 +454,8 @@ def _bundled(path: Path) -> bool:
     return str(path).startswith("denseloc:")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's contents, as hex."""
     digest = hashlib.sha256()
     try:
         with path.open("rb") as f:
@@ -472,7 +474,7 @@ def input_digests(config: Config) -> dict[str, str]:
     silently used with a network trained on the old one; a simulated movie's folder keeps
     them for the Cramer-Rao bounds ``denseloc evaluate --config`` computes from its files.
     """
-    return {name: _sha256(p) for name, p in config.input_files().items() if p.is_file()}
+    return {name: file_sha256(p) for name, p in config.input_files().items() if p.is_file()}
 
 
 def changed_inputs(
@@ -493,7 +495,7 @@ def changed_inputs(
             continue
         if not path.is_file():
             problems.append(f"{name} ({path}) is missing")
-        elif _sha256(path) != digest:
+        elif file_sha256(path) != digest:
             problems.append(f"{name} ({path}) differs from the file used in {used_in}")
     return problems
 

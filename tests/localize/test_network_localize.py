@@ -319,7 +319,7 @@ def test_counts_below_the_baseline_are_flagged(bundled, movie, tmp_path) -> None
 
 @pytest.mark.parametrize("damage", ["no threshold", "bad architecture", "html weights",
                                     "negative sigma factor", "sigma factors of a new readout",
-                                    "unknown readout"])
+                                    "unknown readout", "weights of another save"])
 def test_damaged_model_folder_is_a_clear_error(bundled, tmp_path, damage: str) -> None:
     import shutil
 
@@ -340,10 +340,18 @@ def test_damaged_model_folder_is_a_clear_error(bundled, tmp_path, damage: str) -
         meta["sigma_scale"] = {"centroid": {"x": 1.0}}
     elif damage == "unknown readout":
         meta["readout"] = "centroid"
+    elif damage == "weights of another save":
+        # A save of this model with digests, then the weights of an interrupted later save.
+        model = TrainedModel.load(folder)
+        model.save(folder)
+        meta = yaml.safe_load((folder / "model.yaml").read_text())
+        with torch.no_grad():
+            next(model.net.parameters()).add_(1.0)
+        torch.save(model.net.state_dict(), folder / "weights.pt")
     else:
         (folder / "weights.pt").write_text("<html>404 Not Found</html>")
     (folder / "model.yaml").write_text(yaml.safe_dump(meta))
-    target = "weights.pt" if damage == "html weights" else "model.yaml"
+    target = "weights.pt" if damage in ("html weights", "weights of another save") else "model.yaml"
     with pytest.raises(InputFileError, match=target):
         TrainedModel.load(folder)
 

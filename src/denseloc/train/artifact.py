@@ -31,7 +31,7 @@ import yaml
 
 from denseloc import __version__
 from denseloc._atomic import atomic_path
-from denseloc.config import Config, changed_inputs, load_config
+from denseloc.config import Config, changed_inputs, file_sha256, load_config
 from denseloc.errors import InputFileError
 from denseloc.localize.postprocess import SIGMA_AXES, Readout
 from denseloc.nn.model import DecodeNet, Scaling
@@ -62,7 +62,12 @@ class TrainedModel:
     :meth:`~denseloc.train.trainer.Trainer.finish`; empty (factors 1) for older models."""
 
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write config.yaml, model.yaml and weights.pt into `directory`."""
+        """Write config.yaml, model.yaml and weights.pt into `directory`.
+
+        model.yaml comes last and records the digests of the other two, so that a folder
+        whose save was interrupted while overwriting an older model is refused on loading
+        rather than read as a mix of both.
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         with atomic_path(directory / "weights.pt") as tmp:
@@ -80,6 +85,7 @@ class TrainedModel:
             "inputs": self.inputs,
             "readout": self.readout,
             "sigma_scale": self.sigma_scale,
+            "files": {name: file_sha256(directory / name) for name in _DIGESTED},
         }
         with atomic_path(directory / "model.yaml") as tmp:
             tmp.write_text(yaml.safe_dump(meta, sort_keys=False))
@@ -100,6 +106,13 @@ class TrainedModel:
             raise InputFileError(meta_path, "corrupt model.yaml") from None
         if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
             raise InputFileError(meta_path, f"unknown model format (expected {MODEL_FORMAT})")
+        recorded = meta.get("files") or {}  # absent in folders saved before the digests
+        for name in _DIGESTED:
+            path = directory / name
+            if name in recorded and path.is_file() and file_sha256(path) != recorded[name]:
+                raise InputFileError(path, "differs from the file model.yaml was saved with "
+                                     "(an interrupted save, or a file copied in from another "
+                                     "model); save or copy the whole folder again")
         config = load_config(directory / "config.yaml")
         try:
             net = DecodeNet(**meta["architecture"])
@@ -132,6 +145,10 @@ class TrainedModel:
         (``"camera."``) only those fields are read. See :func:`denseloc.config.changed_inputs`.
         """
         return changed_inputs(config or self.config, self.inputs, prefix)
+
+
+_DIGESTED = ("weights.pt", "config.yaml")
+"""Files of a model folder whose digests model.yaml records."""
 
 
 def _sigma_scale(raw: dict) -> dict[str, dict[str, float]]:
