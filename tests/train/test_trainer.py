@@ -489,3 +489,12 @@ def test_fit_readouts_measures_the_factors_of_a_2d_network_from_its_maps() -> No
             # RMS(e / sigma) has a relative standard error of 1 / sqrt(2 n).
             assert factors[name][axis] == pytest.approx(factor, rel=4 / np.sqrt(2 * n))
         assert errors[name]["crlb_ratio_x"] == pytest.approx(1.0, rel=4 / np.sqrt(2 * n))
+
+
+def test_a_target_floor_above_every_emitter_is_refused_before_training(tmp_path) -> None:
+    config = tiny_config()
+    config.emitters.photons_mean, config.emitters.photons_std = 400.0, 50.0
+    config.train.min_target_photons = 600.0
+    with pytest.raises(DenselocError, match=r"train\.min_target_photons \(600\) is above"):
+        Trainer(config, tmp_path / "m", device="cpu")
+    assert not (tmp_path / "m").exists()

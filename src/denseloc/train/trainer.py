@@ -240,7 +240,13 @@ class Trainer:
         self.config = config
         self.out_dir = Path(out_dir)
         self.device = select_device(device)
-        tc = config.train
+        tc, em = config.train, config.emitters
+        if tc.min_target_photons >= em.photons_mean + 3 * em.photons_std:
+            raise DenselocError(
+                f"train.min_target_photons ({tc.min_target_photons:g}) is above the brightness "
+                f"of nearly every emitter (emitters.photons_mean {em.photons_mean:g}, "
+                f"photons_std {em.photons_std:g}): the network would have nothing to learn"
+            )
         if self.device.type == "cpu":
             configure_cpu(tc.threads)
         self.channels_last = tc.channels_last and self.device.type == "cpu"
