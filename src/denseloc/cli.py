@@ -583,7 +583,7 @@ def evaluate(
         for problem in _changed_since_simulation(sim_config, config.parent / "inputs.yaml"):
             typer.secho(f"warning: {problem}; the Cramer-Rao bounds use the file as it is now",
                         fg=typer.colors.YELLOW, err=True)
-        truth = add_crlb_columns(truth, sim_config)
+        truth = add_crlb_columns(truth, sim_config, frame_shape=sim_config.image.size_px)
     if is_3d is False:  # the default (None) is evaluate's: 3D if either table has a z
         for path, table in ((pred, predictions), (gt, truth)):
             if has_z(table):

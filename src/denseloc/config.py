@@ -92,7 +92,7 @@ class ImageConfig(_Model):
 class CameraConfig(_Model):
     """Camera model, photons -> ADU (and the inverse applied to real data).
 
-    ``ADU = floor((EM(Poisson(photons * qe + spurious)) + N(0, read_noise)) / e_per_adu
+    ``ADU = round((EM(Poisson(photons * qe + spurious)) + N(0, read_noise)) / e_per_adu
     + baseline)``, clipped to ``[0, adc_max_adu]``; EM is Gamma(shape = electrons,
     scale = em_gain) for an EMCCD and the identity otherwise.
     """

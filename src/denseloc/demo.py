@@ -108,9 +108,8 @@ def run_demo(
     config = demo_config(model.config, n_frames)
     out_dir = Path(out_dir)
     paths = simulate(config, out_dir / "simulation")
-    truth = pd.read_csv(paths["ground_truth"])
-    truth["bg"] = float(sum(config.background.level_photons) / 2)
-    truth = add_crlb_columns(truth, config)
+    truth = add_crlb_columns(pd.read_csv(paths["ground_truth"]), config,
+                             frame_shape=config.image.size_px)
     mle_frames = min(mle_frames, n_frames)
     tables = {}
     with open_movie(paths["frames"]) as movie:

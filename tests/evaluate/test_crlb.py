@@ -157,6 +157,34 @@ def test_distant_emitters_keep_their_single_emitter_bounds() -> None:
         assert ((ratio > 0.95) & (ratio <= 1.0 + 1e-9)).all(), ratio
 
 
+def test_an_emitter_at_the_frame_edge_gets_the_bound_of_the_light_that_reaches_it() -> None:
+    cfg = Config()
+    truth = emitters([0.1, 30.2, 30.0], [30.4, 63.0, 30.0])  # left edge, bottom edge, inside
+    crowded = add_crowded_bounds(truth, cfg, frame_shape=(64, 64), bg_photons=40.0)
+    edge = add_crlb_columns(truth, cfg, bg_photons=40.0, frame_shape=(64, 64))
+    free = add_crlb_columns(truth, cfg, bg_photons=40.0)
+    for axis in "xyz":
+        # The crowded bound counts only the frame's pixels too (and knows the background a
+        # little better, from the whole frame).
+        ratio = crowded[f"crlb_crowded_{axis}_nm"] / edge[f"crlb_{axis}_nm"]
+        assert ((ratio > 0.95) & (ratio <= 1.0 + 1e-9)).all(), (axis, ratio)
+    # Across the edge half the light is lost, and with it much of the position information.
+    assert edge["crlb_x_nm"][0] > 1.3 * free["crlb_x_nm"][0]
+    assert edge["crlb_y_nm"][1] > 1.3 * free["crlb_y_nm"][1]
+    for axis in "xyz":  # far from the edges nothing changes
+        assert edge[f"crlb_{axis}_nm"][2] == pytest.approx(free[f"crlb_{axis}_nm"][2], rel=1e-12)
+
+
+def test_the_bound_uses_an_scmos_variance_map_not_read_noise_e(tmp_path) -> None:
+    variance_adu2 = np.full((8, 8), 12.0)
+    variance_adu2[0, 0] = 1e4  # a hot pixel does not move the median
+    np.save(tmp_path / "var.npy", variance_adu2)
+    camera = Config().with_camera_preset("scmos").camera.model_copy(
+        update={"variance_map": tmp_path / "var.npy", "read_noise_e": 74.4})
+    noise = NoiseModel.from_camera(camera)
+    assert noise.read_var_e2 == pytest.approx(12.0 * camera.e_per_adu**2)
+
+
 def test_neighbours_raise_the_bound_and_lower_the_detection_snr() -> None:
     cfg = Config()
     separations = [6.0, 3.0, 1.5, 0.8, 0.3]

@@ -112,7 +112,9 @@ def test_crop_cuts_each_movies_maps(tmp_path) -> None:
     for i, (t, c) in enumerate(zip(top.tolist(), left.tolist(), strict=True)):
         np.testing.assert_array_equal(crop.offset_adu[i, 0].numpy(), offset[t:t + 4, c:c + 6])
         np.testing.assert_array_equal(crop.e_per_adu[i, 0].numpy(), gain[t:t + 4, c:c + 6])
-    assert crop.read_var_adu2 == camera.read_var_adu2  # no variance map: the scalar stays
+        # No variance map: read_noise_e electrons in every pixel, so in ADU it follows the gain.
+        np.testing.assert_allclose(crop.read_var_adu2[i, 0].numpy(),
+                                   (cfg.read_noise_e / gain[t:t + 4, c:c + 6]) ** 2)
     # The crops broadcast over the frames of their movie: each movie has its own offsets.
     adu = crop.photons_to_adu(torch.zeros(3, 2000, 4, 6, dtype=torch.float64),
                               torch.Generator().manual_seed(0))

@@ -60,8 +60,13 @@ def test_simulated_movie_files(tmp_path) -> None:
     frames = tifffile.imread(paths["frames"])
     truth = pd.read_csv(paths["ground_truth"])
     assert frames.shape == (12, 32, 32) and frames.dtype == np.uint16
-    assert list(truth.columns) == ["frame", "id", "x_nm", "y_nm", "z_nm", "photons"]
+    assert list(truth.columns) == ["frame", "id", "x_nm", "y_nm", "z_nm", "photons", "bg"]
     assert truth["frame"].between(0, 11).all()
+    # The background the movie was drawn with (one level, no structure here), not the middle
+    # of the configured range: the photons of an ideal camera's pixels away from emitters.
+    lo, hi = cfg.background.level_photons
+    assert truth["bg"].nunique() == 1 and lo <= truth["bg"].iloc[0] <= hi
+    assert np.percentile(frames, 25) - 100.0 == pytest.approx(truth["bg"].iloc[0], rel=0.1)
     assert load_config(paths["config"]) == cfg
     # Light lands where the ground truth says: bright emitters sit on bright pixels.
     bright = truth[truth["photons"] > 3000]

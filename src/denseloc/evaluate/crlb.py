@@ -62,11 +62,18 @@ class NoiseModel:
 
     @classmethod
     def from_camera(cls, camera: CameraConfig) -> NoiseModel:
-        """The noise model of a camera configuration."""
+        """The noise model of a camera configuration.
+
+        With an sCMOS variance map the read noise is the map's median
+        (:func:`denseloc.sim.camera.read_variance_e2`), not ``read_noise_e``, which the
+        simulator then ignores.
+        """
+        from denseloc.sim.camera import read_variance_e2
+
         return cls(
             qe=camera.qe,
             excess_noise=camera.excess_noise_factor,
-            read_var_e2=(camera.read_noise_e / camera.em_gain) ** 2,
+            read_var_e2=read_variance_e2(camera) / camera.em_gain**2,
             spurious_e=camera.spurious_charge_e,
         )
 
@@ -81,6 +88,7 @@ def fisher_information(
     dy_px: torch.Tensor | None = None,
     noise: NoiseModel = NoiseModel(),
     size: int | None = None,
+    inside: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Fisher information matrices of single emitters.
 
@@ -96,6 +104,9 @@ def fisher_information(
         Camera noise.
     size : int, optional
         Patch size (the PSF's default if None).
+    inside : Tensor of shape (N, size, size), bool, optional
+        Which pixels of each patch lie in the frame; the others carry no information (an
+        emitter at the edge of a frame loses part of its light). Default: all.
 
     Returns
     -------
@@ -108,6 +119,8 @@ def fisher_information(
     dy_px = torch.zeros_like(z_nm) if dy_px is None else dy_px
     f, df = psf.evaluate(dx_px, dy_px, z_nm, size, derivatives=True)
     mu, jac = expected_and_jacobian(f, df, photons, bg, is_3d=psf.is_3d)
+    if inside is not None:
+        jac = jac * inside.flatten(1)[:, None, :].to(jac.dtype)
     return information_from_jacobian(mu, jac, noise)
 
 
@@ -165,6 +178,7 @@ def crlb(
     dy_px: torch.Tensor | None = None,
     noise: NoiseModel = NoiseModel(),
     size: int | None = None,
+    inside: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cramer-Rao bound (standard deviations) of (x [px], y [px], z [nm], photons, bg).
 
@@ -172,13 +186,18 @@ def crlb(
     PSF the z column is NaN.
     """
     info = fisher_information(
-        psf, z_nm, photons, bg, dx_px=dx_px, dy_px=dy_px, noise=noise, size=size
+        psf, z_nm, photons, bg, dx_px=dx_px, dy_px=dy_px, noise=noise, size=size,
+        inside=inside,
     )
     return std_from_information(info, psf.is_3d)
 
 
 def add_crlb_columns(
-    truth: pd.DataFrame, config: Config, *, bg_photons: float | np.ndarray | None = None
+    truth: pd.DataFrame,
+    config: Config,
+    *,
+    bg_photons: float | np.ndarray | None = None,
+    frame_shape: tuple[int, int] | None = None,
 ) -> pd.DataFrame:
     """Add ``crlb_x_nm, crlb_y_nm, crlb_z_nm`` (per emitter and frame) to a ground truth.
 
@@ -192,8 +211,13 @@ def add_crlb_columns(
     config : Config
         The simulation's configuration.
     bg_photons : float or array of shape (len(truth),), optional
-        Background photons per pixel at each emitter; defaults to the middle of
-        ``config.background.level_photons``, or a ``bg`` column when present.
+        Background photons per pixel at each emitter; defaults to a ``bg`` column when
+        present (simulated movies have one), else the middle of
+        ``config.background.level_photons``.
+    frame_shape : (height, width), optional
+        The frames' size in px: pixels outside the frame then carry no information, so an
+        emitter near an edge gets the looser bound of the light that reaches the camera.
+        Default: every emitter as if in an unbounded frame.
     """
     from denseloc.sim.simulator import psf_from_config
 
@@ -207,6 +231,14 @@ def add_crlb_columns(
     as_t = lambda a: torch.as_tensor(np.broadcast_to(a, (n,)).copy(), dtype=torch.float64)  # noqa: E731
     x_px = truth["x_nm"].to_numpy() / px - 0.5
     y_px = truth["y_nm"].to_numpy() / px - 0.5
+    size = psf.default_patch_size()
+    inside = None
+    if frame_shape is not None:
+        offsets = np.arange(size) - size // 2
+        rows = np.round(y_px)[:, None] + offsets
+        cols = np.round(x_px)[:, None] + offsets
+        inside = torch.as_tensor(((rows >= 0) & (rows < frame_shape[0]))[:, :, None]
+                                 & ((cols >= 0) & (cols < frame_shape[1]))[:, None, :])
     out = truth.copy()
     if n == 0:
         for col in ("crlb_x_nm", "crlb_y_nm", "crlb_z_nm"):
@@ -220,6 +252,8 @@ def add_crlb_columns(
         dx_px=as_t(x_px - np.round(x_px)),
         dy_px=as_t(y_px - np.round(y_px)),
         noise=NoiseModel.from_camera(config.camera),
+        size=size,
+        inside=inside,
     ).numpy()
     out["crlb_x_nm"] = bound[:, 0] * px
     out["crlb_y_nm"] = bound[:, 1] * px

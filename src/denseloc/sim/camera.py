@@ -52,18 +52,7 @@ def _load_map(
     path: Path, shape: tuple[int, int], what: str, origin: tuple[int, int] | None
 ) -> np.ndarray:
     """Read a map and cut the frames' part: all of it, or `shape` from `origin` on the chip."""
-    if not path.is_file():
-        raise InputFileError(path, f"{what} map: no such file")
-    try:
-        if path.suffix == ".npy":
-            arr = np.load(path)
-        else:
-            import tifffile
-
-            arr = tifffile.imread(path)
-    except Exception as exc:
-        raise InputFileError(path, f"{what} map cannot be read ({exc})") from None
-    arr = np.asarray(arr, dtype=np.float64).squeeze()
+    arr = _read_map(path, what)
     shape = tuple(shape)
     if origin is not None:
         top, left = origin
@@ -76,9 +65,41 @@ def _load_map(
             path, f"{what} map has shape {arr.shape}, the frames are {shape}; if the movie is "
             "a region of the chip, set camera.roi_origin_px to the chip row and column of its "
             "pixel (0, 0)")
+    return arr
+
+
+def _read_map(path: Path, what: str) -> np.ndarray:
+    """A whole map (.npy or TIFF) as float64, checked finite."""
+    if not path.is_file():
+        raise InputFileError(path, f"{what} map: no such file")
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path)
+        else:
+            import tifffile
+
+            arr = tifffile.imread(path)
+    except Exception as exc:
+        raise InputFileError(path, f"{what} map cannot be read ({exc})") from None
+    arr = np.asarray(arr, dtype=np.float64).squeeze()
     if not np.isfinite(arr).all():
         raise InputFileError(path, f"{what} map has non-finite values")
     return arr
+
+
+def read_variance_e2(config: CameraConfig) -> float:
+    """Read-noise variance, electrons^2, at the camera's output (before dividing by EM gain).
+
+    ``read_noise_e ** 2``, or with an sCMOS variance map (ADU^2) the median over the chip of
+    the map times the gain (``gain_map`` or ``e_per_adu``) squared, which the simulator uses
+    in place of ``read_noise_e``: one number for the Cramer-Rao bound, hot pixels left out.
+    """
+    if config.variance_map is None:
+        return config.read_noise_e**2
+    variance = _read_map(Path(config.variance_map), "variance")
+    gain = (_read_map(Path(config.gain_map), "gain") if config.gain_map is not None
+            else config.e_per_adu)
+    return float(np.median(variance * np.asarray(gain) ** 2))
 
 
 @dataclass
@@ -130,6 +151,7 @@ class Camera:
             if (loaded["gain"] <= 0).any():
                 raise InputFileError(config.gain_map, "gain map must be positive")
             gain = loaded["gain"]
+            read_var = (config.read_noise_e / gain) ** 2  # read_noise_e is in electrons
         if "offset" in loaded:
             offset = loaded["offset"]
         if "variance" in loaded:

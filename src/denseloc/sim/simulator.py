@@ -201,6 +201,15 @@ class Simulator:
         return SimulatedBatch(adu, expected, background, emitters)
 
 
+def background_at(background: torch.Tensor, x_px: torch.Tensor,
+                  y_px: torch.Tensor) -> np.ndarray:
+    """Background photons (H, W) at the pixels nearest to positions (px; clipped to the frame)."""
+    height, width = background.shape
+    rows = torch.round(y_px).long().clamp(0, height - 1)
+    cols = torch.round(x_px).long().clamp(0, width - 1)
+    return background[rows, cols].double().cpu().numpy()
+
+
 def simulate_movie(
     config: Config,
     out_dir: str | os.PathLike,
@@ -211,7 +220,11 @@ def simulate_movie(
     """Simulate one movie and write ``frames.tif``, ``ground_truth.csv``, ``config.yaml``.
 
     The movie is rendered in chunks of `chunk_frames` frames, so its length is bounded by the
-    disk, not the memory. Each file is written to a temporary name and renamed when complete.
+    disk, not the memory; the same seed and `chunk_frames` give the same movie (the camera
+    noise is drawn chunk by chunk). ``ground_truth.csv`` gives each emitter's background
+    (``bg``, photons per pixel at its pixel: this movie's level plus any structure), which the
+    Cramer-Rao bounds of :func:`denseloc.evaluate.crlb.add_crlb_columns` use. Each file is
+    written to a temporary name and renamed when complete.
     ``config.yaml`` names its files (PSF calibration, sCMOS maps) by absolute paths, and
     ``inputs.yaml`` records their SHA-256 (:func:`denseloc.config.input_digests`), so that a
     file changed after the simulation is noticed when the folder is evaluated.
@@ -273,8 +286,9 @@ def simulate_movie(
             if progress is not None:
                 progress(stop, n_frames)
     truth = emitters.to_table(pixel_size_nm)
+    truth["bg"] = background_at(background[0], emitters.x_px, emitters.y_px)
     with atomic_path(paths["ground_truth"]) as tmp:
-        truth[["frame", "id", "x_nm", "y_nm", "z_nm", "photons"]].to_csv(tmp, index=False)
+        truth[["frame", "id", "x_nm", "y_nm", "z_nm", "photons", "bg"]].to_csv(tmp, index=False)
     with atomic_path(paths["config"]) as tmp:
         # Paths relative to the working directory would be read against the folder.
         tmp.write_text(config.resolve_paths(Path.cwd()).to_yaml())
