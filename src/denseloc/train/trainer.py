@@ -101,7 +101,8 @@ def _validation_truth(batches: list[Batch], data: TrainingData) -> pd.DataFrame:
         tables.append(table)
         offset += len(batch.windows)
     truth = pd.concat(tables, ignore_index=True)
-    return add_crlb_columns(truth, data.config)
+    frame_shape = tuple(batches[0].frames.shape[-2:]) if batches else None
+    return add_crlb_columns(truth, data.config, frame_shape=frame_shape)
 
 
 def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
