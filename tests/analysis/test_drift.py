@@ -52,3 +52,22 @@ def test_drift_needs_enough_segments_and_localizations() -> None:
         estimate_drift(table.iloc[:40 * 5], n_segments=10)
     with pytest.raises(DenselocError, match="only"):
         estimate_drift(table.iloc[:40 * 10:10], n_segments=10)
+    with pytest.raises(DenselocError, match="must be > 0 nm"):
+        estimate_drift(table, n_segments=3, max_shift_nm=-100.0)
+    for pixel in (0.0, float("nan")):
+        with pytest.raises(DenselocError, match="pixel size must be > 0"):
+            estimate_drift(table, n_segments=3, pixel_size_nm=pixel)
+    with pytest.raises(DenselocError, match="empty"):
+        estimate_drift(table.iloc[:0], n_segments=3)
+
+
+def test_three_segments_give_a_drift_curve() -> None:
+    # The fewest segments allowed: a cubic spline through 3 points is not defined.
+    table = drifting_structure(n_frames=3000)
+    estimate = estimate_drift(table, n_segments=3, pixel_size_nm=20.0)
+    dx, _ = true_drift(estimate.block_frames)
+    dx -= true_drift(np.array([0.0]))[0]
+    assert np.all(np.isfinite(estimate.x_nm))
+    # At the blocks' centres the estimate is the blocks' mean drift, within a few nm.
+    np.testing.assert_allclose(np.interp(estimate.block_frames, estimate.frames, estimate.x_nm),
+                               dx, atol=15.0)

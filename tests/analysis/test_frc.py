@@ -44,3 +44,9 @@ def test_halves_are_blocks_of_frames() -> None:
 def test_frc_of_too_few_localizations() -> None:
     with pytest.raises(DenselocError, match="at least 100"):
         fourier_ring_correlation(structure(10.0).iloc[:50])
+
+
+def test_frc_of_localizations_in_one_frame_is_a_clear_error() -> None:
+    single = structure(10.0).assign(frame=7)  # both halves cannot hold frames
+    with pytest.raises(DenselocError, match="spread over many frames"):
+        fourier_ring_correlation(single)

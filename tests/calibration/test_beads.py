@@ -470,3 +470,13 @@ def test_an_implausible_focal_depth_warns_about_the_z_step() -> None:
     with pytest.warns(DenselocWarning, match="check z_step_nm"):
         cal = calibrate_beads(stack, z_step_nm=200.0, pixel_size_nm=100.0, camera=CAMERA)
     assert any("focal depth" in note for note in cal.notes)
+
+
+@pytest.mark.parametrize(("out", "astig"), [("psf.mat", None), ("psf.h5", "fit.txt")])
+def test_calibration_outputs_need_suffixes_they_can_be_read_back_by(tmp_path, out, astig) -> None:
+    # Refused before the bead stack is even read (it does not exist here).
+    with pytest.raises(DenselocError, match="is written as"):
+        calibrate_bead_file(tmp_path / "missing.tif", tmp_path / out, z_step_nm=50.0,
+                            pixel_size_nm=100.0, camera=CAMERA,
+                            astigmatic_path=None if astig is None else tmp_path / astig)
+    assert not list(tmp_path.iterdir())

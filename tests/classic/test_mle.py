@@ -86,3 +86,44 @@ def test_localize_mle_table_in_nm() -> None:
 
 def test_psf_width() -> None:
     assert psf_width_px(GaussianPSF(1.4)) == pytest.approx(math.sqrt(1.4**2 + 1 / 12), rel=2e-3)
+
+
+def narrow_spline():
+    """A spline calibrated over -500..500 nm only, from the astigmatic model."""
+    from denseloc.calibration.spline import CubicSplinePSF, psf_stack_from_model
+
+    z_grid = torch.arange(-500.0, 501.0, 20.0, dtype=torch.float64)
+    stack = psf_stack_from_model(ASTIG, z_grid, 21)
+    return CubicSplinePSF.from_stack(stack.numpy(), dz_nm=20.0, pixel_size_nm=100.0)
+
+
+def test_a_spline_narrower_than_the_z_range_neither_crashes_nor_reports_beyond_it() -> None:
+    # Beyond its range a spline is flat in z: a fit allowed there had no z information and
+    # its linear system was singular. Emitters beyond the range stop at its bound and are
+    # dropped rather than reported at it.
+    spline = narrow_spline()
+    frames = torch.full((2, 40, 40), 20.0, dtype=torch.float64)
+    x = torch.tensor([12.2, 27.6], dtype=torch.float64)
+    y = torch.tensor([14.1, 25.3], dtype=torch.float64)
+    z = torch.tensor([250.0, 700.0], dtype=torch.float64)  # inside, beyond the calibration
+    render_patches(ASTIG, torch.tensor([0, 1]), x, y, z,
+                   torch.full((2,), 8000.0, dtype=torch.float64), frames.shape, out=frames)
+    table = localize_mle(frames, spline, pixel_size_nm=100.0, z_range_nm=(-750.0, 750.0))
+    assert table["frame"].tolist() == [0]
+    assert table["z_nm"].iloc[0] == pytest.approx(250.0, abs=30.0)
+    fit = fit_rois(spline, frames[1:, 18:33, 20:35], z_range_nm=(-750.0, 750.0))
+    assert fit.z_nm.item() <= 500.0
+
+
+def test_mle_refuses_a_psf_calibrated_for_other_pixels(tmp_path) -> None:
+    from denseloc.config import Config, ConfigError
+    from denseloc.io import open_movie, write_tiff
+    from denseloc.localize.pipeline import localize_movie_mle
+
+    narrow_spline().save(tmp_path / "psf.h5")
+    write_tiff(tmp_path / "m.tif", torch.full((2, 32, 32), 200).numpy().astype("uint16"))
+    config = Config.model_validate({"psf": {"kind": "file", "path": str(tmp_path / "psf.h5")},
+                                    "image": {"pixel_size_nm": 160.0},
+                                    "emitters": {"z_range_nm": [-500, 500]}})
+    with open_movie(tmp_path / "m.tif") as movie, pytest.raises(ConfigError, match="160 nm"):
+        localize_movie_mle(movie, config)

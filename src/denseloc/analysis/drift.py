@@ -84,6 +84,10 @@ def estimate_drift(
 
     if n_segments < 3:
         raise DenselocError(f"drift estimation needs n_segments >= 3, got {n_segments}")
+    if not max_shift_nm > 0:
+        raise DenselocError(f"the largest drift searched must be > 0 nm, got {max_shift_nm}")
+    if table.empty:
+        raise DenselocError("cannot estimate drift from an empty localization table")
     frames = table["frame"].to_numpy()
     first, last = int(frames.min()), int(frames.max())
     if last - first + 1 < n_segments:
@@ -127,7 +131,7 @@ def estimate_drift(
         use = trial
     centres = np.array([frames[block == b].mean() for b in range(n_segments)])
     all_frames = np.arange(first, last + 1)
-    spline = make_interp_spline(centres, drift, k=3)
+    spline = make_interp_spline(centres, drift, k=min(3, n_segments - 1))  # 3 blocks: quadratic
     per_frame = spline(all_frames)
     per_frame -= per_frame[0]
     drift = drift - spline(first)

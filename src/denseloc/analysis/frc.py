@@ -26,6 +26,8 @@ from denseloc.errors import DenselocError
 __all__ = ["FRC_THRESHOLD", "FRCResult", "fourier_ring_correlation", "plot_frc", "split_halves"]
 
 FRC_THRESHOLD = 1.0 / 7.0
+MIN_HALF_SHARE = 0.2
+"""Each half must hold at least this share of the localizations."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,11 @@ def fourier_ring_correlation(
     if len(table) < 100:
         raise DenselocError(f"FRC needs at least 100 localizations, got {len(table)}")
     half = split_halves(table, n_blocks=n_blocks, seed=seed)
+    if min(half.mean(), 1 - half.mean()) < MIN_HALF_SHARE:
+        raise DenselocError(
+            f"the two halves hold {half.sum()} and {(~half).sum()} localizations: FRC needs "
+            "localizations spread over many frames (it splits the movie by blocks of frames)"
+        )
     x0, x1, y0, y1 = render_extent(table, pixel_size_nm)
     side = max(x1 - x0, y1 - y0)  # square images: rings are circles
     extent = (x0, x0 + side, y0, y0 + side)
@@ -114,6 +121,8 @@ def _crossing(frequency: np.ndarray, curve: np.ndarray) -> float:
         return float("nan")
     i = below[0]
     f0, f1, c0, c1 = frequency[i - 1], frequency[i], curve[i - 1], curve[i]
+    if c0 <= c1:  # no descent through 1/7 (the curve starts below it)
+        return float("nan")
     q = f0 + (c0 - FRC_THRESHOLD) * (f1 - f0) / (c0 - c1)
     return float(1.0 / q) if q > 0 else float("nan")
 

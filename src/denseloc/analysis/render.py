@@ -44,8 +44,15 @@ _MAX_HALF_WIDTH_PX = 100
 _ROWS_PER_BLOCK = 20_000
 
 
+def check_pixel_size(pixel_size_nm: float) -> None:
+    """Raise DenselocError unless a render pixel size is finite and positive."""
+    if not (math.isfinite(pixel_size_nm) and pixel_size_nm > 0):
+        raise DenselocError(f"render pixel size must be > 0 nm, got {pixel_size_nm}")
+
+
 def render_extent(table: pd.DataFrame, pixel_size_nm: float) -> Extent:
     """The default extent: from the camera origin (0, 0) to past the largest x and y."""
+    check_pixel_size(pixel_size_nm)
     if table.empty:
         raise DenselocError("cannot render an empty localization table")
     x1 = (math.floor(table["x_nm"].max() / pixel_size_nm) + 1) * pixel_size_nm
@@ -92,8 +99,7 @@ def render(
     weights : array of shape (len(table),), optional
         Value each localization contributes instead of 1 (e.g. z for a z-weighted sum).
     """
-    if pixel_size_nm <= 0:
-        raise DenselocError(f"render pixel size must be > 0 nm, got {pixel_size_nm}")
+    check_pixel_size(pixel_size_nm)
     extent = render_extent(table, pixel_size_nm) if extent_nm is None else extent_nm
     ny, nx = _shape(extent, pixel_size_nm)
     x0, _, y0, _ = extent

@@ -379,6 +379,11 @@ def calibrate_bead_file(
     BeadCalibration
         The result; ``relative_residual`` and ``summary()`` are what a CLI shows.
     """
+    # Checked before the work: a spline under another suffix could not be loaded again.
+    for path, suffixes, what in ((out_path, (".h5", ".hdf5"), "spline PSF"),
+                                 (astigmatic_path, (".yaml", ".yml"), "astigmatic fit")):
+        if path is not None and Path(path).suffix.lower() not in suffixes:
+            raise DenselocError(f"{path}: the {what} is written as {' or '.join(suffixes)}")
     calibration = calibrate_beads(
         stack_path,
         z_step_nm=z_step_nm,

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from denseloc.classic.detect import detect_spots
+from denseloc.errors import DenselocError
 from denseloc.evaluate.crlb import (
     NoiseModel,
     expected_and_jacobian,
@@ -29,7 +30,10 @@ from denseloc.evaluate.crlb import (
 )
 from denseloc.sim.psf import PSF
 
-__all__ = ["FitResult", "fit_rois", "localize_mle", "psf_width_px"]
+__all__ = ["FitResult", "fit_rois", "fitted_z_range", "localize_mle", "psf_width_px"]
+
+Z_BOUND_NM = 1.0
+"""Fits within this distance of a z bound are dropped: the emitter lies beyond the bound."""
 
 
 @dataclass
@@ -122,7 +126,9 @@ def _fit_from(
         grad = torch.einsum("nk,npk->np", 1 - data / mu, jac)
         hess = torch.einsum("npk,nqk,nk->npq", jac, jac, 1 / mu)
         damped = hess + lam[:, None, None] * hess.diagonal(dim1=1, dim2=2)[:, :, None] * eye
-        step = torch.linalg.solve(damped, -grad[:, :, None])[:, :, 0]
+        # A singular system (e.g. no z information where a spline is flat) takes no step.
+        step, failed = torch.linalg.solve_ex(damped, -grad[:, :, None])
+        step = torch.where((failed == 0)[:, None], step[:, :, 0], torch.zeros_like(theta))
         trial = theta + step
         _clamp(trial, size, psf.is_3d, z_range)
         mu_t, jac_t = _evaluate(psf, trial, size)
@@ -159,7 +165,8 @@ def fit_rois(
     iterations : int
         Levenberg-Marquardt iterations.
     z_range_nm : (float, float)
-        Bounds of z (3D PSFs).
+        Bounds of z (3D PSFs), narrowed to the range a spline PSF was calibrated over (beyond
+        it the spline is constant in z).
     z_starts_nm : tuple of float, optional
         Starting z values tried for 3D PSFs; the fit with the lowest NLL wins. Default:
         the middle and the quarter points of `z_range_nm`.
@@ -167,6 +174,7 @@ def fit_rois(
     noise = noise or NoiseModel()
     rois = rois.to(torch.float64)
     n, size, _ = rois.shape
+    z_range_nm = fitted_z_range(psf, z_range_nm)
     data = rois.flatten(1).clamp_min(0)
     if z_starts_nm is None:
         lo, hi = z_range_nm
@@ -191,6 +199,17 @@ def fit_rois(
     )
 
 
+def fitted_z_range(psf: PSF, z_range_nm: tuple[float, float]) -> tuple[float, float]:
+    """`z_range_nm` narrowed to the PSF's own z range when it has one (a spline's)."""
+    covered = getattr(psf, "z_range_nm", None)
+    if covered is None:
+        return z_range_nm
+    lo, hi = max(z_range_nm[0], covered[0]), min(z_range_nm[1], covered[1])
+    if lo >= hi:
+        raise DenselocError(f"z range {z_range_nm} nm and the PSF's {covered} nm do not overlap")
+    return lo, hi
+
+
 def cut_rois(
     images: torch.Tensor, frame: torch.Tensor, row: torch.Tensor, col: torch.Tensor, size: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -200,7 +219,8 @@ def cut_rois(
     """
     _, height, width = images.shape
     if height < size or width < size:
-        raise ValueError(f"frames of {height}x{width} px are smaller than the ROI ({size} px)")
+        raise DenselocError(f"frames of {height}x{width} px are smaller than the fitter's "
+                            f"{size} px region of interest")
     half = size // 2
     r0 = (row - half).clamp(0, height - size)
     c0 = (col - half).clamp(0, width - size)
@@ -246,6 +266,9 @@ def localize_mle(
         & ((fit.dx_px - (cand.col - col_c)).abs() < 1.5)
         & ((fit.dy_px - (cand.row - row_c)).abs() < 1.5)
     )
+    if psf.is_3d:  # a fit stopped at a z bound is an emitter beyond it, not one at it
+        lo, hi = fitted_z_range(psf, z_range_nm)
+        ok &= (fit.z_nm > lo + Z_BOUND_NM) & (fit.z_nm < hi - Z_BOUND_NM)
     std = fit.std.numpy()
     x_px = (col_c + fit.dx_px).numpy()
     y_px = (row_c + fit.dy_px).numpy()

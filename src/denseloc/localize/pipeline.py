@@ -94,12 +94,13 @@ def localize_movie_mle(
     """
     from denseloc.classic.mle import localize_mle
     from denseloc.evaluate.crlb import NoiseModel
-    from denseloc.sim.simulator import psf_from_config
+    from denseloc.sim.simulator import check_psf_pixel_size, psf_from_config
 
     frames = frames or range(len(movie))
     _, height, width = movie.shape
     camera = Camera.from_config(config.camera, (height, width))
     psf = psf_from_config(config.psf, config.emitters.z_range_nm)
+    check_psf_pixel_size(psf, config)
     noise = NoiseModel.from_camera(config.camera)
     tables = []
     done = 0

@@ -47,16 +47,22 @@ def psf_from_config(config: PSFConfig, z_range_nm: tuple[float, float] = (-750.0
     return load_psf(config.path)
 
 
+def check_psf_pixel_size(psf: PSF, config: Config) -> None:
+    """Raise ConfigError if a PSF calibration was made for other pixels than the image's."""
+    pixel = getattr(psf, "pixel_size_nm", None)
+    if pixel is not None and not np.isclose(pixel, config.image.pixel_size_nm, rtol=1e-3):
+        raise ConfigError(
+            f"{config.psf.path}: calibrated for {pixel:g} nm pixels, but the pixel size is "
+            f"{config.image.pixel_size_nm:g} nm (image.pixel_size_nm, --pixel-size-nm or the "
+            "movie's metadata); calibrate with beads imaged at the data's pixel size"
+        )
+
+
 def _check_calibration_fits(psf: PSF, config: Config) -> None:
     """Raise ConfigError if the image or z range is not what the PSF calibration covers."""
     from denseloc.calibration.spline import CubicSplinePSF
 
-    pixel = getattr(psf, "pixel_size_nm", None)
-    if pixel is not None and not np.isclose(pixel, config.image.pixel_size_nm, rtol=1e-3):
-        raise ConfigError(
-            f"{config.psf.path}: calibrated for {pixel:g} nm pixels, but image.pixel_size_nm "
-            f"is {config.image.pixel_size_nm:g}"
-        )
+    check_psf_pixel_size(psf, config)
     lo, hi = config.emitters.z_range_nm
     covered = psf.z_range_nm if isinstance(psf, CubicSplinePSF) else (-np.inf, np.inf)
     # A spline clamps z outside its range: emitters there would get wrong images.
