@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -47,6 +48,28 @@ def write_results(name: str, rows: list[dict[str, object]], notes: str = "") -> 
     path = RESULTS / f"{name}.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def model_on_test_movies_args(doc: str, name: str, **extra: dict) -> argparse.Namespace:
+    """Arguments of a benchmark that scores a model on bench_training.py's test movies:
+    CONFIG, --model (default: the bundled one), --frames, --name; `extra` adds options
+    (flag -> add_argument keywords). Also loads ``args.config`` and ``args.model``."""
+    from denseloc.calibration import resolve_builtin
+    from denseloc.config import load_config
+    from denseloc.train.artifact import TrainedModel
+
+    parser = argparse.ArgumentParser(description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--model", type=Path, help="model folder (default: the bundled one)")
+    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--name", default=name)
+    for flag, keywords in extra.items():
+        parser.add_argument(flag, **keywords)
+    args = parser.parse_args()
+    args.config = load_config(args.config)
+    args.model = TrainedModel.load(args.model or resolve_builtin("denseloc:default_model"))
+    return args
 
 
 def _fmt(value: object) -> str:

@@ -38,14 +38,11 @@ deviation) and the RMS without the worst 1 % beside the RMS, to tell a broad err
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 from scipy.stats import median_abs_deviation, norm
 
-from _common import write_results
+from _common import model_on_test_movies_args, write_results
 from bench_training import (
     DENSITIES,
     MIN_PHOTONS,
@@ -54,12 +51,9 @@ from bench_training import (
     score,
     test_movie,
 )
-from denseloc.calibration import resolve_builtin
-from denseloc.config import load_config
 from denseloc.evaluate import evaluate
 from denseloc.evaluate.crlb import add_crowded_bounds
 from denseloc.localize.network import predict_frames
-from denseloc.train.artifact import TrainedModel
 
 ANCHOR_SNR = 6.0
 TESTS_PER_FRAME = (1e3, 1e4)
@@ -170,15 +164,8 @@ def z_error_rows(density: str, pairs: pd.DataFrame, crowded: pd.DataFrame) -> li
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", type=Path)
-    parser.add_argument("--model", type=Path, help="model folder (default: the bundled one)")
-    parser.add_argument("--frames", type=int, default=100)
-    parser.add_argument("--name", default="detection_ceiling")
-    args = parser.parse_args()
-    config = load_config(args.config)
-    model = TrainedModel.load(args.model or resolve_builtin("denseloc:default_model"))
+    args = model_on_test_movies_args(__doc__, "detection_ceiling")
+    config, model = args.config, args.model
     summary, recall, z_errors = [], [], []
     rng = np.random.default_rng(0)
     for i, (density, value) in enumerate(DENSITIES.items()):

@@ -13,20 +13,14 @@ unbounded bound for emitters at least ``--margin`` px from every edge only.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 
-from _common import write_results
+from _common import model_on_test_movies_args, write_results
 from bench_training import BRIGHT_PHOTONS, DENSITIES, MIN_PHOTONS, TEST_SIZE_PX, test_movie
-from denseloc.calibration import resolve_builtin
-from denseloc.config import load_config
 from denseloc.evaluate import evaluate
 from denseloc.evaluate.crlb import add_crlb_columns
 from denseloc.localize.network import predict_frames
 from denseloc.table import nm_to_px
-from denseloc.train.artifact import TrainedModel
 
 
 def ratios(pairs, crlb) -> dict[str, float]:
@@ -38,17 +32,9 @@ def ratios(pairs, crlb) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", type=Path)
-    parser.add_argument("--model", type=Path, help="model folder (default: the bundled one)")
-    parser.add_argument("--frames", type=int, default=100)
-    parser.add_argument("--margin", type=float, default=3.0,
-                        help="px from the edges for the interior-only row")
-    parser.add_argument("--name", default="crlb_edges")
-    args = parser.parse_args()
-    config = load_config(args.config)
-    model = TrainedModel.load(args.model or resolve_builtin("denseloc:default_model"))
+    args = model_on_test_movies_args(__doc__, "crlb_edges", **{"--margin": dict(
+        type=float, default=3.0, help="px from the edges for the interior-only row")})
+    config, model = args.config, args.model
     shape = (TEST_SIZE_PX, TEST_SIZE_PX)
     rows = []
     for i, (density, value) in enumerate(DENSITIES.items()):
