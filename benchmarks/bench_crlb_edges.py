@@ -2,13 +2,13 @@
 
 Usage: python benchmarks/bench_crlb_edges.py CONFIG.yaml [--model DIR] [--frames 100]
 
-``bench_training.py`` scores each matched emitter (>= 2000 photons) against its own
-single-emitter bound computed as if the frame went on beyond its edges. An emitter on an edge
-loses part of its light (the simulator renders only the frame), so its true bound is looser and
-its ratio error / sqrt(CRLB) is inflated. On the same 64x64 px test movies and with the same
-scoring, this script gives the ratios three ways: the unbounded frame (as ``bench_training.py``),
-the bound of the light inside the frame (``add_crlb_columns(frame_shape=...)``), and the
-unbounded bound for emitters at least ``--margin`` px from every edge only.
+Until 2026-12-03 ``bench_training.py`` scored each matched emitter (>= 2000 photons) against
+its own single-emitter bound computed as if the frame went on beyond its edges. An emitter on
+an edge loses part of its light (the simulator renders only the frame), so its true bound is
+looser and that ratio error / sqrt(CRLB) inflated. On the same 64x64 px test movies and with
+the same scoring, this script gives the ratios three ways: the unbounded frame, the bound of
+the light inside the frame (``add_crlb_columns(frame_shape=...)``, what ``bench_training.py``
+now reports), and the unbounded bound for emitters at least ``--margin`` px from every edge.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import numpy as np
 from _common import model_on_test_movies_args, write_results
 from bench_training import BRIGHT_PHOTONS, DENSITIES, MIN_PHOTONS, TEST_SIZE_PX, test_movie
 from denseloc.evaluate import evaluate
-from denseloc.evaluate.crlb import add_crlb_columns
 from denseloc.localize.network import predict_frames
 from denseloc.table import nm_to_px
 
@@ -39,9 +38,9 @@ def main() -> None:
     rows = []
     for i, (density, value) in enumerate(DENSITIES.items()):
         cfg, photons, truth = test_movie(config, value, args.frames, seed=100 + i)
-        truth = truth.reset_index(drop=True)
-        in_frame = add_crlb_columns(truth.drop(columns=["crlb_x_nm", "crlb_y_nm", "crlb_z_nm"]),
-                                    cfg, frame_shape=shape)
+        truth = truth.reset_index(drop=True)  # crlb_* in the frame, crlb_unbounded_* beyond
+        unbounded = truth.assign(**{f"crlb_{a}_nm": truth[f"crlb_unbounded_{a}_nm"]
+                                    for a in "xyz"})
         pred = predict_frames(model, photons, pixel_size_nm=cfg.image.pixel_size_nm)
         _, pairs = evaluate(pred, truth, min_photons=MIN_PHOTONS)
         pairs = pairs[pairs["photons_gt"] >= BRIGHT_PHOTONS]
@@ -50,10 +49,10 @@ def main() -> None:
         x, y = nm_to_px(gt["x_nm"].to_numpy(), px), nm_to_px(gt["y_nm"].to_numpy(), px)
         edge_px = np.minimum.reduce([x + 0.5, y + 0.5, shape[1] - 0.5 - x, shape[0] - 0.5 - y])
         interior = edge_px >= args.margin
-        for bound, subset, table in (("unbounded frame (bench_training.py)", pairs, truth),
-                                     ("light inside the frame", pairs, in_frame),
+        for bound, subset, table in (("unbounded frame (before 2026-12-03)", pairs, unbounded),
+                                     ("light inside the frame", pairs, truth),
                                      (f">= {args.margin:g} px from every edge", pairs[interior],
-                                      truth)):
+                                      unbounded)):
             r = ratios(subset, table)
             rows.append({"density": density, "bound": bound, "emitters": len(subset),
                          "ratio_x": r["x"], "ratio_y": r["y"], "ratio_z": r["z"],

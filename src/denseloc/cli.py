@@ -487,6 +487,13 @@ def _network_config(model: str, device: str, stack: Path, camera: str | None,
     source = "--pixel-size-nm"
     if pixel_size_nm is None:
         pixel_size_nm, source = read_pixel_size_nm(stack), f"{stack.name}'s metadata"
+        trained_px = cfg.image.pixel_size_nm
+        if pixel_size_nm is not None and not 0.5 <= pixel_size_nm / trained_px <= 2.0:
+            raise DenselocError(
+                f"{stack.name}'s metadata gives {pixel_size_nm:g} nm pixels, the model was "
+                f"trained for {trained_px:g} nm; if the metadata is wrong (e.g. the camera "
+                "chip's pixel instead of the sample's), pass --pixel-size-nm"
+            )
     if pixel_size_nm is None:
         typer.secho(f"note: {stack.name} records no pixel size; using the model's "
                     f"{cfg.image.pixel_size_nm:g} nm (pass --pixel-size-nm)", err=True)
@@ -796,10 +803,12 @@ def drift(
     from denseloc.io import writable_format, write_table
 
     writable_format(out)
+    plot = plot or out.with_name(f"{out.stem}_drift.png")
+    if not plot.resolve().parent.is_dir():
+        raise DenselocError(f"{plot}: the folder {plot.resolve().parent} does not exist")
     table = _read_locs(locs, camera_pixel_nm)
     estimate = estimate_drift(table, n_segments=segments, pixel_size_nm=pixel_size_nm,
                               max_shift_nm=max_drift_nm)
-    plot = plot or out.with_name(f"{out.stem}_drift.png")
     plot_drift(estimate, plot)
     write_table(correct_drift(table, estimate), out)
     typer.echo(

@@ -289,6 +289,12 @@ def test_cli_reads_the_pixel_size_from_the_movie(bundled, movie, tmp_path) -> No
     np.testing.assert_allclose(tables["bare"]["x_nm"], tables["model"]["x_nm"], rtol=1e-6)
     # The table knows the movie it came from, for Picasso's Frames, Height and Width.
     assert tables["model"].attrs["movie_shape"] == list(frames.shape)
+    # Metadata far from the model's pixels is more likely wrong (the chip's 6.5 um pixel)
+    # than a movie the model could localize: refused, unless --pixel-size-nm says so.
+    chip = tmp_path / "chip.tif"
+    write_tiff(chip, frames, pixel_size_nm=6500.0)
+    result = runner.invoke(app, ["localize", str(chip), "--out", str(tmp_path / "c.csv")])
+    assert result.exit_code == 2 and "pass --pixel-size-nm" in result.output, result.output
 
 
 def test_partial_camera_flags_say_which_settings_the_model_supplies(movie, tmp_path) -> None:

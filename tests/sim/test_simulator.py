@@ -53,6 +53,21 @@ def test_structured_background_is_smooth_and_bounded() -> None:
     assert (bg[:, 1:] - bg[:, :-1]).abs().mean().item() < 0.2 * bg.std().item()
 
 
+def test_ground_truth_gives_each_emitter_the_background_at_its_pixel(tmp_path) -> None:
+    cfg = small_config(background={"level_photons": (50.0, 50.0),
+                                   "structured_amplitude_photons": 80.0,
+                                   "structured_scale_nm": 1500.0})
+    truth = pd.read_csv(simulate_movie(cfg, tmp_path / "sim")["ground_truth"])
+    sim = Simulator(cfg)  # the same draws as simulate_movie: emitters, then the background
+    generator = sim.generator(cfg.simulation.seed)
+    sim.sample_emitters(1, cfg.simulation.n_frames, generator)
+    background = sim.sample_background(1, generator)[0].numpy()
+    row = np.round(nm_to_px(truth["y_nm"], 100.0)).astype(int).clip(0, 31)
+    col = np.round(nm_to_px(truth["x_nm"], 100.0)).astype(int).clip(0, 31)
+    assert truth["bg"].nunique() > 10  # structured: the emitters' backgrounds differ
+    np.testing.assert_allclose(truth["bg"], background[row, col])
+
+
 def test_simulated_movie_files(tmp_path) -> None:
     cfg = small_config(camera={"kind": "ideal", "qe": 1.0, "em_gain": 1.0, "e_per_adu": 1.0,
                                "read_noise_e": 0.0, "spurious_charge_e": 0.0})

@@ -179,9 +179,38 @@ def test_nan_loss_rolls_back_with_a_lower_learning_rate(tmp_path, monkeypatch) -
     assert trainer.state.epoch == 2
     assert trainer.state.step == 6  # the failed epoch was redone from its checkpoint
     assert all(torch.isfinite(p).all() for p in trainer.net.parameters())
-    # The time of the lost steps stays spent: 7 steps and 2 validations of one second each,
-    # epoch 1 (3 + 1), the first step of the lost epoch (1), epoch 2 again (3 + 1).
-    assert trainer.state.elapsed_s == pytest.approx(9.0)
+    # The time of the lost steps stays spent: 8 steps and 2 validations of one second each,
+    # epoch 1 (3 + 1), the lost epoch's two steps (the diverging one too), epoch 2 again
+    # (3 + 1); the step time is measured over all 8 steps.
+    assert trainer.state.elapsed_s == pytest.approx(10.0)
+    assert trainer.state.steps_run == 8
+
+
+def test_a_rollback_under_a_time_budget_keeps_the_schedule_within_it(tmp_path, monkeypatch):
+    # The schedule is planned after the warm-up (20 steps here, after 6 epochs and
+    # validations); a divergence in epoch 9 rolls back to epoch 8 and re-plans the steps that
+    # fit in what is left, from the step time over every step run, lost ones included.
+    real_loss = trainer_module.gmm_loss
+    calls = {"n": 0}
+
+    def flaky_loss(*args, **kwargs):
+        parts = real_loss(*args, **kwargs)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] == 26:
+                parts.total = parts.total * float("nan")
+        return parts
+
+    monkeypatch.setattr(trainer_module, "gmm_loss", flaky_loss)
+    monkeypatch.setattr(trainer_module, "time", FakeClock())
+    trainer = Trainer(tiny_config(), tmp_path / "m", device="cpu")
+    trainer.fit(minutes=1.0)
+    state = trainer.state
+    assert state.rollbacks == 1 and state.elapsed_s >= 60.0
+    # One second per step plus a validation per three steps: 4/3 s per step.
+    assert trainer._seconds_per_step() == pytest.approx(4 / 3, rel=0.1)
+    assert state.step >= 0.9 * state.planned_steps  # the learning rate decayed by the end
+    assert trainer.lr_at(state.step) < 0.1 * tiny_config().train.lr
 
 
 def stalling_validation(monkeypatch, stalled_epochs: int) -> None:

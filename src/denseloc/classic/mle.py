@@ -33,7 +33,8 @@ from denseloc.sim.psf import PSF
 __all__ = ["FitResult", "fit_rois", "fitted_z_range", "localize_mle", "psf_width_px"]
 
 Z_BOUND_NM = 1.0
-"""Fits within this distance of a z bound are dropped: the emitter lies beyond the bound."""
+"""Fits within this distance of the end of a spline's calibrated z range, where it ends inside
+the requested range, are dropped: the emitter lies beyond what the PSF describes."""
 
 
 @dataclass
@@ -266,9 +267,12 @@ def localize_mle(
         & ((fit.dx_px - (cand.col - col_c)).abs() < 1.5)
         & ((fit.dy_px - (cand.row - row_c)).abs() < 1.5)
     )
-    if psf.is_3d:  # a fit stopped at a z bound is an emitter beyond it, not one at it
+    if psf.is_3d:  # a fit stopped where the PSF's calibration ends: an emitter beyond it
         lo, hi = fitted_z_range(psf, z_range_nm)
-        ok &= (fit.z_nm > lo + Z_BOUND_NM) & (fit.z_nm < hi - Z_BOUND_NM)
+        if lo > z_range_nm[0]:
+            ok &= fit.z_nm > lo + Z_BOUND_NM
+        if hi < z_range_nm[1]:
+            ok &= fit.z_nm < hi - Z_BOUND_NM
     std = fit.std.numpy()
     x_px = (col_c + fit.dx_px).numpy()
     y_px = (row_c + fit.dy_px).numpy()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from denseloc.config import Config, ConfigError, PSFConfig, input_digests
@@ -50,7 +51,8 @@ def psf_from_config(config: PSFConfig, z_range_nm: tuple[float, float] = (-750.0
 def check_psf_pixel_size(psf: PSF, config: Config) -> None:
     """Raise ConfigError if a PSF calibration was made for other pixels than the image's."""
     pixel = getattr(psf, "pixel_size_nm", None)
-    if pixel is not None and not np.isclose(pixel, config.image.pixel_size_nm, rtol=1e-3):
+    # 2 %, as check_model_matches: the PSF's shape hardly changes within it.
+    if pixel is not None and not np.isclose(pixel, config.image.pixel_size_nm, rtol=0.02):
         raise ConfigError(
             f"{config.psf.path}: calibrated for {pixel:g} nm pixels, but the pixel size is "
             f"{config.image.pixel_size_nm:g} nm (image.pixel_size_nm, --pixel-size-nm or the "
@@ -207,13 +209,16 @@ class Simulator:
         return SimulatedBatch(adu, expected, background, emitters)
 
 
-def background_at(background: torch.Tensor, x_px: torch.Tensor,
-                  y_px: torch.Tensor) -> np.ndarray:
-    """Background photons (H, W) at the pixels nearest to positions (px; clipped to the frame)."""
+def background_at(background: torch.Tensor, table: pd.DataFrame,
+                  pixel_size_nm: float) -> np.ndarray:
+    """Background photons (H, W) at the pixel nearest each row's ``x_nm, y_nm`` (clipped to
+    the frame), in the table's order."""
+    from denseloc.table import nm_to_px
+
     height, width = background.shape
-    rows = torch.round(y_px).long().clamp(0, height - 1)
-    cols = torch.round(x_px).long().clamp(0, width - 1)
-    return background[rows, cols].double().cpu().numpy()
+    rows = np.clip(np.round(nm_to_px(table["y_nm"].to_numpy(), pixel_size_nm)), 0, height - 1)
+    cols = np.clip(np.round(nm_to_px(table["x_nm"].to_numpy(), pixel_size_nm)), 0, width - 1)
+    return background.double().cpu().numpy()[rows.astype(int), cols.astype(int)]
 
 
 def simulate_movie(
@@ -292,7 +297,7 @@ def simulate_movie(
             if progress is not None:
                 progress(stop, n_frames)
     truth = emitters.to_table(pixel_size_nm)
-    truth["bg"] = background_at(background[0], emitters.x_px, emitters.y_px)
+    truth["bg"] = background_at(background[0], truth, pixel_size_nm)  # truth is re-sorted
     with atomic_path(paths["ground_truth"]) as tmp:
         truth[["frame", "id", "x_nm", "y_nm", "z_nm", "photons", "bg"]].to_csv(tmp, index=False)
     with atomic_path(paths["config"]) as tmp:

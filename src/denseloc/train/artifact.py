@@ -64,9 +64,9 @@ class TrainedModel:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write config.yaml, model.yaml and weights.pt into `directory`.
 
-        model.yaml comes last and records the digests of the other two, so that a folder
-        whose save was interrupted while overwriting an older model is refused on loading
-        rather than read as a mix of both.
+        model.yaml comes last and records the digest of weights.pt, so that a folder whose save
+        was interrupted while overwriting an older model is refused on loading rather than
+        read as new weights with the old threshold, scaling and sigma factors.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -147,8 +147,9 @@ class TrainedModel:
         return changed_inputs(config or self.config, self.inputs, prefix)
 
 
-_DIGESTED = ("weights.pt", "config.yaml")
-"""Files of a model folder whose digests model.yaml records."""
+_DIGESTED = ("weights.pt",)
+"""Files of a model folder whose digests model.yaml records (config.yaml is left out: its
+paths may be edited by hand when a model moves to another machine)."""
 
 
 def _sigma_scale(raw: dict) -> dict[str, dict[str, float]]:

@@ -84,6 +84,7 @@ class _State:
     rollbacks: int = 0
     restarts: int = 0
     elapsed_s: float = 0.0
+    steps_run: int = 0  # every step taken, lost or not: elapsed_s / steps_run is the step time
     samples: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -242,7 +243,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.device = select_device(device)
         tc, em = config.train, config.emitters
-        if tc.min_target_photons >= em.photons_mean + 3 * em.photons_std:
+        if tc.min_target_photons > em.photons_mean + 3 * em.photons_std:
             raise DenselocError(
                 f"train.min_target_photons ({tc.min_target_photons:g}) is above the brightness "
                 f"of nearly every emitter (emitters.photons_mean {em.photons_mean:g}, "
@@ -422,13 +423,14 @@ class Trainer:
         factor = self.state.lr_factor * 0.5
         rollbacks = self.state.rollbacks
         # The time spent on the lost steps stays spent: the budget is wall time.
-        elapsed, per_step = self.state.elapsed_s, self._seconds_per_step()
+        elapsed, steps_run = self.state.elapsed_s, self.state.steps_run
+        per_step = self._seconds_per_step()
         if not self.load_checkpoint():
             self._fresh_network()
             self.state = _State()
         self.state.lr_factor = factor
         self.state.rollbacks = rollbacks
-        self.state.elapsed_s = elapsed
+        self.state.elapsed_s, self.state.steps_run = elapsed, steps_run
         if budget_s is not None and self.state.planned_steps is not None:
             self.state.planned_steps = min(
                 self.state.planned_steps,
@@ -530,6 +532,8 @@ class Trainer:
                 t0 = time.perf_counter()
                 batch = self.data.batch(tc.batch_size, self.generator)
                 loss, grad_norm = self._step(batch)
+                self.state.steps_run += 1
+                self.state.elapsed_s += time.perf_counter() - t0
                 exploded = loss_ema is not None and self.state.step > tc.warmup_steps and (
                     loss > loss_ema + EXPLOSION_FACTOR * max(abs(loss_ema), 1.0))
                 if not math.isfinite(loss) or not math.isfinite(grad_norm) or exploded:
@@ -543,7 +547,6 @@ class Trainer:
                 losses.append(loss)
                 self.state.step += 1
                 self.state.samples += tc.batch_size
-                self.state.elapsed_s += time.perf_counter() - t0
                 self._plan(budget_s, epochs)
                 if progress is not None:
                     progress({"step": self.state.step, "planned_steps": self.state.planned_steps,
@@ -595,8 +598,9 @@ class Trainer:
             state.planned_steps = max(planned, state.step + 1)
 
     def _seconds_per_step(self) -> float:
-        """Wall time per step so far, validations included."""
-        return self.state.elapsed_s / max(self.state.step, 1)
+        """Wall time per step so far, validations and lost steps included."""
+        # steps_run is 0 in checkpoints written before it existed: count the steps then.
+        return self.state.elapsed_s / max(self.state.steps_run, self.state.step, 1)
 
     def _steps_in_budget(self, budget_s: float, per_step: float) -> int:
         """Steps that fit in what is left of the time budget, with a margin for validations."""
