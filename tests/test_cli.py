@@ -25,7 +25,7 @@ def test_simulate_writes_the_contracted_files(tmp_path) -> None:
     frames = tifffile.imread(out / "frames.tif")
     assert frames.shape == (7, 24, 24) and frames.dtype.name == "uint16"
     truth = pd.read_csv(out / "ground_truth.csv")
-    assert list(truth.columns) == ["frame", "id", "x_nm", "y_nm", "z_nm", "photons"]
+    assert list(truth.columns) == ["frame", "id", "x_nm", "y_nm", "z_nm", "photons", "bg"]
     cfg = load_config(out / "config.yaml")
     assert cfg.simulation.n_frames == 7 and cfg.simulation.seed == 3
     assert cfg.image.size_px == (24, 24) and cfg.emitters.density_per_um2 == 1.5
