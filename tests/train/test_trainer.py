@@ -158,7 +158,9 @@ def test_resume_accepts_a_checkpoint_from_before_a_new_option(tmp_path) -> None:
     assert resumed.state.step == 2 * trainer.state.step
 
 
-def test_nan_loss_rolls_back_with_a_lower_learning_rate(tmp_path, monkeypatch) -> None:
+def nan_loss_at(monkeypatch, step: int) -> None:
+    """Make the training loss NaN at the `step`-th training step (1-based, counting
+    training steps only, redone ones included)."""
     real_loss = trainer_module.gmm_loss
     calls = {"n": 0}
 
@@ -166,11 +168,15 @@ def test_nan_loss_rolls_back_with_a_lower_learning_rate(tmp_path, monkeypatch) -
         parts = real_loss(*args, **kwargs)
         if torch.is_grad_enabled():  # training steps only, not validation
             calls["n"] += 1
-            if calls["n"] == 5:  # the second step of the second epoch
+            if calls["n"] == step:
                 parts.total = parts.total * float("nan")
         return parts
 
     monkeypatch.setattr(trainer_module, "gmm_loss", flaky_loss)
+
+
+def test_nan_loss_rolls_back_with_a_lower_learning_rate(tmp_path, monkeypatch) -> None:
+    nan_loss_at(monkeypatch, 5)  # the second step of the second epoch
     monkeypatch.setattr(trainer_module, "time", FakeClock())
     trainer = Trainer(tiny_config(), tmp_path / "m", device="cpu")
     trainer.fit(epochs=2)
@@ -190,18 +196,7 @@ def test_a_rollback_under_a_time_budget_keeps_the_schedule_within_it(tmp_path, m
     # The schedule is planned after the warm-up (20 steps here, after 6 epochs and
     # validations); a divergence in epoch 9 rolls back to epoch 8 and re-plans the steps that
     # fit in what is left, from the step time over every step run, lost ones included.
-    real_loss = trainer_module.gmm_loss
-    calls = {"n": 0}
-
-    def flaky_loss(*args, **kwargs):
-        parts = real_loss(*args, **kwargs)
-        if torch.is_grad_enabled():
-            calls["n"] += 1
-            if calls["n"] == 26:
-                parts.total = parts.total * float("nan")
-        return parts
-
-    monkeypatch.setattr(trainer_module, "gmm_loss", flaky_loss)
+    nan_loss_at(monkeypatch, 26)
     monkeypatch.setattr(trainer_module, "time", FakeClock())
     trainer = Trainer(tiny_config(), tmp_path / "m", device="cpu")
     trainer.fit(minutes=1.0)
