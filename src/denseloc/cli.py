@@ -803,12 +803,10 @@ def drift(
     from denseloc.io import writable_format, write_table
 
     writable_format(out)
-    plot = plot or out.with_name(f"{out.stem}_drift.png")
-    if not plot.resolve().parent.is_dir():
-        raise DenselocError(f"{plot}: the folder {plot.resolve().parent} does not exist")
     table = _read_locs(locs, camera_pixel_nm)
     estimate = estimate_drift(table, n_segments=segments, pixel_size_nm=pixel_size_nm,
                               max_shift_nm=max_drift_nm)
+    plot = plot or out.with_name(f"{out.stem}_drift.png")
     plot_drift(estimate, plot)
     write_table(correct_drift(table, estimate), out)
     typer.echo(

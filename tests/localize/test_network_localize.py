@@ -253,12 +253,10 @@ def test_cli_sigma_filter_grouping_and_bad_flags(bundled, movie, tmp_path) -> No
         result = runner.invoke(app, ["localize", str(path), "--out", str(out), *flags])
         assert result.exit_code == 2 and message in result.output, (flags, result.output)
         assert not out.exists()
-    # An output that cannot be written is refused before the run, not after it.
-    for out, message in [(tmp_path / "locs.txt", "unknown table format '.txt'"),
-                         (tmp_path / "nowhere" / "locs.csv", "does not exist")]:
-        result = runner.invoke(app, ["localize", str(path), "--out", str(out)])
-        assert result.exit_code == 2 and message in result.output, result.output
-        assert "localizing" not in result.output
+    # An output format that cannot be written is refused before the run, not after it.
+    result = runner.invoke(app, ["localize", str(path), "--out", str(tmp_path / "locs.txt")])
+    assert result.exit_code == 2 and "unknown table format '.txt'" in result.output
+    assert "localizing" not in result.output
 
 
 def test_cli_reads_the_pixel_size_from_the_movie(bundled, movie, tmp_path) -> None:

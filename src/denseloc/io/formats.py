@@ -1061,13 +1061,13 @@ def write_table(
 def writable_format(path: PathLike, format: str | None = None) -> str:
     """The format :func:`write_table` would write `path` in; raise if it cannot be written.
 
-    Call it before long work, so that an unknown extension or a missing folder is reported at
-    once rather than after the run.
+    Call it before long work, so that an unknown extension is reported at once rather than
+    after the run. (A missing folder is created on writing, as for every denseloc output.)
 
     Raises
     ------
     denseloc.errors.DenselocError
-        If the extension (or `format`) names no writable format, or the folder does not exist.
+        If the extension (or `format`) names no writable format.
     """
     path = Path(path)
     if format is None:
@@ -1077,7 +1077,4 @@ def writable_format(path: PathLike, format: str | None = None) -> str:
         format = names[0]
     if _format(format).write is None:
         raise DenselocError(f"format {format!r} is read only; writable: {', '.join(_WRITABLE)}")
-    folder = path.resolve().parent
-    if not folder.is_dir():
-        raise DenselocError(f"{path}: the folder {folder} does not exist")
     return format

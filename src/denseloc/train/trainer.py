@@ -424,7 +424,6 @@ class Trainer:
         rollbacks = self.state.rollbacks
         # The time spent on the lost steps stays spent: the budget is wall time.
         elapsed, steps_run = self.state.elapsed_s, self.state.steps_run
-        per_step = self._seconds_per_step()
         if not self.load_checkpoint():
             self._fresh_network()
             self.state = _State()
@@ -434,7 +433,8 @@ class Trainer:
         if budget_s is not None and self.state.planned_steps is not None:
             self.state.planned_steps = min(
                 self.state.planned_steps,
-                self.state.step + max(self._steps_in_budget(budget_s, per_step), 1),
+                self.state.step
+                + max(self._steps_in_budget(budget_s, self._seconds_per_step()), 1),
             )
         # Draw different batches than the ones that diverged.
         self.generator.manual_seed(self.config.train.seed + 1 + 7919 * rollbacks)
