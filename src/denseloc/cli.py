@@ -584,13 +584,16 @@ def evaluate(
     truth = read_table(gt, pixel_size_nm=pixel_size_nm)
     if config is not None:
         from denseloc.config import load_config
-        from denseloc.evaluate.crlb import add_crlb_columns
+        from denseloc.evaluate.crlb import NoiseModel, add_crlb_columns
+        from denseloc.sim.camera import Camera
 
         sim_config = load_config(config)
         for problem in _changed_since_simulation(sim_config, config.parent / "inputs.yaml"):
             typer.secho(f"warning: {problem}; the Cramer-Rao bounds use the file as it is now",
                         fg=typer.colors.YELLOW, err=True)
-        truth = add_crlb_columns(truth, sim_config, frame_shape=sim_config.image.size_px)
+        shape = sim_config.image.size_px  # an sCMOS camera's read noise is taken per pixel
+        noise = NoiseModel.from_camera(Camera.from_config(sim_config.camera, shape))
+        truth = add_crlb_columns(truth, sim_config, frame_shape=shape, noise=noise)
     if is_3d is False:  # the default (None) is evaluate's: 3D if either table has a z
         for path, table in ((pred, predictions), (gt, truth)):
             if has_z(table):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,3 +129,68 @@ def test_mle_refuses_a_psf_calibrated_for_other_pixels(tmp_path) -> None:
                                     "emitters": {"z_range_nm": [-500, 500]}})
     with open_movie(tmp_path / "m.tif") as movie, pytest.raises(ConfigError, match="160 nm"):
         localize_movie_mle(movie, config)
+
+
+def scmos_with_hot_pixels(shape, seed: int, hot_fraction: float = 0.1, hot_rms_e: float = 40.0):
+    """A preset sCMOS camera whose read-noise map has hot pixels at random places."""
+    config = CameraConfig(**CAMERA_PRESETS["scmos"])
+    gen = torch.Generator().manual_seed(seed)
+    var_e2 = torch.full(shape, config.read_noise_e**2, dtype=torch.float64)
+    var_e2[torch.rand(shape, generator=gen) < hot_fraction] = hot_rms_e**2
+    return Camera(config, config.baseline_adu, var_e2 / config.e_per_adu**2, config.e_per_adu)
+
+
+def test_a_read_noise_map_weights_each_pixel_and_the_fit_reaches_its_bound() -> None:
+    # Hot pixels (40 e- rms against 1.6) next to a spot: the shifted-Poisson likelihood with
+    # the map reaches the bound computed with the map; with one read noise for the chip the
+    # hot pixels count fully and the errors almost double.
+    psf, n, size, photons, bg = GaussianPSF(1.3), 400, 11, 1000.0, 20.0
+    gen = torch.Generator().manual_seed(3)
+    dx = torch.rand(n, generator=gen, dtype=torch.float64) - 0.5
+    dy = torch.rand(n, generator=gen, dtype=torch.float64) - 0.5
+    zero = torch.zeros(n, dtype=torch.float64)
+    cam = scmos_with_hot_pixels((n, size, size), seed=4)
+    rois = cam.adu_to_photons(cam.photons_to_adu(psf.evaluate(dx, dy, zero, size) * photons
+                                                 + bg, gen))
+    scalar = NoiseModel.from_camera(cam.config)
+    per_pixel = replace(scalar, read_var_e2=NoiseModel.from_camera(cam).read_var_e2.flatten(1))
+    bound = crlb(psf, zero, zero + photons, zero + bg, dx_px=dx, dy_px=dy, noise=per_pixel,
+                 size=size)
+    ratios = {}
+    for name, noise in (("map", per_pixel), ("scalar", scalar)):
+        fit = fit_rois(psf, rois, noise=noise)
+        ratios[name] = [math.sqrt((((est - true) / bound[:, k]) ** 2).mean().item())
+                        for k, (est, true) in enumerate([(fit.dx_px, dx), (fit.dy_px, dy)])]
+        if name == "map":
+            assert abs((fit.photons - photons).mean().item()) < 0.02 * photons
+    assert all(0.85 < r < 1.2 for r in ratios["map"]), ratios
+    assert all(r > 1.4 for r in ratios["scalar"]), ratios
+
+
+def test_localize_mle_reads_the_map_at_each_spots_pixels() -> None:
+    # One spot per frame at a random place among hot pixels: with the camera's map cut at the
+    # right place for each spot, the reported sigmas (bounds with the map) describe the errors.
+    psf, n, photons, bg = GaussianPSF(1.3), 150, 1500.0, 20.0
+    gen = torch.Generator().manual_seed(5)
+    x = 8 + 16 * torch.rand(n, generator=gen, dtype=torch.float64)
+    y = 8 + 16 * torch.rand(n, generator=gen, dtype=torch.float64)
+    frames = torch.full((n, 32, 32), bg, dtype=torch.float64)
+    render_patches(psf, torch.arange(n), x, y, torch.zeros(n, dtype=torch.float64),
+                   torch.full((n,), photons, dtype=torch.float64), frames.shape, out=frames)
+    cam = scmos_with_hot_pixels((32, 32), seed=6)
+    images = cam.adu_to_photons(cam.photons_to_adu(frames, gen))
+    table = localize_mle(images, psf, pixel_size_nm=100.0, threshold=8.0,
+                         noise=NoiseModel.from_camera(cam))
+    ratios, found = [], 0
+    for frame, group in table.groupby("frame"):
+        dist = np.hypot(group["x_nm"] / 100 - 0.5 - x[frame].item(),
+                        group["y_nm"] / 100 - 0.5 - y[frame].item())
+        if dist.min() < 1.0:
+            found += 1
+            best = group.iloc[int(np.argmin(dist.to_numpy()))]
+            ratios += [(best["x_nm"] / 100 - 0.5 - x[frame].item()) * 100 / best["sigma_x_nm"],
+                       (best["y_nm"] / 100 - 0.5 - y[frame].item()) * 100 / best["sigma_y_nm"]]
+    assert found >= 0.97 * n
+    assert 0.85 < math.sqrt(np.mean(np.square(ratios))) < 1.2
+    with pytest.raises(ValueError, match="for frames of"):
+        localize_mle(images[:, :16], psf, pixel_size_nm=100.0, noise=NoiseModel.from_camera(cam))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from denseloc.evaluate.crlb import (
     crlb,
     fisher_information,
 )
+from denseloc.sim.camera import Camera
 from denseloc.sim.psf import AstigmaticPSF, GaussianPSF
 from denseloc.sim.simulator import psf_from_config
 
@@ -183,6 +185,54 @@ def test_the_bound_uses_an_scmos_variance_map_not_read_noise_e(tmp_path) -> None
         update={"variance_map": tmp_path / "var.npy", "read_noise_e": 74.4})
     noise = NoiseModel.from_camera(camera)
     assert noise.read_var_e2 == pytest.approx(12.0 * camera.e_per_adu**2)
+
+
+def test_a_read_noise_map_is_read_at_each_emitters_own_pixels() -> None:
+    cfg = Config().with_camera_preset("scmos")
+    psf = psf_from_config(cfg.psf, cfg.emitters.z_range_nm)
+    size, half = psf.default_patch_size(), psf.default_patch_size() // 2
+    truth = emitters([30.0, 12.0], [20.0, 45.0], z_nm=300.0)  # astigmatic: x and y differ
+    scalar = NoiseModel.from_camera(cfg.camera)
+    flat = torch.full((64, 64), float(scalar.read_var_e2), dtype=torch.float64)
+    hot = flat.clone()
+    hot[22, 33] = 1e12  # 2 rows below, 3 columns right of emitter 0: that pixel tells nothing
+    kwargs = dict(bg_photons=40.0, frame_shape=(64, 64))
+    same = add_crlb_columns(truth, cfg, **kwargs, noise=replace(scalar, read_var_e2=flat))
+    out = add_crlb_columns(truth, cfg, **kwargs, noise=replace(scalar, read_var_e2=hot))
+    reference = add_crlb_columns(truth, cfg, **kwargs)
+    inside = torch.ones(1, size, size, dtype=torch.bool)
+    inside[0, half + 2, half + 3] = False  # the same pixel left out, (row, column) of the patch
+    without = crlb(psf, t(300.0), t(3000.0), t(40.0), noise=scalar, size=size, inside=inside)
+    for col, axis in enumerate("xyz"):
+        name = f"crlb_{axis}_nm"
+        assert same[name].to_numpy() == pytest.approx(reference[name].to_numpy(), rel=1e-12)
+        assert out[name][1] == pytest.approx(reference[name][1], rel=1e-12)  # far away
+        expected = without[0, col].item() * (100.0 if axis != "z" else 1.0)
+        assert out[name][0] == pytest.approx(expected, rel=1e-6)
+        assert out[name][0] > reference[name][0]
+    # The frame's bound reads the same map: a lone emitter's two bounds agree.
+    crowded = add_crowded_bounds(truth, cfg, frame_shape=(64, 64), bg_photons=40.0,
+                                 noise=replace(scalar, read_var_e2=hot))
+    ratio = crowded["crlb_crowded_x_nm"] / out["crlb_x_nm"]
+    assert ((ratio > 0.95) & (ratio <= 1.0 + 1e-9)).all(), ratio
+    with pytest.raises(ValueError, match="needs frames of that shape"):
+        add_crlb_columns(truth, cfg, bg_photons=40.0, frame_shape=(32, 64),
+                         noise=replace(scalar, read_var_e2=hot))
+
+
+def test_a_loaded_scmos_camera_gives_its_read_noise_per_pixel_in_electrons(tmp_path) -> None:
+    variance_adu2 = np.full((8, 8), 12.0)
+    variance_adu2[2, 5] = 900.0
+    np.save(tmp_path / "var.npy", variance_adu2)
+    config = Config().with_camera_preset("scmos").camera.model_copy(
+        update={"variance_map": tmp_path / "var.npy"})
+    noise = NoiseModel.from_camera(Camera.from_config(config, (8, 8)))
+    expected = torch.as_tensor(variance_adu2) * config.e_per_adu**2
+    torch.testing.assert_close(noise.read_var_e2, expected)
+    # The shift that makes a Poisson likelihood fit: read variance (and spurious charge)
+    # counted as photons.
+    torch.testing.assert_close(noise.shift_photons(),
+                               (config.spurious_charge_e + expected) / config.qe)
 
 
 def test_neighbours_raise_the_bound_and_lower_the_detection_snr() -> None:

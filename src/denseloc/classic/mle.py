@@ -2,13 +2,18 @@
 
 The classical baseline: detect spots (:mod:`denseloc.classic.detect`), cut a square region of
 interest (ROI) around each, and fit ``mu = N psf(x, y, z) + b`` to the photons in the ROI by
-minimising the Poisson negative log-likelihood ``sum(mu - d log mu)`` with Levenberg-Marquardt
-steps on the Fisher-scoring Hessian, all ROIs at once in torch. The uncertainty of each
-localization is the Cramer-Rao bound at the estimate (:mod:`denseloc.evaluate.crlb`).
+minimising the shifted-Poisson negative log-likelihood ``sum(mu + g - (d + g) log(mu + g))``
+with Levenberg-Marquardt steps on the Fisher-scoring Hessian, all ROIs at once in torch. The
+uncertainty of each localization is the Cramer-Rao bound at the estimate
+(:mod:`denseloc.evaluate.crlb`).
 
-Under an EMCCD the photon counts are over-dispersed by a factor 2, but the variance stays
-proportional to the mean, so the Poisson likelihood has the same optimum weighting and the
-estimator still approaches the (EMCCD) bound.
+The shift ``g`` (:meth:`NoiseModel.shift_photons`) adds the read noise and spurious charge of
+each pixel as if they were photons, so that the variance of ``d + g`` is proportional to its
+mean, as the Poisson likelihood assumes (Huang et al., Nat. Methods 2013). With an sCMOS
+camera's variance map it is per pixel, and a pixel with large read noise weighs little. Under
+an EMCCD the photon counts are over-dispersed by a factor 2, but the variance stays
+proportional to the mean, so the likelihood has the same optimum weighting and the estimator
+still approaches the (EMCCD) bound.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ class FitResult:
     std : Tensor of shape (N, 5)
         Cramer-Rao bound at the estimate for (x px, y px, z nm, photons, bg).
     nll : Tensor of shape (N,)
-        Final Poisson negative log-likelihood (up to a data-dependent constant).
+        Final shifted-Poisson negative log-likelihood (up to a data-dependent constant).
     """
 
     dx_px: torch.Tensor
@@ -117,10 +122,13 @@ def _fit_from(
     size: int,
     iterations: int,
     z_range: tuple[float, float],
+    shift: float | torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Levenberg-Marquardt from `theta`; `data` is the photons plus `shift`."""
     n, p = theta.shape
     lam = torch.full((n,), 1e-2, dtype=data.dtype)
     mu, jac = _evaluate(psf, theta, size)
+    mu = mu + shift
     nll = _nll(mu, data)
     eye = torch.eye(p, dtype=data.dtype)
     for _ in range(iterations):
@@ -133,6 +141,7 @@ def _fit_from(
         trial = theta + step
         _clamp(trial, size, psf.is_3d, z_range)
         mu_t, jac_t = _evaluate(psf, trial, size)
+        mu_t = mu_t + shift
         nll_t = _nll(mu_t, data)
         better = torch.isfinite(nll_t) & (nll_t < nll)
         theta = torch.where(better[:, None], trial, theta)
@@ -161,8 +170,9 @@ def fit_rois(
     rois : Tensor of shape (N, S, S)
         Photons per pixel, S odd; the emitter is expected near the central pixel.
     noise : NoiseModel
-        Camera noise, used for the Cramer-Rao bound reported as uncertainty (default: an
-        ideal camera).
+        Camera noise (default: an ideal camera), for the likelihood's shift and the
+        Cramer-Rao bound reported as uncertainty. Its read noise is one number, or one per
+        pixel of each ROI, shape (N, S*S) (:meth:`NoiseModel.patches`).
     iterations : int
         Levenberg-Marquardt iterations.
     z_range_nm : (float, float)
@@ -176,7 +186,11 @@ def fit_rois(
     rois = rois.to(torch.float64)
     n, size, _ = rois.shape
     z_range_nm = fitted_z_range(psf, z_range_nm)
-    data = rois.flatten(1).clamp_min(0)
+    if noise.per_pixel and tuple(noise.read_var_e2.shape) != (n, size * size):
+        raise ValueError(f"a read-noise map of shape {tuple(noise.read_var_e2.shape)} for "
+                         f"{n} ROIs of {size}x{size} px: cut it with NoiseModel.patches")
+    shift = noise.shift_photons()
+    data = (rois.flatten(1) + shift).clamp_min(0)
     if z_starts_nm is None:
         lo, hi = z_range_nm
         z_starts_nm = (0.5 * (lo + hi), 0.75 * lo + 0.25 * hi, 0.25 * lo + 0.75 * hi)
@@ -184,7 +198,7 @@ def fit_rois(
     best_theta, best_nll = None, None
     for z0 in starts:
         theta, nll = _fit_from(psf, data, _initial(rois, psf.is_3d, z0), size, iterations,
-                               z_range_nm)
+                               z_range_nm, shift)
         if best_theta is None:
             best_theta, best_nll = theta, nll
         else:
@@ -246,6 +260,9 @@ def localize_mle(
 ) -> pd.DataFrame:
     """Detect and fit emitters in frames (T, H, W) given in photons; return a table.
 
+    `noise` is the camera's (default: an ideal camera); its read noise may be a map of the
+    frames (H, W), from ``NoiseModel.from_camera`` of a loaded sCMOS camera.
+
     The table has the schema of :mod:`denseloc.table` with ``sigma_*`` from the Cramer-Rao
     bound at each estimate. Fits that wander more than 1.5 px from their ROI centre (the
     spot belongs to a neighbour) or end with non-finite values are dropped.
@@ -260,6 +277,13 @@ def localize_mle(
     if len(cand) == 0:
         return validate(pd.DataFrame({"frame": [], "x_nm": [], "y_nm": []}))
     rois, row_c, col_c = cut_rois(images, cand.frame, cand.row, cand.col, roi_size)
+    noise = noise or NoiseModel()
+    if noise.per_pixel:
+        if noise.read_var_e2.shape != images.shape[1:]:
+            raise ValueError(f"a read-noise map of shape {tuple(noise.read_var_e2.shape)} "
+                             f"for frames of {tuple(images.shape[1:])} px")
+        offsets = torch.arange(roi_size) - roi_size // 2
+        noise = noise.patches(row_c[:, None] + offsets, col_c[:, None] + offsets)
     fit = fit_rois(psf, rois, noise=noise, iterations=iterations, z_range_nm=z_range_nm)
     checked = fit.std if psf.is_3d else fit.std[:, [0, 1, 3, 4]]
     ok = (

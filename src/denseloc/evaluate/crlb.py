@@ -2,11 +2,12 @@
 
 For an emitter with photons ``N`` on a uniform background ``b`` (photons/px), the expected
 electrons in pixel k are ``mu_k = qe (N f_k(x, y, z) + b) + spurious``. With the camera's
-excess-noise factor ``F`` (2 for an EMCCD, 1 otherwise) and read noise ``s`` (electrons, after
-the EM gain ``G`` is divided out), the Fisher information is approximated by the Poisson-shift
-model (Huang et al., Nat. Methods 2013, for sCMOS; the factor F for EMCCDs, Chao et al. 2013)::
+excess-noise factor ``F`` (2 for an EMCCD, 1 otherwise) and read noise ``s_k`` (electrons,
+after the EM gain ``G`` is divided out; one value for the chip, or per pixel from an sCMOS
+camera's maps), the Fisher information is approximated by the Poisson-shift model (Huang et
+al., Nat. Methods 2013, for sCMOS; the factor F for EMCCDs, Chao et al. 2013)::
 
-    I_ij = sum_k (d mu_k / d theta_i)(d mu_k / d theta_j) / (F mu_k + s^2 / G^2)
+    I_ij = sum_k (d mu_k / d theta_i)(d mu_k / d theta_j) / (F mu_k + s_k^2 / G^2)
 
 over parameters ``theta = (x, y, z, N, b)`` (z omitted for 2D PSFs). The bound on the standard
 deviation of an unbiased estimator is ``sqrt(diag(I^-1))``.
@@ -18,13 +19,14 @@ bounds and detection signal-to-noise ratios of emitters whose light overlaps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import torch
 
 from denseloc.config import CameraConfig, Config
+from denseloc.sim.camera import Camera, read_variance_e2
 from denseloc.sim.psf import PSF, patch_origin, place_patches
 
 __all__ = [
@@ -49,33 +51,79 @@ class NoiseModel:
         Quantum efficiency.
     excess_noise : float
         Variance multiplier of the gain register (2 for EMCCD).
-    read_var_e2 : float
-        Read-noise variance referred to the input of the gain register, electrons^2.
+    read_var_e2 : float or Tensor of shape (H, W)
+        Read-noise variance referred to the input of the gain register, electrons^2: one
+        number, or one per pixel of the frames (an sCMOS camera's variance map, see
+        :meth:`from_camera`); :meth:`patches` cuts such a map to the pixels of patches.
     spurious_e : float
         Spurious charge per pixel, electrons.
     """
 
     qe: float = 1.0
     excess_noise: float = 1.0
-    read_var_e2: float = 0.0
+    read_var_e2: float | torch.Tensor = 0.0
     spurious_e: float = 0.0
 
     @classmethod
-    def from_camera(cls, camera: CameraConfig) -> NoiseModel:
-        """The noise model of a camera configuration.
+    def from_camera(cls, camera: CameraConfig | Camera) -> NoiseModel:
+        """The noise model of a camera.
 
-        With an sCMOS variance map the read noise is the map's median
-        (:func:`denseloc.sim.camera.read_variance_e2`), not ``read_noise_e``, which the
-        simulator then ignores.
+        A configuration gives one read noise for the whole chip: with an sCMOS variance map
+        its median (:func:`denseloc.sim.camera.read_variance_e2`), not ``read_noise_e``, which
+        the simulator then ignores. A loaded :class:`~denseloc.sim.camera.Camera` gives its
+        read noise per pixel of the frames it was loaded for, when it has maps.
         """
-        from denseloc.sim.camera import read_variance_e2
-
+        config = camera.config if isinstance(camera, Camera) else camera
+        if isinstance(camera, Camera):
+            read_var = camera.read_var_adu2 * camera.e_per_adu**2 / config.em_gain**2
+            if isinstance(read_var, torch.Tensor):
+                read_var = read_var.to(torch.float64)
+        else:
+            read_var = read_variance_e2(config) / config.em_gain**2
         return cls(
-            qe=camera.qe,
-            excess_noise=camera.excess_noise_factor,
-            read_var_e2=read_variance_e2(camera) / camera.em_gain**2,
-            spurious_e=camera.spurious_charge_e,
+            qe=config.qe,
+            excess_noise=config.excess_noise_factor,
+            read_var_e2=read_var,
+            spurious_e=config.spurious_charge_e,
         )
+
+    @property
+    def per_pixel(self) -> bool:
+        """Whether the read noise is a map of the frames rather than one number."""
+        return isinstance(self.read_var_e2, torch.Tensor) and self.read_var_e2.dim() == 2
+
+    def patches(self, rows: torch.Tensor, cols: torch.Tensor) -> NoiseModel:
+        """The noise of N square patches of the frames, for :func:`information_from_jacobian`.
+
+        Parameters
+        ----------
+        rows, cols : Tensor of shape (N, S), long
+            Frame row and column of every row and column of each patch; pixels outside the
+            frame take the nearest edge pixel's value (they should carry no information).
+
+        Returns
+        -------
+        NoiseModel
+            With ``read_var_e2`` of shape (N, S*S); unchanged if the read noise is one number.
+        """
+        if not self.per_pixel:
+            return self
+        height, width = self.read_var_e2.shape
+        r = rows.clamp(0, height - 1)[:, :, None]
+        c = cols.clamp(0, width - 1)[:, None, :]
+        return replace(self, read_var_e2=self.read_var_e2[r, c].flatten(1))
+
+    def shift_photons(self) -> float | torch.Tensor:
+        """Photons to add to data and model so that a Poisson likelihood fits this camera.
+
+        The photon count ``d`` of a pixel with expected photons ``mu`` has variance
+        ``F (mu + g) / qe`` with ``g = (spurious_e + read_var_e2 / F) / qe``: the read noise
+        and spurious charge add variance without signal. ``d + g`` then has a variance
+        proportional to its mean, like a Poisson variable (the "shifted Poisson" model of
+        Huang et al., Nat. Methods 2013), which keeps a pixel's weight right when its read
+        noise is large. Per pixel for a map, flattened like :meth:`patches`.
+        """
+        return (self.spurious_e + self.read_var_e2 / self.excess_noise) / self.qe
 
 
 def fisher_information(
@@ -152,7 +200,11 @@ def expected_and_jacobian(
 def information_from_jacobian(
     mu: torch.Tensor, jac: torch.Tensor, noise: NoiseModel = NoiseModel()
 ) -> torch.Tensor:
-    """Fisher information (N, P, P) from expected photons (N, K) and Jacobian (N, P, K)."""
+    """Fisher information (N, P, P) from expected photons (N, K) and Jacobian (N, P, K).
+
+    The read noise of `noise` is one number or one per pixel, (N, K) or (1, K) (see
+    :meth:`NoiseModel.patches`).
+    """
     electrons = noise.qe * mu + noise.spurious_e
     weight = noise.qe**2 / (noise.excess_noise * electrons + noise.read_var_e2)
     return torch.einsum("npk,nqk,nk->npq", jac, jac, weight)
@@ -204,6 +256,7 @@ def add_crlb_columns(
     *,
     bg_photons: float | np.ndarray | None = None,
     frame_shape: tuple[int, int] | None = None,
+    noise: NoiseModel | None = None,
 ) -> pd.DataFrame:
     """Add ``crlb_x_nm, crlb_y_nm, crlb_z_nm`` (per emitter and frame) to a ground truth.
 
@@ -224,6 +277,10 @@ def add_crlb_columns(
         The frames' size in px: pixels outside the frame then carry no information, so an
         emitter near an edge gets the looser bound of the light that reaches the camera.
         Default: every emitter as if in an unbounded frame.
+    noise : NoiseModel, optional
+        The camera's noise; default ``NoiseModel.from_camera(config.camera)``, one read noise
+        for the chip. With a per-pixel map (``NoiseModel.from_camera`` of a loaded sCMOS
+        camera, the size of `frame_shape`) each bound uses the read noise of its own pixels.
     """
     from denseloc.sim.simulator import psf_from_config
 
@@ -237,12 +294,14 @@ def add_crlb_columns(
     as_t = lambda a: torch.as_tensor(np.broadcast_to(a, (n,)).copy(), dtype=torch.float64)  # noqa: E731
     x_px = truth["x_nm"].to_numpy() / px - 0.5
     y_px = truth["y_nm"].to_numpy() / px - 0.5
+    noise = NoiseModel.from_camera(config.camera) if noise is None else noise
+    _check_noise_map(noise, frame_shape)
     size = psf.default_patch_size()
+    offsets = np.arange(size) - size // 2
+    rows = np.round(y_px)[:, None] + offsets
+    cols = np.round(x_px)[:, None] + offsets
     inside = None
     if frame_shape is not None:
-        offsets = np.arange(size) - size // 2
-        rows = np.round(y_px)[:, None] + offsets
-        cols = np.round(x_px)[:, None] + offsets
         inside = torch.as_tensor(((rows >= 0) & (rows < frame_shape[0]))[:, :, None]
                                  & ((cols >= 0) & (cols < frame_shape[1]))[:, None, :])
     out = truth.copy()
@@ -257,7 +316,8 @@ def add_crlb_columns(
         as_t(bg_photons),
         dx_px=as_t(x_px - np.round(x_px)),
         dy_px=as_t(y_px - np.round(y_px)),
-        noise=NoiseModel.from_camera(config.camera),
+        noise=noise.patches(torch.as_tensor(rows, dtype=torch.long),
+                            torch.as_tensor(cols, dtype=torch.long)),
         size=size,
         inside=inside,
     ).numpy()
@@ -273,6 +333,7 @@ def add_crowded_bounds(
     *,
     frame_shape: tuple[int, int],
     bg_photons: float | None = None,
+    noise: NoiseModel | None = None,
     max_elements: int = 50_000_000,
 ) -> pd.DataFrame:
     """Add bounds that count the neighbours: ``crlb_crowded_{x,y,z}_nm`` and detection SNRs.
@@ -311,6 +372,9 @@ def add_crowded_bounds(
     bg_photons : float, optional
         Background photons per pixel; the ``bg`` column's mean per frame if present, else the
         middle of ``config.background.level_photons``.
+    noise : NoiseModel, optional
+        As for :func:`add_crlb_columns`: one read noise for the chip by default, or a map of
+        the frames.
     max_elements : int
         Largest Jacobian (parameters x pixels, with a margin of a patch on every side) of one
         frame; beyond it a ValueError asks for smaller frames (the cost grows as emitters x
@@ -324,7 +388,10 @@ def add_crowded_bounds(
     from denseloc.sim.simulator import psf_from_config
 
     psf = psf_from_config(config.psf, config.emitters.z_range_nm)
-    noise = NoiseModel.from_camera(config.camera)
+    noise = NoiseModel.from_camera(config.camera) if noise is None else noise
+    _check_noise_map(noise, frame_shape)
+    if noise.per_pixel:
+        noise = replace(noise, read_var_e2=noise.read_var_e2.flatten()[None])
     px = config.image.pixel_size_nm
     height, width = (int(v) for v in frame_shape)
     n_par = 4 if psf.is_3d else 3
@@ -361,6 +428,14 @@ def add_crowded_bounds(
     for name, values in columns.items():
         out[name] = values
     return out
+
+
+def _check_noise_map(noise: NoiseModel, frame_shape: tuple[int, int] | None) -> None:
+    if not noise.per_pixel:
+        return
+    if frame_shape is None or tuple(noise.read_var_e2.shape) != tuple(frame_shape):
+        raise ValueError(f"a read-noise map of shape {tuple(noise.read_var_e2.shape)} needs "
+                         f"frames of that shape, not {frame_shape}")
 
 
 def _frame_bounds(

@@ -101,7 +101,7 @@ def localize_movie_mle(
     camera = Camera.from_config(config.camera, (height, width))
     psf = psf_from_config(config.psf, config.emitters.z_range_nm)
     check_psf_pixel_size(psf, config)
-    noise = NoiseModel.from_camera(config.camera)
+    noise = NoiseModel.from_camera(camera)  # per pixel with sCMOS maps
     tables = []
     done = 0
     for start, chunk in movie.iter_chunks(chunk_frames, start=frames.start, stop=frames.stop):
