@@ -161,6 +161,12 @@ def test_localize_frames_range_and_camera_flags(sparse_movie, tmp_path) -> None:
         (["--camera", "emccd", "--psf", "gaussian", "--frames", "30:40"], "selects no frame"),
         (["--camera", "emccd", "--psf", "gaussian", "--frames", "abc"], "START:STOP"),
         (["--camera", "emccd", "--method", "magic"], "unknown method"),
+        (["--camera", "emccd", "--psf", "gaussian", "--sigma-quantile", "2"],
+         "--sigma-quantile must be in (0, 1]"),
+        (["--camera", "emccd", "--psf", "gaussian", "--max-sigma-nm", "-1"],
+         "--max-sigma-nm must be > 0"),
+        (["--method", "network", "--psf", "gaussian"], "apply to --method mle"),
+        (["--method", "network", "--sigma-px", "1.2"], "apply to --method mle"),
     ],
 )
 def test_localize_rejects_bad_input(sparse_movie, tmp_path, extra, message) -> None:
@@ -207,6 +213,32 @@ def test_evaluate_2d_refuses_a_table_with_z(tmp_path) -> None:
     assert "Traceback" not in result.output
     result = run("evaluate", str(tilted), "--gt", str(flat), "--json")  # 3D: z is measured
     assert json.loads(result.output)["rmse_axial_nm"] == 50.0
+
+
+def test_evaluate_counts_only_emitters_bright_enough_with_min_photons(tmp_path) -> None:
+    import json
+
+    truth, pred = tmp_path / "gt.csv", tmp_path / "pred.csv"
+    truth.write_text("frame,x_nm,y_nm,photons\n0,100,100,1000\n0,900,900,120\n")
+    pred.write_text("frame,x_nm,y_nm\n0,110,100\n")  # finds the bright one only
+    everything = json.loads(run("evaluate", str(pred), "--gt", str(truth), "--json").output)
+    bright = json.loads(run("evaluate", str(pred), "--gt", str(truth), "--json",
+                            "--min-photons", "500").output)
+    assert (everything["jaccard"], everything["fn"]) == (0.5, 1)
+    assert (bright["jaccard"], bright["fn"]) == (1.0, 0)
+    for args, message in [(["--min-photons", "-1"], "--min-photons must be >= 0"),
+                          (["--tol-lateral-nm", "-5"], "must be > 0")]:
+        result = run("evaluate", str(pred), "--gt", str(truth), *args)
+        assert result.exit_code == 2 and message in result.output, result.output
+    result = run("evaluate", str(pred), "--gt", str(pred), "--min-photons", "500")
+    assert result.exit_code == 2 and "no photons column" in result.output, result.output
+
+
+def test_a_psf_model_flag_replaces_a_calibration_file_of_the_config(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text('psf: {kind: file, path: "denseloc:psf_epfl_beads_as.h5"}\n')
+    cfg = resolve_config(path, psf="gaussian")
+    assert cfg.psf.kind == "gaussian" and cfg.psf.path is None
 
 
 def test_evaluate_rejects_unreadable_tables(tmp_path) -> None:

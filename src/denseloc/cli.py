@@ -98,7 +98,7 @@ def resolve_config(
         cfg = _with_camera(cfg, camera)
     if psf is not None:
         if psf in ("gaussian", "astigmatic"):
-            update = {"kind": psf}
+            update = {"kind": psf, "path": None}
         elif psf.startswith("denseloc:") or Path(psf).suffix or Path(psf).exists():
             from denseloc.calibration import resolve_builtin
 
@@ -159,7 +159,7 @@ def simulate(
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     frame_size: Annotated[int | None, typer.Option(help="Square frame size, px.")] = None,
     density: Annotated[
-        float | None, typer.Option(help="Emitters on per frame per um^2.")
+        float | None, typer.Option(help="Mean emitters switched on per frame, per um^2.")
     ] = None,
     psf: Annotated[
         str | None, typer.Option(help="gaussian | astigmatic | PATH to a PSF calibration.")
@@ -313,7 +313,11 @@ def localize(
     em_gain: Annotated[float | None, typer.Option(help="EM gain (1 for sCMOS).")] = None,
     qe: Annotated[float | None, typer.Option(help="Quantum efficiency.")] = None,
     read_noise_e: Annotated[float | None, typer.Option(help="Read noise, e-.")] = None,
-    frames: Annotated[str | None, typer.Option(help="START:STOP, frames to process.")] = None,
+    frames: Annotated[
+        str | None,
+        typer.Option(help="START:STOP, frames to process (0-based, STOP excluded: 0:1000 is "
+                     "the first 1000)."),
+    ] = None,
     threshold: Annotated[
         float | None,
         typer.Option(help="network: detection probability (default: the model's tuned value); "
@@ -362,8 +366,15 @@ def localize(
     if method == "network" and threshold is not None and not 0 < threshold <= 1:
         raise DenselocError(f"--threshold is a detection probability for --method network: "
                             f"0 < threshold <= 1, got {threshold:g}")
+    if method == "network" and (psf is not None or sigma_px is not None):
+        raise DenselocError("--psf and --sigma-px apply to --method mle; a network localizes "
+                            "with the PSF it was trained for (denseloc train)")
     if group and (group_radius_nm <= 0 or group_gap < 0):
         raise DenselocError("--group-radius-nm must be > 0 and --group-gap >= 0")
+    if max_sigma_nm is not None and not max_sigma_nm > 0:
+        raise DenselocError(f"--max-sigma-nm must be > 0, got {max_sigma_nm:g}")
+    if sigma_quantile is not None and not 0 < sigma_quantile <= 1:
+        raise DenselocError(f"--sigma-quantile must be in (0, 1], got {sigma_quantile:g}")
     writable_format(out)
     camera_values = {"baseline_adu": baseline, "e_per_adu": e_per_adu, "em_gain": em_gain,
                      "qe": qe, "read_noise_e": read_noise_e}
@@ -394,10 +405,7 @@ def localize(
         if len(table) and "sigma_x_nm" not in table:
             raise DenselocError("sigma filters need sigma columns, and these localizations "
                                 "have none")
-        try:
-            table = filter_by_sigma(table, max_sigma_nm=max_sigma_nm, quantile=sigma_quantile)
-        except ValueError as exc:
-            raise DenselocError(f"--sigma-quantile: {exc}") from None
+        table = filter_by_sigma(table, max_sigma_nm=max_sigma_nm, quantile=sigma_quantile)
     if group:
         from denseloc.localize.grouping import group_consecutive
 
@@ -514,7 +522,9 @@ def calibrate(
     z_step_nm: Annotated[float, typer.Option(help="Distance between slices, nm.")],
     pixel_size_nm: Annotated[float, typer.Option(help="Pixel size, nm.")],
     camera: Annotated[
-        str | None, typer.Option(help="emccd | scmos | ideal | camera YAML | config.yaml.")
+        str | None,
+        typer.Option(help="emccd | scmos | ideal (fixed presets, see README) | camera YAML | "
+                     "config.yaml."),
     ] = None,
     baseline: Annotated[float | None, typer.Option(help="Camera offset, ADU.")] = None,
     e_per_adu: Annotated[float | None, typer.Option(help="Electrons per ADU.")] = None,
@@ -558,10 +568,16 @@ def evaluate(
     config: Annotated[
         Path | None,
         typer.Option(help="Simulation config.yaml: adds the CRLB of each ground-truth emitter "
-                     "(with a warning if a file it reads changed since the simulation)."),
+                     "(with a warning if its PSF file changed since the simulation)."),
     ] = None,
     pixel_size_nm: Annotated[
         float | None, typer.Option(help="Pixel size, nm, for tables stored in px (Picasso).")
+    ] = None,
+    min_photons: Annotated[
+        float | None,
+        typer.Option(help="Count only ground-truth emitters with at least this many photons in "
+                     "the frame; dimmer ones may be found or missed without penalty (the "
+                     "README's and the demo's scores use 500). Default: count all."),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     plots: Annotated[Path | None, typer.Option(help="Write error plots (PNG) here.")] = None,
@@ -580,6 +596,10 @@ def evaluate(
 
     if matching not in ("hungarian", "greedy"):
         raise DenselocError(f"--matching must be hungarian or greedy, got {matching!r}")
+    if not (tol_lateral_nm > 0 and tol_axial_nm > 0):
+        raise DenselocError("--tol-lateral-nm and --tol-axial-nm must be > 0")
+    if min_photons is not None and not min_photons >= 0:
+        raise DenselocError(f"--min-photons must be >= 0, got {min_photons:g}")
     predictions = read_table(pred, pixel_size_nm=pixel_size_nm)
     truth = read_table(gt, pixel_size_nm=pixel_size_nm)
     if config is not None:
@@ -594,13 +614,15 @@ def evaluate(
         shape = sim_config.image.size_px  # an sCMOS camera's read noise is taken per pixel
         noise = NoiseModel.from_camera(Camera.from_config(sim_config.camera, shape))
         truth = add_crlb_columns(truth, sim_config, frame_shape=shape, noise=noise)
+    if min_photons is not None and "photons" not in truth:
+        raise DenselocError(f"--min-photons: {gt} has no photons column")
     if is_3d is False:  # the default (None) is evaluate's: 3D if either table has a z
         for path, table in ((pred, predictions), (gt, truth)):
             if has_z(table):
                 raise DenselocError(f"--2d: {path} has a non-zero z; drop --2d to score it in 3D")
     metrics, pairs = run_evaluation(
         predictions, truth, tol_lateral_nm=tol_lateral_nm, tol_axial_nm=tol_axial_nm,
-        method=matching, is_3d=is_3d,
+        method=matching, is_3d=is_3d, min_photons=min_photons,
     )
     written = plot_evaluation(pairs, plots) if plots is not None else []  # 2D/3D as evaluated
     if json_out:

@@ -46,7 +46,7 @@ def test_rcc_recovers_a_known_drift_within_a_few_nm(tmp_path) -> None:
 
 def test_drift_needs_enough_segments_and_localizations() -> None:
     table = drifting_structure(n_frames=50)
-    with pytest.raises(DenselocError, match="n_segments >= 3"):
+    with pytest.raises(DenselocError, match=r"n_segments \(--segments\) >= 3"):
         estimate_drift(table, n_segments=2)
     with pytest.raises(DenselocError, match="cannot be split"):
         estimate_drift(table.iloc[:40 * 5], n_segments=10)

@@ -83,7 +83,8 @@ def estimate_drift(
     from denseloc.analysis.render import render, render_extent
 
     if n_segments < 3:
-        raise DenselocError(f"drift estimation needs n_segments >= 3, got {n_segments}")
+        raise DenselocError(
+            f"drift estimation needs n_segments (--segments) >= 3, got {n_segments}")
     if not max_shift_nm > 0:
         raise DenselocError(f"the largest drift searched must be > 0 nm, got {max_shift_nm}")
     if table.empty:

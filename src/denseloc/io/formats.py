@@ -633,7 +633,8 @@ def _picasso_px_for_reading(path: Path, pixel_size_nm: float | None) -> float:
         raise InputFileError(
             path,
             f"pixel size unknown: no Pixelsize in {sidecar.name} or {movie_sidecar.name}; "
-            "pass `pixel_size_nm`",
+            "pass the pixel size (`pixel_size_nm`; on the command line `--pixel-size-nm`, "
+            "for render, drift and frc `--camera-pixel-nm`)",
         )
     return px
 
@@ -848,7 +849,9 @@ def _decode_px_for_reading(path: Path, meta: dict[str, Any], pixel_size_nm: floa
         return _check_pixel_size(pixel_size_nm)
     raw = meta.get("px_size")
     if raw is None or np.size(raw) == 0:
-        raise InputFileError(path, "meta/px_size missing; pass `pixel_size_nm`")
+        raise InputFileError(path, "meta/px_size missing; pass the pixel size (`pixel_size_nm`; "
+                             "on the command line `--pixel-size-nm`, for render, drift and frc "
+                             "`--camera-pixel-nm`)")
     sizes = np.atleast_1d(np.asarray(raw, dtype=np.float64))
     if not np.allclose(sizes, sizes[0]):
         raise InputFileError(path, f"non-square pixels {sizes.tolist()} nm are not supported")
