@@ -58,11 +58,17 @@ def test_emccd_excess_noise_scales_bound_by_sqrt2_and_qe_by_inverse_sqrt() -> No
     torch.testing.assert_close(half_qe, base * math.sqrt(2), rtol=1e-10, atol=0)
 
 
-def test_read_noise_increases_the_bound() -> None:
-    args = (GaussianPSF(1.2), t(0), t(1000), t(5))
-    base = crlb(*args)[0, 0]
-    noisy = crlb(*args, noise=NoiseModel(read_var_e2=25.0))[0, 0]
-    assert noisy > base * 1.2
+def test_read_noise_and_spurious_charge_act_as_background_after_the_excess_factor() -> None:
+    # Pixel variance F (qe mu + s) + r = F qe (mu + s / qe + r / (F qe)): the bound is that of
+    # an ideal camera with that much more background, times sqrt(F / qe), on every parameter.
+    psf = AstigmaticPSF((1.1, 1.2), (-200.0, 250.0), (400.0, 400.0))
+    qe, excess, read_var, spurious, bg = 0.8, 2.0, 30.0, 0.5, 20.0
+    noise = NoiseModel(qe=qe, excess_noise=excess, read_var_e2=read_var, spurious_e=spurious)
+    z, photons = t(-150.0, 320.0), t(800.0, 4000.0)
+    shifted = bg + spurious / qe + read_var / (excess * qe)
+    expected = crlb(psf, z, photons, t(shifted, shifted)) * math.sqrt(excess / qe)
+    torch.testing.assert_close(crlb(psf, z, photons, t(bg, bg), noise=noise), expected,
+                               rtol=1e-10, atol=0)
 
 
 def test_astigmatic_z_bound_is_finite_and_worse_for_dimmer() -> None:

@@ -84,6 +84,37 @@ def test_mixture_readout_is_the_mixture_mean_and_total_variance() -> None:
     assert r.sigma_x_nm > top.sigma_x_nm
 
 
+def test_vertical_neighbours_mix_y_and_photons_and_report_the_integrated_p() -> None:
+    out = _maps()
+    out[0, 0, 4, 4], out[0, 0, 5, 4] = _logit(0.6), _logit(0.3)  # the second one row below
+    out[0, 1, 4, 4], out[0, 1, 5, 4] = 0.5, 0.7  # photons 500 and 700
+    out[0, 3, 4, 4], out[0, 3, 5, 4] = 0.3, -0.5  # y: 4.3 and 4.5 px
+    out[0, 6, 4, 4], out[0, 6, 5, 4] = 0.1, 0.2  # sigma_y
+    out[0, 8, 4, 4], out[0, 8, 5, 4] = 0.03, 0.05  # sigma of the photons: 30 and 50
+    w = np.array([0.6, 0.3]) / 0.9
+    table = maps_to_table(out, SCALING, **READ_3D, threshold=0.5)
+    assert len(table) == 1
+    r = table.iloc[0]
+    for value, sd, mu, s, unit in [(r.y_nm - 0.5 * PX, r.sigma_y_nm, [4.3, 4.5], [0.1, 0.2], PX),
+                                   (r.photons, r.sigma_photons, [0.5, 0.7], [0.03, 0.05],
+                                    1000.0)]:
+        mu, s = np.array(mu), np.array(s)
+        assert value == pytest.approx(w @ mu * unit, rel=1e-6)
+        assert sd == pytest.approx(np.sqrt(w @ (s**2 + (mu - w @ mu) ** 2)) * unit, rel=1e-6)
+    assert r.x_nm == pytest.approx(4.5 * PX, rel=1e-6)  # no x offsets: the pixel centre
+    assert r.p == pytest.approx(0.9, rel=1e-6)
+
+
+def test_the_threshold_applies_to_the_integrated_p() -> None:
+    out = _maps()
+    out[0, 0, 2, 2], out[0, 0, 2, 3] = _logit(0.3), _logit(0.3)  # one emitter split in two
+    out[0, 0, 6, 6] = _logit(0.45)  # alone, below the threshold
+    table = maps_to_table(out, SCALING, **READ_3D, threshold=0.5)
+    assert len(table) == 1
+    assert table.iloc[0].p == pytest.approx(0.6, rel=1e-6)
+    assert table.iloc[0].y_nm == pytest.approx(2.5 * PX)
+
+
 @pytest.mark.parametrize("corner", [(0, 0), (8, 8)])
 def test_detection_at_the_frame_corner_uses_only_pixels_inside(corner) -> None:
     """Clamping or wrapping out-of-frame neighbours would change the weights.
@@ -157,3 +188,15 @@ def test_a_2d_model_reports_z_0_without_a_sigma_and_the_rest_unchanged() -> None
 def test_unknown_readout_is_an_error() -> None:
     with pytest.raises(ValueError, match="readout"):
         maps_to_table(_maps(), SCALING, **READ_3D, readout="mean")
+
+
+def test_filter_by_sigma_cuts_on_the_lateral_sigma() -> None:
+    from denseloc.localize.postprocess import filter_by_sigma
+
+    table = pd.DataFrame({"x_nm": [1.0, 2.0, 3.0, 4.0], "sigma_x_nm": [3.0, 6.0, 1.0, 20.0],
+                          "sigma_y_nm": [4.0, 8.0, 1.0, 0.0]})  # lateral 5, 10, 1.41, 20
+    assert filter_by_sigma(table, max_sigma_nm=10.0)["x_nm"].tolist() == [1.0, 2.0, 3.0]
+    assert filter_by_sigma(table, max_sigma_nm=4.9)["x_nm"].tolist() == [3.0]
+    assert filter_by_sigma(table, quantile=0.5)["x_nm"].tolist() == [1.0, 3.0]
+    both = filter_by_sigma(table, max_sigma_nm=4.9, quantile=0.75)
+    assert both["x_nm"].tolist() == [3.0]

@@ -85,6 +85,22 @@ def test_count_term_is_a_normal_nll() -> None:
         assert weighted.localization.item() == gmm_loss(out, targets, mask).localization.item()
 
 
+def test_background_term_is_the_mean_squared_error_of_channel_9_weighted() -> None:
+    targets, mask = example_targets()
+    out = perfect_output(targets, mask, 16)
+    gen = torch.Generator().manual_seed(0)
+    out[:, 9] = torch.rand(2, 16, 16, generator=gen, dtype=torch.float64)
+    bg = torch.rand(2, 16, 16, generator=gen, dtype=torch.float64)
+    parts = gmm_loss(out, targets, mask, bg)
+    expected = ((out[:, 9] - bg) ** 2).mean((1, 2))
+    torch.testing.assert_close(parts.background, expected, rtol=1e-12, atol=0)
+    without = gmm_loss(out, targets, mask).total
+    for weight in (1.0, 3.0):
+        total = gmm_loss(out, targets, mask, bg, bg_weight=weight).total
+        assert total.item() == pytest.approx(without.item() + weight * expected.mean().item(),
+                                             rel=1e-12)
+
+
 def test_gradient_is_finite_at_initialisation() -> None:
     torch.manual_seed(0)
     net = DecodeNet(filters=4, depth=2, context_frames=3)

@@ -41,6 +41,24 @@ def test_mean_and_variance_match_theory(kind: str) -> None:
     assert adu.var().item() == pytest.approx(var, rel=0.02)
 
 
+def test_an_emccd_dark_frame_shows_read_noise_and_spurious_charge() -> None:
+    # Without light the read noise (74.4 e- at the output, 2.7 ADU^2) and the spurious charge
+    # (0.002 e- amplified 300 times with excess factor 2: 0.18 ADU^2) are the whole variance.
+    cfg = CameraConfig(**CAMERA_PRESETS["emccd"])
+    camera = Camera.from_config(cfg)
+    adu = camera.photons_to_adu(torch.zeros(SHAPE, dtype=torch.float64),
+                                torch.Generator().manual_seed(7))
+    spurious_var = 2 * cfg.spurious_charge_e * cfg.em_gain**2 / cfg.e_per_adu**2
+    var = cfg.read_noise_e**2 / cfg.e_per_adu**2 + spurious_var + 1 / 12
+    mean = cfg.baseline_adu + cfg.spurious_charge_e * cfg.em_gain / cfg.e_per_adu
+    n = adu.numel()
+    # Spurious events are rare and large (heavy tails): the variance's standard error is
+    # about 0.55 %, so 3 % is five of them, while leaving out the spurious charge moves it
+    # by 6 % and the read noise by 91 %.
+    assert adu.var().item() == pytest.approx(var, rel=0.03)
+    assert abs(adu.mean().item() - mean) < 5 * np.sqrt(var / n)
+
+
 def test_emccd_excess_noise_factor_is_two() -> None:
     camera, adu = flat_adu("emccd")
     cfg = camera.config

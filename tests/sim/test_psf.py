@@ -108,3 +108,14 @@ def test_render_conserves_photons_and_places_light() -> None:
     assert stack[2].sum().item() == pytest.approx(4000.0 * kept, rel=1e-3)
     assert stack[0].argmax().item() == 12 * 40 + 10
     assert np.unravel_index(stack[1].argmax().item(), (32, 40)) == (6, 20)
+
+
+def test_a_width_held_at_its_floor_has_no_z_derivative() -> None:
+    # A Huang fit whose polynomial turns negative inside the z range: the width is clamped
+    # there, so it does not change with z, and neither may its derivative.
+    psf = AstigmaticPSF((1.1, 1.2), (-200.0, 250.0), (400.0, 400.0), a3=(-0.3, 0.0))
+    z = torch.tensor([-200.0 + 4.0 * 400.0], dtype=torch.float64)  # u = 4: 1 + 16 - 19.2 < 0
+    sx, _, dsx, _ = psf.sigmas(z, derivatives=True)
+    step = 1e-3
+    assert psf.sigmas(z + step)[0] == sx
+    assert dsx.item() == 0.0

@@ -194,12 +194,13 @@ class AstigmaticPSF:
         out = []
         for a in (0, 1):
             u = (z_nm - self.focus_nm[a]) / self.depth_nm[a]
-            poly = 1 + u**2 + self.a3[a] * u**3 + self.a4[a] * u**4
-            poly = poly.clamp_min(1e-3)
+            raw = 1 + u**2 + self.a3[a] * u**3 + self.a4[a] * u**4
+            poly = raw.clamp_min(1e-3)
             sigma = self.sigma0_px[a] * torch.sqrt(poly)
             out.append(sigma)
             if derivatives:
                 dpoly = (2 * u + 3 * self.a3[a] * u**2 + 4 * self.a4[a] * u**3) / self.depth_nm[a]
+                dpoly = torch.where(raw > 1e-3, dpoly, torch.zeros_like(dpoly))  # width clamped
                 out.append(self.sigma0_px[a] * 0.5 * dpoly / torch.sqrt(poly))
         if derivatives:
             return out[0], out[2], out[1], out[3]
