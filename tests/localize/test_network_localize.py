@@ -56,6 +56,11 @@ def test_bundled_model_localizes_a_simulated_movie(bundled, movie) -> None:
     # falls far below these bounds.
     assert metrics.jaccard > 0.6, metrics
     assert metrics.rmse_lateral_nm < 90 and metrics.rmse_axial_nm < 110, metrics
+    # No systematic offset (a half-pixel shift, 50 nm, would pass the RMSE bound): each mean
+    # error within 4 standard errors of zero.
+    for axis, rmse in (("x", metrics.rmse_lateral_nm / 2**0.5),
+                       ("y", metrics.rmse_lateral_nm / 2**0.5), ("z", metrics.rmse_axial_nm)):
+        assert abs(getattr(metrics, f"bias_{axis}_nm")) < 4 * rmse / metrics.tp**0.5, metrics
     # Predicted sigmas are calibrated (RMS(error / sigma) 0.98-1.04 in the benchmark); the
     # maximum pixel's sigmas alone, without the model's factors for that readout, are too
     # small (1.34 / 1.50 / 1.62 on this movie).

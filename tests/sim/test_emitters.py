@@ -70,6 +70,8 @@ def test_positions_cover_the_frame_and_z_range() -> None:
     table = long_movie(2.0, 1.0, 300)
     x_px = table["x_nm"] / PIXEL_NM - 0.5
     assert x_px.min() == pytest.approx(-0.5, abs=0.1) and x_px.max() == pytest.approx(39.5, abs=0.1)
+    y_px = table["y_nm"] / PIXEL_NM - 0.5  # the frames are 50 rows by 40 columns
+    assert y_px.min() == pytest.approx(-0.5, abs=0.1) and y_px.max() == pytest.approx(49.5, abs=0.1)
     assert table["z_nm"].min() == pytest.approx(-750, abs=20)
     assert table["z_nm"].max() == pytest.approx(750, abs=20)
 
@@ -116,3 +118,20 @@ def test_filament_structure_puts_emitters_on_smooth_3d_curves() -> None:
     assert len(pairs) > 1000
     assert np.median(np.abs(z[pairs[:, 0]] - z[pairs[:, 1]])) < 30.0
     assert np.ptp(z) > 700  # and z spans most of the range
+
+
+def test_brightness_is_normal_with_the_configured_mean_and_spread() -> None:
+    cfg = EmitterConfig(density_per_um2=0.5, photons_mean=2000.0, photons_std=200.0,
+                        on_time_frames=5.0)
+    table = sample_emitters(cfg, n_movies=1, n_frames=3000, frame_shape=SHAPE,
+                            pixel_size_nm=PIXEL_NM, is_3d=True,
+                            generator=torch.Generator().manual_seed(1),
+                            dtype=torch.float64).to_table(PIXEL_NM)
+    groups = table.groupby("id")["photons"]
+    # An emitter on for 3 frames or more is on for the whole of its middle ones: there its
+    # photons are its brightness.
+    brightness = groups.max()[groups.size() >= 3]
+    n = len(brightness)
+    assert n > 1000
+    assert abs(brightness.mean() - 2000.0) < 4 * 200.0 / np.sqrt(n)
+    assert brightness.std() == pytest.approx(200.0, rel=4 / np.sqrt(2 * n))

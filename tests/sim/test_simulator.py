@@ -51,6 +51,25 @@ def test_structured_background_is_smooth_and_bounded() -> None:
     assert bg.std().item() > 5.0
     # Smooth: neighbouring pixels differ far less than the overall spread.
     assert (bg[:, 1:] - bg[:, :-1]).abs().mean().item() < 0.2 * bg.std().item()
+    # Structure within each movie on the scale of 15 px cells (11-12 photons rms here; cells
+    # 100 times too large, a unit error, leave 0.2).
+    assert bg.flatten(1).std(1).mean().item() > 5.0
+
+
+def test_background_level_is_uniform_over_its_range_and_flat_in_each_movie() -> None:
+    from denseloc.config import BackgroundConfig
+    from denseloc.sim.background import sample_background
+
+    n, (lo, hi) = 4000, (90.0, 150.0)
+    bg = sample_background(BackgroundConfig(level_photons=(lo, hi)), n_movies=n,
+                           frame_shape=(4, 4), pixel_size_nm=100.0,
+                           generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert (bg == bg[:, :1, :1]).all()  # no structure configured: one level per movie
+    level = bg[:, 0, 0]
+    sd = (hi - lo) / 12**0.5  # of a uniform distribution
+    assert abs(level.mean().item() - (lo + hi) / 2) < 4 * sd / n**0.5
+    assert level.std().item() == pytest.approx(sd, rel=0.05)
+    assert lo <= level.min().item() and level.max().item() <= hi
 
 
 def test_ground_truth_gives_each_emitter_the_background_at_its_pixel(tmp_path) -> None:
