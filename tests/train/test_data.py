@@ -40,6 +40,27 @@ def test_targets_are_the_central_frames_emitters(frames_per_movie: int) -> None:
     # Target lists hold exactly the central frame's emitters above min_target_photons.
     counts = torch.bincount(batch.emitters.frame[batch.emitters.photons >= 100], minlength=20)
     assert torch.equal(counts, batch.mask.sum(1))
+    # Each target sits where its light is: an MLE fit of the central frame around isolated
+    # bright targets lands on them (a target off by a pixel, or by half of one, would not).
+    from denseloc.classic.mle import fit_rois
+    from denseloc.sim.simulator import psf_from_config
+
+    xy = batch.targets[..., 1:3]
+    others = torch.cdist(xy, xy) + torch.where(batch.mask, 0.0, 1e3)[:, None, :]
+    others = others + torch.eye(xy.shape[1]) * 1e3  # not the target itself
+    lone = bright & (others.min(2).values > 6) & (xy >= 6).all(2) & (xy <= 25).all(2)
+    b_idx, k_idx = torch.nonzero(lone, as_tuple=True)
+    rows = batch.targets[b_idx, k_idx, 2].round().long()
+    cols = batch.targets[b_idx, k_idx, 1].round().long()
+    offs = torch.arange(-5, 6)
+    photons_in = centre * data.scaling.input_scale + data.scaling.input_offset
+    rois = photons_in[b_idx[:, None, None], (rows[:, None] + offs)[:, :, None],
+                      (cols[:, None] + offs)[:, None, :]]
+    fit = fit_rois(psf_from_config(cfg.psf, cfg.emitters.z_range_nm), rois.double())
+    assert len(b_idx) >= 3
+    x_err = cols + fit.dx_px - batch.targets[b_idx, k_idx, 1].double()
+    y_err = rows + fit.dy_px - batch.targets[b_idx, k_idx, 2].double()
+    assert x_err.abs().median() < 0.05 and y_err.abs().median() < 0.05, (x_err, y_err)
 
 
 def test_network_units() -> None:
