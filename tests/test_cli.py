@@ -335,6 +335,9 @@ def test_camera_flags_adjust_the_models_camera() -> None:
     with pytest.raises(DenselocError, match="--baseline would have no effect"):
         _camera_config(None, {**flags, "baseline_adu": 200.0}, default=mapped)
     assert _camera_config(None, {**flags, "qe": 0.7}, default=mapped).qe == 0.7
+    with pytest.raises(DenselocError, match="--read-noise-e would have no effect"):
+        _camera_config(None, {**flags, "read_noise_e": 3.0}, default=mapped.model_copy(
+            update={"variance_map": "variance.npy"}))
 
 
 def test_train_writes_a_model_folder_and_resumes(tmp_path) -> None:

@@ -228,7 +228,8 @@ def _camera_config(camera: str | None, values: dict[str, float | None], default=
 def _check_flags_vs_maps(camera, given: dict[str, float | None]):
     """Refuse flags that the camera's per-pixel maps would silently replace."""
     for key, flag, field in (("baseline_adu", "--baseline", "offset_map"),
-                             ("e_per_adu", "--e-per-adu", "gain_map")):
+                             ("e_per_adu", "--e-per-adu", "gain_map"),
+                             ("read_noise_e", "--read-noise-e", "variance_map")):
         if given.get(key) is not None and getattr(camera, field) is not None:
             raise DenselocError(f"{flag} would have no effect: camera.{field} gives that value "
                                 f"per pixel; leave {flag} out, or use a camera without the map")
@@ -568,7 +569,8 @@ def evaluate(
     config: Annotated[
         Path | None,
         typer.Option(help="Simulation config.yaml: adds the CRLB of each ground-truth emitter "
-                     "(with a warning if its PSF file changed since the simulation)."),
+                     "(with a warning if a file it reads, PSF or camera map, changed since the "
+                     "simulation)."),
     ] = None,
     pixel_size_nm: Annotated[
         float | None, typer.Option(help="Pixel size, nm, for tables stored in px (Picasso).")
@@ -602,6 +604,9 @@ def evaluate(
         raise DenselocError(f"--min-photons must be >= 0, got {min_photons:g}")
     predictions = read_table(pred, pixel_size_nm=pixel_size_nm)
     truth = read_table(gt, pixel_size_nm=pixel_size_nm)
+    if (min_photons is not None or config is not None) and "photons" not in truth:
+        flag = "--min-photons" if min_photons is not None else "--config"
+        raise DenselocError(f"{flag}: {gt} has no photons column")
     if config is not None:
         from denseloc.config import load_config
         from denseloc.evaluate.crlb import NoiseModel, add_crlb_columns
@@ -614,8 +619,6 @@ def evaluate(
         shape = sim_config.image.size_px  # an sCMOS camera's read noise is taken per pixel
         noise = NoiseModel.from_camera(Camera.from_config(sim_config.camera, shape))
         truth = add_crlb_columns(truth, sim_config, frame_shape=shape, noise=noise)
-    if min_photons is not None and "photons" not in truth:
-        raise DenselocError(f"--min-photons: {gt} has no photons column")
     if is_3d is False:  # the default (None) is evaluate's: 3D if either table has a z
         for path, table in ((pred, predictions), (gt, truth)):
             if has_z(table):
@@ -708,10 +711,9 @@ def train(
 
 
 def _changed_since_simulation(config: Config, digests: Path) -> list[str]:
-    """The PSF file of a simulation's `config`, if it changed since `digests` (inputs.yaml).
-
-    Only the PSF matters to the bounds (they use the camera's scalar values, not its maps). A
-    folder simulated before denseloc recorded digests has no inputs.yaml: nothing to check.
+    """The files of a simulation's `config` (PSF, camera maps) that changed since `digests`
+    (inputs.yaml): the bounds read them. A folder simulated before denseloc recorded digests
+    has no inputs.yaml: nothing to check.
     """
     import yaml
 
@@ -725,7 +727,7 @@ def _changed_since_simulation(config: Config, digests: Path) -> list[str]:
         raise InputFileError(digests, "corrupt digest file") from None
     if not isinstance(recorded, dict):
         raise InputFileError(digests, "corrupt digest file")
-    return changed_inputs(config, recorded, "psf.", used_in="the simulation")
+    return changed_inputs(config, recorded, used_in="the simulation")
 
 
 def _nm(value: float | None) -> str:

@@ -134,8 +134,12 @@ def test_mle_refuses_a_psf_calibrated_for_other_pixels(tmp_path) -> None:
 
 
 def scmos_with_hot_pixels(shape, seed: int, hot_fraction: float = 0.1, hot_rms_e: float = 40.0):
-    """A preset sCMOS camera whose read-noise map has hot pixels at random places."""
-    config = CameraConfig(**CAMERA_PRESETS["scmos"])
+    """A preset sCMOS camera whose read-noise map has hot pixels at random places.
+
+    Its baseline is raised to 400 ADU so that the ADC never clips the hot pixels' noise
+    (87 ADU rms) at 0, which the fitter's model does not include.
+    """
+    config = CameraConfig(**{**CAMERA_PRESETS["scmos"], "baseline_adu": 400.0})
     gen = torch.Generator().manual_seed(seed)
     var_e2 = torch.full(shape, config.read_noise_e**2, dtype=torch.float64)
     var_e2[torch.rand(shape, generator=gen) < hot_fraction] = hot_rms_e**2
@@ -155,7 +159,7 @@ def test_a_read_noise_map_weights_each_pixel_and_the_fit_reaches_its_bound() -> 
     rois = cam.adu_to_photons(cam.photons_to_adu(psf.evaluate(dx, dy, zero, size) * photons
                                                  + bg, gen))
     scalar = NoiseModel.from_camera(cam.config)
-    per_pixel = replace(scalar, read_var_e2=NoiseModel.from_camera(cam).read_var_e2.flatten(1))
+    per_pixel = replace(scalar, read_var_e2=(cam.read_var_adu2 * cam.e_per_adu**2).flatten(1))
     bound = crlb(psf, zero, zero + photons, zero + bg, dx_px=dx, dy_px=dy, noise=per_pixel,
                  size=size)
     ratios = {}
@@ -211,3 +215,26 @@ def test_a_spot_at_the_frame_edge_is_fitted_in_a_roi_shifted_inside() -> None:
                                atol=1.0, rtol=0)
     torch.testing.assert_close(torch.tensor(table["y_nm"].to_numpy()), (y + 0.5) * 100,
                                atol=1.0, rtol=0)
+
+
+def test_the_read_noise_map_follows_a_roi_shifted_inside_the_frame() -> None:
+    # A spot 1.2 px from the left edge: its ROI (9 px) is shifted to columns 0-8. Columns 0-1
+    # are so noisy that they carry no information, and the reported bound must be that of the
+    # ROI without them: the map cut where the ROI was cut, not around the detected pixel.
+    psf, photons, bg, qe = GaussianPSF(1.2), 5000.0, 20.0, 0.82
+    frames = torch.full((1, 40, 40), bg, dtype=torch.float64)
+    x, y = torch.tensor([1.2], dtype=torch.float64), torch.tensor([20.6], dtype=torch.float64)
+    render_patches(psf, torch.tensor([0]), x, y, torch.zeros(1, dtype=torch.float64),
+                   torch.full((1,), photons, dtype=torch.float64), frames.shape, out=frames)
+    read_var = torch.full((40, 40), 2.56, dtype=torch.float64)
+    read_var[:, :2] = 1e8
+    table = localize_mle(frames, psf, pixel_size_nm=100.0,
+                         noise=NoiseModel(qe=qe, read_var_e2=read_var))
+    assert len(table) == 1
+    inside = torch.ones(1, 9, 9, dtype=torch.bool)
+    inside[:, :, :2] = False
+    one = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
+    expected = crlb(psf, one(0.0), one(photons), one(bg), dx_px=one(1.2 - 4), dy_px=one(-0.4),
+                    noise=NoiseModel(qe=qe, read_var_e2=2.56), size=9, inside=inside)[0]
+    assert table["sigma_x_nm"].iloc[0] == pytest.approx(expected[0].item() * 100, rel=1e-3)
+    assert table["sigma_y_nm"].iloc[0] == pytest.approx(expected[1].item() * 100, rel=1e-3)

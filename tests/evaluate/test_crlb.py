@@ -239,6 +239,24 @@ def test_a_loaded_scmos_camera_gives_its_read_noise_per_pixel_in_electrons(tmp_p
     # counted as photons.
     torch.testing.assert_close(noise.shift_photons(),
                                (config.spurious_charge_e + expected) / config.qe)
+    # With a gain map the variance map (ADU^2) is converted with each pixel's own gain.
+    gain = np.full((8, 8), 0.5)
+    gain[2, 5] = 2.0
+    np.save(tmp_path / "gain.npy", gain)
+    with_gain = NoiseModel.from_camera(Camera.from_config(
+        config.model_copy(update={"gain_map": tmp_path / "gain.npy"}), (8, 8)))
+    torch.testing.assert_close(with_gain.read_var_e2, torch.as_tensor(variance_adu2 * gain**2))
+    # A camera cut into movies has a map per movie: not a map of the frames.
+    cut = Camera.from_config(config, (8, 8)).crop(torch.tensor([0, 1]), torch.tensor([0, 2]),
+                                                  (4, 4))
+    with pytest.raises(ValueError, match="not shape"):
+        NoiseModel.from_camera(cut)
+
+
+def test_the_likelihood_shift_counts_read_noise_after_the_excess_factor() -> None:
+    # d = photons has variance (F (qe mu + s) + r) / qe^2 = (F / qe) (mu + (s + r / F) / qe).
+    noise = NoiseModel(qe=0.8, excess_noise=2.0, read_var_e2=30.0, spurious_e=0.5)
+    assert noise.shift_photons() == pytest.approx((0.5 + 30.0 / 2.0) / 0.8, rel=1e-12)
 
 
 def test_neighbours_raise_the_bound_and_lower_the_detection_snr() -> None:

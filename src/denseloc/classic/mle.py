@@ -273,15 +273,15 @@ def localize_mle(
     if roi_size is None:
         roi_size = 15 if psf.is_3d else 2 * math.ceil(3 * width) + 1
     images = images.to(torch.float64)
+    noise = noise or NoiseModel()
+    if noise.per_pixel and noise.read_var_e2.shape != images.shape[1:]:
+        raise ValueError(f"a read-noise map of shape {tuple(noise.read_var_e2.shape)} "
+                         f"for frames of {tuple(images.shape[1:])} px")
     cand = detect_spots(images, sigma_px=width, threshold=threshold)
     if len(cand) == 0:
         return validate(pd.DataFrame({"frame": [], "x_nm": [], "y_nm": []}))
     rois, row_c, col_c = cut_rois(images, cand.frame, cand.row, cand.col, roi_size)
-    noise = noise or NoiseModel()
-    if noise.per_pixel:
-        if noise.read_var_e2.shape != images.shape[1:]:
-            raise ValueError(f"a read-noise map of shape {tuple(noise.read_var_e2.shape)} "
-                             f"for frames of {tuple(images.shape[1:])} px")
+    if noise.per_pixel:  # the ROIs' pixels, where cut_rois placed them
         offsets = torch.arange(roi_size) - roi_size // 2
         noise = noise.patches(row_c[:, None] + offsets, col_c[:, None] + offsets)
     fit = fit_rois(psf, rois, noise=noise, iterations=iterations, z_range_nm=z_range_nm)

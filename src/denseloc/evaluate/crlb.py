@@ -2,10 +2,11 @@
 
 For an emitter with photons ``N`` on a uniform background ``b`` (photons/px), the expected
 electrons in pixel k are ``mu_k = qe (N f_k(x, y, z) + b) + spurious``. With the camera's
-excess-noise factor ``F`` (2 for an EMCCD, 1 otherwise) and read noise ``s_k`` (electrons,
-after the EM gain ``G`` is divided out; one value for the chip, or per pixel from an sCMOS
-camera's maps), the Fisher information is approximated by the Poisson-shift model (Huang et
-al., Nat. Methods 2013, for sCMOS; the factor F for EMCCDs, Chao et al. 2013)::
+excess-noise factor ``F`` (2 for an EMCCD, 1 otherwise) and read noise ``s_k`` (electrons rms
+at the camera's output, one value for the chip or per pixel from an sCMOS camera's maps;
+``s_k^2 / G^2`` is its variance referred to the input of the EM gain ``G``), the Fisher
+information is approximated by the Poisson-shift model (Huang et al., Nat. Methods 2013, for
+sCMOS; the factor F for EMCCDs, Chao et al. 2013)::
 
     I_ij = sum_k (d mu_k / d theta_i)(d mu_k / d theta_j) / (F mu_k + s_k^2 / G^2)
 
@@ -64,6 +65,11 @@ class NoiseModel:
     read_var_e2: float | torch.Tensor = 0.0
     spurious_e: float = 0.0
 
+    def __post_init__(self) -> None:
+        if isinstance(self.read_var_e2, torch.Tensor) and self.read_var_e2.dim() != 2:
+            raise ValueError(f"read_var_e2 is one number, a map (H, W) or patches (N, K), not "
+                             f"shape {tuple(self.read_var_e2.shape)}")
+
     @classmethod
     def from_camera(cls, camera: CameraConfig | Camera) -> NoiseModel:
         """The noise model of a camera.
@@ -76,8 +82,8 @@ class NoiseModel:
         config = camera.config if isinstance(camera, Camera) else camera
         if isinstance(camera, Camera):
             read_var = camera.read_var_adu2 * camera.e_per_adu**2 / config.em_gain**2
-            if isinstance(read_var, torch.Tensor):
-                read_var = read_var.to(torch.float64)
+            if isinstance(read_var, torch.Tensor):  # the fitter and the bounds run on the CPU
+                read_var = read_var.to("cpu", torch.float64)
         else:
             read_var = read_variance_e2(config) / config.em_gain**2
         return cls(
