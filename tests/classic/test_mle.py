@@ -238,3 +238,16 @@ def test_the_read_noise_map_follows_a_roi_shifted_inside_the_frame() -> None:
                     noise=NoiseModel(qe=qe, read_var_e2=2.56), size=9, inside=inside)[0]
     assert table["sigma_x_nm"].iloc[0] == pytest.approx(expected[0].item() * 100, rel=1e-3)
     assert table["sigma_y_nm"].iloc[0] == pytest.approx(expected[1].item() * 100, rel=1e-3)
+
+
+def test_hot_pixels_are_not_detected_as_spots_when_the_map_is_known() -> None:
+    cam = scmos_with_hot_pixels((64, 64), seed=8, hot_fraction=0.02)
+    gen = torch.Generator().manual_seed(9)
+    dark = cam.adu_to_photons(cam.photons_to_adu(torch.full((20, 64, 64), 20.0,
+                                                            dtype=torch.float64), gen))
+    read_var = NoiseModel.from_camera(cam).read_var_e2 / cam.config.qe**2  # photons^2
+    blind = detect_spots(dark, sigma_px=1.3, threshold=5.0)
+    aware = detect_spots(dark, sigma_px=1.3, threshold=5.0, read_var=read_var)
+    hot = read_var > read_var.median()
+    assert hot[blind.row, blind.col].sum() > 40  # without the map, hot pixels look like spots
+    assert len(aware) <= 2  # with it, a threshold of 5 noise SDs holds: next to no detection

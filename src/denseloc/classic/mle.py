@@ -277,7 +277,8 @@ def localize_mle(
     if noise.per_pixel and noise.read_var_e2.shape != images.shape[1:]:
         raise ValueError(f"a read-noise map of shape {tuple(noise.read_var_e2.shape)} "
                          f"for frames of {tuple(images.shape[1:])} px")
-    cand = detect_spots(images, sigma_px=width, threshold=threshold)
+    cand = detect_spots(images, sigma_px=width, threshold=threshold,
+                        read_var=noise.read_var_e2 / noise.qe**2 if noise.per_pixel else None)
     if len(cand) == 0:
         return validate(pd.DataFrame({"frame": [], "x_nm": [], "y_nm": []}))
     rois, row_c, col_c = cut_rois(images, cand.frame, cand.row, cand.col, roi_size)
