@@ -226,6 +226,9 @@ def test_evaluate_counts_only_emitters_bright_enough_with_min_photons(tmp_path) 
                             "--min-photons", "500").output)
     assert (everything["jaccard"], everything["fn"]) == (0.5, 1)
     assert (bright["jaccard"], bright["fn"]) == (1.0, 0)
+    # render, drift and frc call the pixel of px tables --camera-pixel-nm: evaluate takes both.
+    alias = run("evaluate", str(pred), "--gt", str(truth), "--json", "--camera-pixel-nm", "100")
+    assert alias.exit_code == 0 and json.loads(alias.output)["jaccard"] == 0.5, alias.output
     for args, message in [(["--min-photons", "-1"], "--min-photons must be >= 0"),
                           (["--tol-lateral-nm", "-5"], "must be > 0")]:
         result = run("evaluate", str(pred), "--gt", str(truth), *args)

@@ -573,7 +573,10 @@ def evaluate(
                      "simulation)."),
     ] = None,
     pixel_size_nm: Annotated[
-        float | None, typer.Option(help="Pixel size, nm, for tables stored in px (Picasso).")
+        float | None,
+        typer.Option("--pixel-size-nm", "--camera-pixel-nm",
+                     help="Pixel size, nm, for tables stored in px (Picasso); render, drift "
+                     "and frc call it --camera-pixel-nm."),
     ] = None,
     min_photons: Annotated[
         float | None,
