@@ -220,23 +220,22 @@ def test_a_spot_at_the_frame_edge_is_fitted_in_a_roi_shifted_inside() -> None:
 
 def test_the_read_noise_map_follows_a_roi_shifted_inside_the_frame() -> None:
     # A spot 1.2 px from the left edge: its ROI (9 px) is shifted to columns 0-8. Columns 0-1
-    # are so noisy that they carry no information, and the reported bound must be that of the
-    # ROI without them: the map cut where the ROI was cut, not around the detected pixel.
+    # are noisier, and the reported bound must be the one with the map cut where the ROI was
+    # cut (rows 17-25, columns 0-8), not around the detected pixel.
     psf, photons, bg, qe = GaussianPSF(1.2), 5000.0, 20.0, 0.82
     frames = torch.full((1, 40, 40), bg, dtype=torch.float64)
     x, y = torch.tensor([1.2], dtype=torch.float64), torch.tensor([20.6], dtype=torch.float64)
     render_patches(psf, torch.tensor([0]), x, y, torch.zeros(1, dtype=torch.float64),
                    torch.full((1,), photons, dtype=torch.float64), frames.shape, out=frames)
     read_var = torch.full((40, 40), 2.56, dtype=torch.float64)
-    read_var[:, :2] = 1e8
+    read_var[:, :2] = 400.0
     table = localize_mle(frames, psf, pixel_size_nm=100.0,
                          noise=NoiseModel(qe=qe, read_var_e2=read_var))
     assert len(table) == 1
-    inside = torch.ones(1, 9, 9, dtype=torch.bool)
-    inside[:, :, :2] = False
     one = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
+    patch = read_var[17:26, 0:9].flatten()[None]
     expected = crlb(psf, one(0.0), one(photons), one(bg), dx_px=one(1.2 - 4), dy_px=one(-0.4),
-                    noise=NoiseModel(qe=qe, read_var_e2=2.56), size=9, inside=inside)[0]
+                    noise=NoiseModel(qe=qe, read_var_e2=patch), size=9)[0]
     assert table["sigma_x_nm"].iloc[0] == pytest.approx(expected[0].item() * 100, rel=1e-3)
     assert table["sigma_y_nm"].iloc[0] == pytest.approx(expected[1].item() * 100, rel=1e-3)
 
