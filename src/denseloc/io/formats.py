@@ -116,6 +116,11 @@ _PARQUET_KEY = b"denseloc"
 # --------------------------------------------------------------------------- helpers
 
 
+_PIXEL_SIZE_HINT = ("the pixel size (`pixel_size_nm`; on the command line `--pixel-size-nm`, "
+                    "for render, drift and frc `--camera-pixel-nm`)")
+"""How to give a table's missing pixel size, in error messages."""
+
+
 def _check_pixel_size(pixel_size_nm: Any, name: str = "`pixel_size_nm`") -> float:
     """Return a pixel size as a positive float, or raise naming the parameter."""
     try:
@@ -633,8 +638,7 @@ def _picasso_px_for_reading(path: Path, pixel_size_nm: float | None) -> float:
         raise InputFileError(
             path,
             f"pixel size unknown: no Pixelsize in {sidecar.name} or {movie_sidecar.name}; "
-            "pass the pixel size (`pixel_size_nm`; on the command line `--pixel-size-nm`, "
-            "for render, drift and frc `--camera-pixel-nm`)",
+            f"pass {_PIXEL_SIZE_HINT}",
         )
     return px
 
@@ -849,9 +853,7 @@ def _decode_px_for_reading(path: Path, meta: dict[str, Any], pixel_size_nm: floa
         return _check_pixel_size(pixel_size_nm)
     raw = meta.get("px_size")
     if raw is None or np.size(raw) == 0:
-        raise InputFileError(path, "meta/px_size missing; pass the pixel size (`pixel_size_nm`; "
-                             "on the command line `--pixel-size-nm`, for render, drift and frc "
-                             "`--camera-pixel-nm`)")
+        raise InputFileError(path, f"meta/px_size missing; pass {_PIXEL_SIZE_HINT}")
     sizes = np.atleast_1d(np.asarray(raw, dtype=np.float64))
     if not np.allclose(sizes, sizes[0]):
         raise InputFileError(path, f"non-square pixels {sizes.tolist()} nm are not supported")
