@@ -28,15 +28,16 @@ default-psf: $(STAMP)
 		--pixel-size-nm 100 --camera emccd --out src/denseloc/data/psf_epfl_beads_as.h5 \
 		--astigmatic src/denseloc/data/psf_epfl_beads_as_astigmatic.yaml
 
-# The bundled network (src/denseloc/data/default_model/): 60 CPU-minutes of training on the
-# benchmark setting. Runs are deterministic for a seed except for how many steps fit in the
-# time budget on the machine at hand. The bundled files come from the same 60-minute run made
-# by benchmarks/bench_training.py (--out-model, evaluations outside the budget) and
-# benchmarks/finish_model.py: see training_default_he_60min*.md in benchmarks/results/.
+# The bundled network (src/denseloc/data/default_model/): 57 epochs (456,000 samples) of
+# training on the benchmark setting, five context frames; 60 to 90 minutes on 2 cores. A fixed
+# number of epochs, not a time budget, so the same command gives the same model on any machine
+# (up to the order of floating-point sums in threads) and a busy machine only slows it. The
+# three-frame model it replaced reached 448,640 samples in its 60-minute budget. Score it with
+# benchmarks/finish_model.py (README, "Benchmarks"): training_default_ctx5_57ep*.md.
 MODEL_FILES := config.yaml model.yaml weights.pt training_log.csv curves.png
 default-model: $(STAMP)
 	$(BIN)/denseloc train benchmarks/configs/epfl_as.yaml --out build/default_model \
-		--minutes 60 --device cpu
+		--epochs 57 --device cpu
 	mkdir -p src/denseloc/data/default_model
 	for f in $(MODEL_FILES); do cp build/default_model/$$f src/denseloc/data/default_model/; done
 
