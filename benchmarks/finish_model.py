@@ -32,7 +32,7 @@ from bench_training import (
     found_emitters,
     test_movie,
 )
-from denseloc.config import load_config
+from denseloc.config import config_differences, load_config
 from denseloc.evaluate import evaluate
 from denseloc.localize.network import predict_frames
 from denseloc.train.artifact import TrainedModel
@@ -95,8 +95,14 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.config)
     trainer = Trainer(config, args.model_dir, device="cpu")
-    if not trainer.load_checkpoint():
+    if not trainer.load_checkpoint():  # which refuses a checkpoint of another configuration
         saved = TrainedModel.load(args.model_dir)
+        changed = config_differences(saved.config.model_dump(mode="json"),
+                               config.model_dump(mode="json"))
+        if changed:
+            raise SystemExit(f"{args.model_dir} was trained with another configuration than "
+                             f"{args.config} ({'; '.join(changed)}): pass its own "
+                             f"{args.model_dir / 'config.yaml'} instead")
         trainer.net.load_state_dict(saved.net.state_dict())
         trainer.inputs = saved.inputs  # the files as training found them, not as they are now
         done = saved.summary

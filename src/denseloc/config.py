@@ -39,6 +39,7 @@ __all__ = [
     "SimulationConfig",
     "TrainConfig",
     "changed_inputs",
+    "config_differences",
     "file_sha256",
     "input_digests",
     "load_config",
@@ -558,3 +559,18 @@ def _commented_yaml(model: type[BaseModel], data: dict[str, Any], indent: int) -
             dumped = yaml.safe_dump({name: value}, default_flow_style=True, sort_keys=False)
             lines.append(pad + dumped.strip().removeprefix("{").removesuffix("}"))
     return lines
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Settings that differ between two dumped configurations (``model_dump(mode="json")``).
+
+    One readable line each, e.g. ``"train.lr was 0.002 and is now 0.003"``, sorted.
+    """
+    out = []
+    for key in saved.keys() | current.keys():
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} was {a} and is now {b}")
+    return sorted(out)

@@ -31,7 +31,7 @@ import torch
 
 from denseloc._atomic import atomic_path
 from denseloc._runtime import configure_cpu, select_device
-from denseloc.config import Config, input_digests
+from denseloc.config import Config, config_differences, input_digests
 from denseloc.errors import DenselocError
 from denseloc.localize.postprocess import SIGMA_AXES, Readout
 from denseloc.nn.loss import detection_bce, gmm_loss
@@ -104,18 +104,6 @@ def _validation_truth(batches: list[Batch], data: TrainingData) -> pd.DataFrame:
     truth = pd.concat(tables, ignore_index=True)
     frame_shape = tuple(batches[0].frames.shape[-2:]) if batches else None
     return add_crlb_columns(truth, data.config, frame_shape=frame_shape)
-
-
-def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """The settings that differ between two configuration dicts, as readable lines."""
-    out = []
-    for key in saved.keys() | current.keys():
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key} was {a} and is now {b}")
-    return sorted(out)
 
 
 @torch.no_grad()
@@ -318,7 +306,7 @@ class Trainer:
             saved = None
         current = self.config.model_dump(mode="json")
         if saved != current:
-            changed = _differences(saved, current) if saved is not None else []
+            changed = config_differences(saved, current) if saved is not None else []
             detail = f" ({'; '.join(changed[:3])})" if changed else ""
             raise DenselocError(
                 f"{path}: checkpoint was written for another configuration{detail}; "
@@ -355,7 +343,7 @@ class Trainer:
             sizes = [tc.batch_size] * (tc.validation_samples // tc.batch_size)
             if tc.validation_samples % tc.batch_size:
                 sizes.append(tc.validation_samples % tc.batch_size)
-            # Real movies have two edge frames in thousands: validate on interior windows.
+            # Real movies have 2-4 edge frames in thousands: validate on interior windows.
             batches = [self.val_data.batch(n, gen, edge_windows=0.0) for n in sizes]
             self._validation = (batches, _validation_truth(batches, self.val_data))
         return self._validation
