@@ -103,3 +103,7 @@ def test_auto_chunk_keeps_about_four_million_pixels() -> None:
     assert auto_chunk_frames(1024, 1024) == 4
     assert auto_chunk_frames(2048, 2048) == 1
     assert auto_chunk_frames(4096, 4096) == 1
+    # ... but enough frames that re-reading 2 (or 4) neighbours per chunk costs <= 25 %
+    assert auto_chunk_frames(64, 64, context_frames=5) == 256
+    assert auto_chunk_frames(1024, 1024, context_frames=3) == 8
+    assert auto_chunk_frames(2048, 2048, context_frames=5) == 16

@@ -42,9 +42,16 @@ MISMATCH_ADVICE = "results will be unreliable - train a model for your microscop
 _PIXELS_PER_CHUNK = 2**22
 
 
-def auto_chunk_frames(height: int, width: int) -> int:
-    """Frames read at once for frames of this size (about 4 million pixels, 1-256 frames)."""
-    return max(1, min(256, _PIXELS_PER_CHUNK // (height * width)))
+def auto_chunk_frames(height: int, width: int, context_frames: int = 1) -> int:
+    """Frames read at once for frames of this size: about 4 million pixels, 1-256 frames.
+
+    Each chunk also reads and analyses ``context_frames // 2`` neighbouring frames on each
+    side, so a chunk has at least ``4 * (context_frames - 1)`` frames: the neighbours then
+    cost at most a quarter more work (at 1024x1024 px with 5 frames, 16 frames, 64 MB of
+    photons, instead of 4, which doubled the frame-analysis work).
+    """
+    by_pixels = _PIXELS_PER_CHUNK // (height * width)
+    return max(1, 4 * (context_frames - 1), min(256, by_pixels))
 
 
 def frame_range(spec: str | None, n_frames: int) -> range:
@@ -218,7 +225,8 @@ def localize_movie_network(
     config : Config
         Camera and pixel size of the data.
     frames : range, optional
-        Frames to process (default: all).
+        Frames to process (default: all). The movie's frames just outside the range serve as
+        temporal context, so each frame gets the localizations the whole movie would give it.
     chunk_frames : int, optional
         Frames read at once (default: :func:`auto_chunk_frames`).
     threshold : float, optional
@@ -250,7 +258,7 @@ def localize_movie_network(
     readout = readout or model.readout
     _, height, width = movie.shape
     camera = Camera.from_config(config.camera, (height, width))
-    chunk_frames = chunk_frames or auto_chunk_frames(height, width)
+    chunk_frames = chunk_frames or auto_chunk_frames(height, width, model.net.context_frames)
 
     def photons(a: int, b: int) -> torch.Tensor:
         return camera.adu_to_photons(torch.from_numpy(movie[a:b].astype("float32")))
