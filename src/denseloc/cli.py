@@ -317,7 +317,8 @@ def localize(
     frames: Annotated[
         str | None,
         typer.Option(help="START:STOP, frames to process (0-based, STOP excluded: 0:1000 is "
-                     "the first 1000)."),
+                     "the first 1000). The network still reads the frames just outside the "
+                     "range as temporal context, so they are localized as in the whole movie."),
     ] = None,
     threshold: Annotated[
         float | None,
