@@ -41,6 +41,13 @@ def test_channels_last_gives_the_same_output() -> None:
     for layout in (True, False):
         torch.testing.assert_close(net.forward_windows(frames, windows, channels_last=layout),
                                    net(frames[windows]), rtol=1e-4, atol=1e-5)
+    # Five frames, with a frame repeated in a window (a movie's end padded with copies).
+    net5 = DecodeNet(filters=4, context_frames=5)
+    windows = torch.tensor([[0, 0, 0, 1, 2], [0, 1, 2, 3, 3], [1, 2, 3, 3, 3]])
+    torch.testing.assert_close(net5.forward_windows(frames, windows, channels_last=True),
+                               net5(frames[windows]), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\(B, 5\)"):
+        net5.forward_windows(frames, windows[:, :3])
 
 
 def test_tiny_network_overfits_a_fixed_batch() -> None:

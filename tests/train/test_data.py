@@ -10,29 +10,31 @@ from denseloc.config import Config
 from denseloc.train.data import TrainingData
 
 
-@pytest.mark.parametrize("frames_per_movie", [3, 8])
-def test_targets_are_the_central_frames_emitters(frames_per_movie: int) -> None:
+@pytest.mark.parametrize(("context", "frames_per_movie"), [(3, 3), (3, 8), (5, 16)])
+def test_targets_are_the_central_frames_emitters(context: int, frames_per_movie: int) -> None:
     cfg = Config.model_validate({
         "camera": {"kind": "ideal", "qe": 1.0, "em_gain": 1.0, "e_per_adu": 1.0,
                    "read_noise_e": 0.0, "spurious_charge_e": 0.0},
         "psf": {"kind": "gaussian"},
         "emitters": {"density_per_um2": 0.5, "photons_std": 0.0},
+        "model": {"context_frames": context},
         "train": {"frame_size_px": 32, "frames_per_movie": frames_per_movie},
     })
     data = TrainingData(cfg)
     batch = data.batch(20, torch.Generator().manual_seed(3))
-    assert batch.inputs.shape == (20, 3, 32, 32)
+    assert batch.inputs.shape == (20, context, 32, 32)
     starts = batch.windows[:, 0]
-    torch.testing.assert_close(batch.windows, starts[:, None] + torch.arange(3))  # consecutive
+    torch.testing.assert_close(batch.windows,
+                               starts[:, None] + torch.arange(context))  # consecutive
     for b in range(20):
-        torch.testing.assert_close(batch.inputs[b], batch.frames[starts[b]:][:3])
-    assert len(batch.frames) == int(starts.max()) + 3  # no frame the windows do not use
+        torch.testing.assert_close(batch.inputs[b], batch.frames[starts[b]:][:context])
+    assert len(batch.frames) == int(starts.max()) + context  # no frame the windows do not use
     photons = batch.targets[..., 0] * data.scaling.photons
     bright = batch.mask & (photons > 3000)
     b_idx, k_idx = torch.nonzero(bright, as_tuple=True)
     rows = batch.targets[b_idx, k_idx, 2].round().long()
     cols = batch.targets[b_idx, k_idx, 1].round().long()
-    centre = batch.inputs[:, 1]
+    centre = batch.inputs[:, context // 2]
     on_target = centre[b_idx, rows, cols] * data.scaling.input_scale
     # A bright in-frame emitter adds hundreds of photons to its pixel above the background.
     assert len(on_target) > 10

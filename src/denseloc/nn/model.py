@@ -178,6 +178,9 @@ class DecodeNet(nn.Module):
 
         Each frame goes through the frame-analysis U-Net once, however many windows use it.
         """
+        if windows.ndim != 2 or windows.shape[1] != self.context_frames:
+            raise ValueError(f"expected windows of shape (B, {self.context_frames}), "
+                             f"got {tuple(windows.shape)}")
         _, height, width = frames.shape
         pad_h = (-height) % self.multiple
         pad_w = (-width) % self.multiple
