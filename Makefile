@@ -29,7 +29,7 @@ default-psf: $(STAMP)
 		--astigmatic src/denseloc/data/psf_epfl_beads_as_astigmatic.yaml
 
 # The bundled network (src/denseloc/data/default_model/): 57 epochs (456,000 samples) of
-# training on the benchmark setting, five context frames; 60 to 90 minutes on 2 cores. A fixed
+# training on the benchmark setting, five context frames; 1.5 to 2 hours on 2 cores. A fixed
 # number of epochs, not a time budget, so the same command gives the same model on any machine
 # (up to the order of floating-point sums in threads) and a busy machine only slows it. The
 # three-frame model it replaced reached 448,640 samples in its 60-minute budget. Score it with

@@ -71,8 +71,11 @@ def main() -> None:
     parser.add_argument("config", type=Path)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model folder (default: bundled)")
     parser.add_argument("--frames", type=int, default=100, help="frames per test movie")
-    parser.add_argument("--name", default="edge_frames", help="results file name")
+    parser.add_argument("--name", default="edge_frames_bundled", help="results file name")
     args = parser.parse_args()
+    if args.frames <= max(UNRELATED) + (MARGIN - 1) * UNRELATED_STEP + MARGIN:
+        parser.error("--frames too small: the unrelated neighbours would wrap around onto "
+                     "a frame's real ones")
     config = load_config(args.config)
     model = TrainedModel.load(resolve_builtin(args.model))
     rows = []

@@ -101,3 +101,14 @@ def test_input_digests_notice_changed_and_missing_files(tmp_path) -> None:
 @pytest.mark.parametrize("name", list(CAMERA_PRESETS))
 def test_camera_presets_are_valid(name: str) -> None:
     assert Config().with_camera_preset(name).camera.kind == name
+
+
+def test_config_differences_name_each_changed_setting() -> None:
+    from denseloc.config import config_differences
+
+    base = Config()
+    other = Config.model_validate({"model": {"context_frames": 5}, "train": {"lr": 3e-3}})
+    changed = config_differences(base.model_dump(mode="json"), other.model_dump(mode="json"))
+    assert changed == ["model.context_frames was 3 and is now 5",
+                       "train.lr was 0.002 and is now 0.003"]
+    assert config_differences(base.model_dump(mode="json"), base.model_dump(mode="json")) == []

@@ -318,7 +318,8 @@ def localize(
         str | None,
         typer.Option(help="START:STOP, frames to process (0-based, STOP excluded: 0:1000 is "
                      "the first 1000). The network still reads the frames just outside the "
-                     "range as temporal context, so they are localized as in the whole movie."),
+                     "range as temporal context, so the frames in the range get the "
+                     "localizations the whole movie would give them."),
     ] = None,
     threshold: Annotated[
         float | None,

@@ -107,3 +107,21 @@ def test_auto_chunk_keeps_about_four_million_pixels() -> None:
     assert auto_chunk_frames(64, 64, context_frames=5) == 256
     assert auto_chunk_frames(1024, 1024, context_frames=3) == 8
     assert auto_chunk_frames(2048, 2048, context_frames=5) == 16
+    assert auto_chunk_frames(4096, 4096, context_frames=5) == 4  # within 64 Mpx
+
+
+def test_default_chunks_allow_for_the_models_context(bundled_model, wide_movie,
+                                                     monkeypatch) -> None:
+    import denseloc.localize.pipeline as pipeline
+
+    asked: list[tuple[int, ...]] = []
+
+    def recording(*args):
+        asked.append(args)
+        return 5
+
+    monkeypatch.setattr(pipeline, "auto_chunk_frames", recording)
+    path, cfg = wide_movie
+    with open_movie(path) as movie:
+        localize_movie_network(movie, bundled_model, cfg)
+        assert asked == [(*movie.shape[1:], bundled_model.net.context_frames)]

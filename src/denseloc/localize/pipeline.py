@@ -40,18 +40,21 @@ MISMATCH_ADVICE = "results will be unreliable - train a model for your microscop
 """Said after each problem :func:`check_model_matches` finds."""
 
 _PIXELS_PER_CHUNK = 2**22
+_MAX_PIXELS_PER_CHUNK = 2**26  # the most a chunk grows to for its context
 
 
 def auto_chunk_frames(height: int, width: int, context_frames: int = 1) -> int:
     """Frames read at once for frames of this size: about 4 million pixels, 1-256 frames.
 
     Each chunk also reads and analyses ``context_frames // 2`` neighbouring frames on each
-    side, so a chunk has at least ``4 * (context_frames - 1)`` frames: the neighbours then
-    cost at most a quarter more work (at 1024x1024 px with 5 frames, 16 frames, 64 MB of
-    photons, instead of 4, which doubled the frame-analysis work).
+    side, so a chunk has at least ``4 * (context_frames - 1)`` frames, as far as that stays
+    within 64 million pixels (256 MB of photons): the neighbours then cost at most a quarter
+    more work (at 1024x1024 px with 5 frames, chunks of 16 frames instead of 4, which doubled
+    the frame-analysis work).
     """
-    by_pixels = _PIXELS_PER_CHUNK // (height * width)
-    return max(1, 4 * (context_frames - 1), min(256, by_pixels))
+    pixels = height * width
+    for_context = min(4 * (context_frames - 1), _MAX_PIXELS_PER_CHUNK // pixels)
+    return max(1, for_context, min(256, _PIXELS_PER_CHUNK // pixels))
 
 
 def frame_range(spec: str | None, n_frames: int) -> range:
