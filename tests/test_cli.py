@@ -291,7 +291,7 @@ def test_demo_writes_a_complete_report(tmp_path) -> None:
         assert paths[key].is_file() and paths[key].stat().st_size > 0, key
     metrics = json.loads(paths["metrics"].read_text())
     # filaments at 0.5 /um^2: the bundled model finds most emitters (benchmark: Jaccard 0.90
-    # at 0.1 /um^2, 0.63 at 2 /um^2), better than the classical fitter on the same frames
+    # at 0.1 /um^2, 0.65 at 2 /um^2), better than the classical fitter on the same frames
     assert metrics["network"]["jaccard"] > 0.6
     assert metrics["network_first"]["jaccard"] > metrics["mle_first"]["jaccard"]
     assert "| Jaccard" in paths["summary"].read_text()
