@@ -20,7 +20,8 @@ helps real detectors: the three-frame context. An emitter also on, and clearly v
 (d >= 6), in the previous or next frame has a known place, so its test needs a lower
 threshold ``tau_a``, which costs false positives only at the places where such an emitter
 has switched off (each counted as 3 independent tests, for the position's uncertainty). The
-"context" ceiling optimises ``tau_a`` and ``tau`` together.
+"context" ceiling optimises ``tau_a`` and ``tau`` together. It models the frames t-1 and t+1
+only: for a 5-frame model, which also sees t-2 and t+2, it is not an upper bound.
 
 Two versions of ``d``: with the neighbours' positions fitted (``detection_snr``), and known
 (``detection_snr_known_neighbours``, columns ``known_*``), which can only be higher. Both
