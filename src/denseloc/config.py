@@ -358,7 +358,8 @@ class TrainConfig(_Model):
         "the start of training; 0: the pure mixture loss throughout",
     )
     validation_samples: int = Field(
-        256, ge=1, description="fixed-seed validation frames (their time counts in --minutes)"
+        256, ge=1, description="fixed-seed validation samples, each from a movie of its own "
+        "(their time counts in --minutes)",
     )
     seed: int = Field(0, ge=0, description="seed of training data and weights")
     threads: int | None = Field(

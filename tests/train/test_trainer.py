@@ -106,13 +106,19 @@ def test_a_saved_model_keeps_relative_paths_pointing_at_the_same_files(
     assert saved.psf.path == (tmp_path / "work" / "psf.h5").resolve()
 
 
-def test_validation_uses_interior_windows_whatever_edge_windows(tmp_path) -> None:
+def test_validation_windows_are_interior_and_each_from_its_own_movie(tmp_path) -> None:
     cfg = tiny_config()
-    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"edge_windows": 1.0})})
-    batches, _ = Trainer(cfg, tmp_path / "m", device="cpu").validation_set()
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"edge_windows": 1.0, "frames_per_movie": 16})})
+    batches, truth = Trainer(cfg, tmp_path / "m", device="cpu").validation_set()
+    assert sum(len(b.windows) for b in batches) == cfg.train.validation_samples
     for batch in batches:
-        starts = batch.windows[:, :1]
-        assert torch.equal(batch.windows, starts + torch.arange(3))
+        # Consecutive, unpadded frames, and no frame shared: movies of exactly 3 frames.
+        n = len(batch.windows)
+        assert torch.equal(batch.windows, 3 * torch.arange(n)[:, None] + torch.arange(3))
+        assert len(batch.frames) == 3 * n
+    # Every sample is its own scene: no two samples share a fluorophore's position.
+    assert not truth.duplicated(["x_nm", "y_nm", "z_nm"]).any()
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path) -> None:

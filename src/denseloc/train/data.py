@@ -208,9 +208,18 @@ class TrainingData:
         return self.chip_camera.crop(top, left, (h, w))
 
     def batch(
-        self, size: int, generator: torch.Generator, *, edge_windows: float | None = None
+        self,
+        size: int,
+        generator: torch.Generator,
+        *,
+        edge_windows: float | None = None,
+        frames_per_movie: int | None = None,
     ) -> Batch:
         """Simulate `size` samples (windows of ``context_frames`` consecutive frames).
+
+        Each movie of `frames_per_movie` frames (default ``train.frames_per_movie``, at least
+        ``context_frames``) gives all its windows as samples, so samples of one movie share
+        frames and fluorophores; at ``context_frames`` every sample is a movie of its own.
 
         With `edge_windows` (default ``train.edge_windows``) > 0, each window is made one of
         a movie's first frames with probability `edge_windows` / 2, and one of its last with
@@ -220,7 +229,7 @@ class TrainingData:
         """
         sim, scaling = self.sim, self.scaling
         ctx = self.context
-        length = max(self.config.train.frames_per_movie, ctx)
+        length = max(frames_per_movie or self.config.train.frames_per_movie, ctx)
         per_movie = length - ctx + 1
         n_movies = -(-size // per_movie)
         factor = self._density_factor(n_movies, generator)

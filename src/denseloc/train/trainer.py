@@ -344,7 +344,10 @@ class Trainer:
             if tc.validation_samples % tc.batch_size:
                 sizes.append(tc.validation_samples % tc.batch_size)
             # Real movies have 2-4 edge frames in thousands: validate on interior windows.
-            batches = [self.val_data.batch(n, gen, edge_windows=0.0) for n in sizes]
+            # One window per movie: every sample is a scene of its own (windows of one movie
+            # share fluorophores), whatever the training's frames_per_movie.
+            batches = [self.val_data.batch(n, gen, edge_windows=0.0, frames_per_movie=1)
+                       for n in sizes]
             self._validation = (batches, _validation_truth(batches, self.val_data))
         return self._validation
 
