@@ -390,6 +390,11 @@ def localize(
                                        camera_values)
     with open_movie(stack) as movie:
         selected = frame_range(frames, len(movie))
+        if trained is not None:
+            from denseloc.localize.pipeline import check_movie_length
+
+            for problem in check_movie_length(len(movie), trained.net.context_frames):
+                typer.secho(f"warning: {problem}", fg=typer.colors.YELLOW, err=True)
         with _frames_progress("localizing", len(selected)) as update:
             if trained is None:
                 table = localize_movie_mle(movie, cfg, frames=selected, progress=update,

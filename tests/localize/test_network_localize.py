@@ -151,6 +151,29 @@ def test_python_api_warns_when_the_data_does_not_suit_the_model(bundled, movie) 
             localize_movie_network(mv, model, other, frames=range(2))
 
 
+@pytest.mark.parametrize("n_frames", [1, 4])
+def test_a_movie_shorter_than_the_context_is_warned_of(bundled, movie, tmp_path, n_frames) -> None:
+    import tifffile
+
+    from denseloc.localize.pipeline import check_movie_length
+
+    model_dir, model = bundled
+    path, cfg, _ = movie
+    assert model.net.context_frames == 5
+    short = tmp_path / "short.tif"
+    tifffile.imwrite(short, tifffile.imread(path)[:n_frames], photometric="minisblack")
+    expected = rf"has {n_frames} frames? and the model reads 5 consecutive frames"
+    with open_movie(short) as mv, pytest.warns(DenselocWarning, match=expected):
+        table = localize_movie_network(mv, model, cfg)
+    assert len(table) > 0 and set(table["frame"]) <= set(range(n_frames))  # still localized
+    result = CliRunner().invoke(app, ["localize", str(short), "--model", str(model_dir),
+                                      "--out", str(tmp_path / "l.csv")])
+    assert result.exit_code == 0, result.output
+    assert f"warning: the movie has {n_frames} frame" in result.output
+    # Long enough movies, or a single-frame model, have nothing to warn of.
+    assert check_movie_length(5, 5) == [] and check_movie_length(1, 1) == []
+
+
 def test_scmos_maps_from_training_to_a_region_of_interest(tmp_path) -> None:
     # Train on a 24 x 24 px chip's maps, then localize a 12 x 16 px region of it.
     from denseloc.train.trainer import Trainer

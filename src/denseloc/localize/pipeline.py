@@ -200,6 +200,19 @@ def check_model_matches(model_config: Config, config: Config) -> list[str]:
     return problems
 
 
+def check_movie_length(n_frames: int, context_frames: int) -> list[str]:
+    """The problem, if any, of localizing a movie of `n_frames` with a multi-frame model."""
+    if n_frames >= context_frames:
+        return []
+    return [
+        f"the movie has {n_frames} frame{'s' if n_frames > 1 else ''} and the model reads "
+        f"{context_frames} consecutive frames: the missing neighbours are copies of the "
+        "nearest frame, so expect fewer detections and too small sigmas (README: 'The first "
+        "and last frames, and single images'); for single images, train a model with "
+        "model.context_frames: 1"
+    ]
+
+
 def localize_movie_network(
     movie: Movie,
     model,
@@ -248,7 +261,8 @@ def localize_movie_network(
         Warn (:class:`~denseloc.errors.DenselocWarning`) when `config` does not suit the
         model: :func:`check_model_matches` (pixel size, camera kind, maps), and camera map
         files that differ from those the model was trained with
-        (``model.changed_inputs(config, prefix="camera.")``). ``denseloc localize`` makes
+        (``model.changed_inputs(config, prefix="camera.")``); and when the movie is shorter
+        than the model's context (:func:`check_movie_length`). ``denseloc localize`` makes
         these checks itself, with advice on the command line, and passes False.
     """
     from denseloc.localize.network import MAX_TILE_PX, predict_frames
@@ -257,6 +271,8 @@ def localize_movie_network(
         problems = check_model_matches(model.config, config)
         for problem in [*problems, *model.changed_inputs(config, prefix="camera.")]:
             warnings.warn(f"{problem}; {MISMATCH_ADVICE}", DenselocWarning, stacklevel=2)
+        for problem in check_movie_length(len(movie), model.net.context_frames):
+            warnings.warn(problem, DenselocWarning, stacklevel=2)
     frames = frames or range(len(movie))
     readout = readout or model.readout
     _, height, width = movie.shape
