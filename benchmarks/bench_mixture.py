@@ -9,14 +9,14 @@ standard deviation of the p-weighted mixture over its 3x3 pixels,
 variance, ``spread^2 = sum_k w_k (mu_k - mean)^2`` how far the components' means lie apart.
 That sigma is calibrated only if the mixture mean's errors are as large. On frames simulated
 from the model's own configuration (its training frame size, one density at a time, a fixed
-seed), detected and matched as its validation does (local maxima of p whose integrated p
-reaches the model's threshold, read by the mixture; counted emitters: at least a tenth of the
-mean brightness in the frame), this reports per axis the RMS error of the mixture mean and of
-the centre pixel's own mean, the RMS of within, spread and the mixture sigma, and RMS(error /
-sigma) for the mixture (as predicted, without the model's factors), for within alone, and for
-the centre pixel (the maximum-pixel readout, its own mean). ``within`` and ``spread`` come
-from the package's own readout (``maps_to_table``): the spread is its sigma with the sigma maps
-set to 0.
+seed; windows of its training movies), detected and matched as its validation does (local
+maxima of p whose integrated p reaches the model's threshold, read by the mixture; counted
+emitters: at least a tenth of the mean brightness in the frame), this reports per axis the RMS
+error of the mixture mean and of the centre pixel's own mean, the RMS of within, spread and the
+mixture sigma, and RMS(error / sigma) for the mixture (as predicted, without the model's
+factors), for within alone, and for the centre pixel (the maximum-pixel readout, its own mean).
+``within`` and ``spread`` come from the package's own readout (``maps_to_table``): the spread
+is its sigma with the sigma maps set to 0.
 """
 
 from __future__ import annotations

@@ -95,6 +95,22 @@ def test_z_targets_span_the_range_over_the_margin(z_margin: float) -> None:
     assert z.max() > 0.95 / z_margin and z.min() < -0.95 * 400.0 / (600.0 * z_margin)
 
 
+@pytest.mark.parametrize(("context", "frames_per_movie", "movies"), [(3, 1, 6), (5, 7, 2),
+                                                                    (5, None, 1)])
+def test_frames_per_movie_overrides_the_training_movies(context, frames_per_movie, movies) -> None:
+    cfg = Config.model_validate({"psf": {"kind": "gaussian"}, "model": {"context_frames": context},
+                                 "train": {"frame_size_px": 16, "frames_per_movie": 16}})
+    data = TrainingData(cfg)
+    batch = data.batch(6, torch.Generator().manual_seed(0), frames_per_movie=frames_per_movie)
+    length = max(frames_per_movie or 16, context)
+    per_movie = length - context + 1
+    # Movies of `length` frames (at least the context), each giving its windows in order.
+    starts = torch.tensor([m * length + k for m in range(movies) for k in range(per_movie)][:6])
+    assert torch.equal(batch.windows, starts[:, None] + torch.arange(context))
+    with pytest.raises(ValueError, match="frames_per_movie must be >= 1, got 0"):
+        data.batch(6, torch.Generator().manual_seed(0), frames_per_movie=0)
+
+
 @pytest.mark.parametrize("context", [3, 5])
 def test_edge_windows_are_padded_as_localization_pads_a_movies_ends(context) -> None:
     cfg = Config.model_validate({"psf": {"kind": "gaussian"}, "model": {"context_frames": context},

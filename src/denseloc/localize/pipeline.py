@@ -205,7 +205,7 @@ def check_movie_length(n_frames: int, context_frames: int) -> list[str]:
     if n_frames >= context_frames:
         return []
     return [
-        f"the movie has {n_frames} frame{'s' if n_frames > 1 else ''} and the model reads "
+        f"the movie has {n_frames} frame{'' if n_frames == 1 else 's'} and the model reads "
         f"{context_frames} consecutive frames: the missing neighbours are copies of the "
         "nearest frame, so expect fewer detections and too small sigmas (README: 'The first "
         "and last frames, and single images'); for single images, train a model with "

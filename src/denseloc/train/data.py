@@ -229,7 +229,11 @@ class TrainingData:
         """
         sim, scaling = self.sim, self.scaling
         ctx = self.context
-        length = max(frames_per_movie or self.config.train.frames_per_movie, ctx)
+        if frames_per_movie is None:
+            frames_per_movie = self.config.train.frames_per_movie
+        elif frames_per_movie < 1:
+            raise ValueError(f"frames_per_movie must be >= 1, got {frames_per_movie}")
+        length = max(frames_per_movie, ctx)
         per_movie = length - ctx + 1
         n_movies = -(-size // per_movie)
         factor = self._density_factor(n_movies, generator)

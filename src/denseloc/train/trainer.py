@@ -346,7 +346,8 @@ class Trainer:
             # Real movies have 2-4 edge frames in thousands: validate on interior windows.
             # One window per movie: every sample is a scene of its own (windows of one movie
             # share fluorophores), whatever the training's frames_per_movie.
-            batches = [self.val_data.batch(n, gen, edge_windows=0.0, frames_per_movie=1)
+            movie = self.val_data.context
+            batches = [self.val_data.batch(n, gen, edge_windows=0.0, frames_per_movie=movie)
                        for n in sizes]
             self._validation = (batches, _validation_truth(batches, self.val_data))
         return self._validation
