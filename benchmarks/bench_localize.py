@@ -1,6 +1,7 @@
-"""Throughput and memory of `denseloc localize` with the bundled model on 2 cores.
+"""Throughput and memory of `denseloc localize` with the bundled model (or --model) on 2 cores.
 
-Usage: python benchmarks/bench_localize.py [--long-frames 12000] [--skip-long]
+Usage: python benchmarks/bench_localize.py [--long-frames 12000] [--skip-long] [--model DIR]
+[--name localize_speed]
 
 For each case a movie is simulated with the bundled model's microscope (0.5 emitters/um^2)
 and written as a TIFF; then a fresh process (the way a user runs it) opens the movie lazily,
@@ -35,6 +36,7 @@ def simulate(size: int, n_frames: int, out: Path) -> Path:
     from denseloc.sim.simulator import simulate_movie
     from denseloc.train.artifact import TrainedModel
 
+    # The bundled model's microscope whatever --model: every model sees the same movies.
     cfg = TrainedModel.load(resolve_builtin(DEFAULT_MODEL)).config
     cfg = cfg.model_copy(update={
         "image": cfg.image.model_copy(update={"size_px": (size, size)}),
@@ -48,7 +50,6 @@ WORKER = """
 import json, sys, time
 from denseloc._runtime import configure_cpu
 from denseloc.calibration import resolve_builtin
-from denseloc.cli import DEFAULT_MODEL
 from denseloc.io import open_movie
 from denseloc.localize.pipeline import localize_movie_network
 from denseloc.train.artifact import TrainedModel
@@ -64,7 +65,7 @@ def sample(done, total):
         peak[key] = max(peak[key], value)
 
 configure_cpu()
-model = TrainedModel.load(resolve_builtin(DEFAULT_MODEL))
+model = TrainedModel.load(resolve_builtin(sys.argv[2]))
 with open_movie(sys.argv[1]) as movie:
     localize_movie_network(movie, model, model.config, frames=range(2))  # warm-up
     start = time.perf_counter()
@@ -81,10 +82,11 @@ print(json.dumps({"frames": n, "seconds": seconds, "localizations": len(table),
 """
 
 
-def run_case(name: str, size: int, n_frames: int, workdir: Path) -> dict[str, object]:
+def run_case(name: str, size: int, n_frames: int, workdir: Path,
+             model: str) -> dict[str, object]:
     movie = simulate(size, n_frames, workdir / name)
-    run = subprocess.run([sys.executable, "-c", WORKER, str(movie)], capture_output=True,
-                         text=True)
+    run = subprocess.run([sys.executable, "-c", WORKER, str(movie), model],
+                         capture_output=True, text=True)
     if run.returncode:
         raise RuntimeError(f"worker failed on {name}:\n{run.stderr}")
     result = json.loads(run.stdout)
@@ -107,21 +109,32 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--long-frames", type=int, default=12000)
     parser.add_argument("--skip-long", action="store_true")
+    parser.add_argument("--model", default=None,
+                        help="model folder (default: the bundled model)")
+    parser.add_argument("--name", default="localize_speed", help="results file name")
     args = parser.parse_args()
+    from denseloc.calibration import resolve_builtin
+    from denseloc.cli import DEFAULT_MODEL
+    from denseloc.train.artifact import TrainedModel
+
+    model = str(args.model or DEFAULT_MODEL)
+    arch = TrainedModel.load(resolve_builtin(model)).config.model
     cases = list(CASES)
     if not args.skip_long:
         cases.append((f"128x128 long ({args.long_frames} frames)", 128, args.long_frames))
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run_case(name, size, n, Path(tmp)) for name, size, n in cases]
-    notes = ("Bundled default model (16 filters, depth 2), 2 torch threads, default chunks "
-             "(about 4 Mpx per read) and tiles (frames above 640 px are cut into tiles "
+        rows = [run_case(name, size, n, Path(tmp), model) for name, size, n in cases]
+    notes = (f"Model {model} ({arch.filters} filters, depth {arch.depth}, "
+             f"{arch.context_frames} context frames), 2 torch threads, default chunks "
+             "(about 4 Mpx per read, at least 4 x (context - 1) frames) and tiles "
+             "(frames above 640 px are cut into tiles "
              "overlapping by the receptive field, 60 px). peak_rss_mb is the whole process "
              "(Python, torch, model): VmHWM of the worker process; compare it with movie_mb. "
              "anon_mb/file_mb_after_chunks: the largest anonymous (heap) and file-backed "
              "(shared libraries such as torch, about 160 MB, and memory-mapped movie pages, "
              "which the kernel can drop) resident memory seen "
              "after each chunk; table_mb: the localization table returned.")
-    write_results("localize_speed", rows, notes)
+    write_results(args.name, rows, notes)
 
 
 if __name__ == "__main__":
