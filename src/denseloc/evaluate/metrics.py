@@ -175,7 +175,11 @@ def evaluate(
         with optional emitters are dropped afterwards. A prediction near a dim emitter
         therefore does not count for a bright one further away (measured on the benchmark's
         crowded frames, such predictions were all about three times closer to the dim one:
-        the bright one had been missed).
+        the bright one had been missed). As the matching maximises the number of pairs
+        before it minimises their distances, a dim emitter can also take the prediction
+        nearest a bright one when a farther prediction within the tolerances is left for
+        the bright one: a true positive with a larger error, where matching the bright
+        emitters alone would give the near pair and a false positive.
     is_3d : bool, optional
         False for 2D data: z must be 0 in both tables, and the scores that involve z are None.
         Default: 3D if either table has a non-zero z (:func:`has_z`).
