@@ -39,3 +39,32 @@ def test_contents_are_synced_to_disk_before_the_rename(tmp_path, monkeypatch) ->
     with atomic_path(tmp_path / "out.bin") as tmp:
         tmp.write_bytes(b"data")
     assert events == ["fsync", "replace"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_get_the_permissions_of_a_new_file(tmp_path, umask) -> None:
+    old = os.umask(umask)
+    try:
+        with atomic_path(tmp_path / "out.txt") as tmp:
+            tmp.write_text("x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_files_that_belong_together_are_replaced_together_or_not_at_all(tmp_path) -> None:
+    from denseloc._atomic import atomic_paths
+
+    movie, truth = tmp_path / "frames.tif", tmp_path / "ground_truth.csv"
+    movie.write_text("old movie")
+    truth.write_text("old truth")
+    with pytest.raises(RuntimeError), atomic_paths(movie, truth) as (tmp_movie, tmp_truth):
+        tmp_movie.write_text("new movie")  # complete, but its partner is not
+        raise RuntimeError("interrupted while writing the truth")
+    assert (movie.read_text(), truth.read_text()) == ("old movie", "old truth")
+    with atomic_paths(movie, truth) as (tmp_movie, tmp_truth):
+        tmp_movie.write_text("new movie")
+        tmp_truth.write_text("new truth")
+        assert movie.read_text() == "old movie"
+    assert (movie.read_text(), truth.read_text()) == ("new movie", "new truth")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames.tif", "ground_truth.csv"]

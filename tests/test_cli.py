@@ -177,6 +177,27 @@ def test_localize_rejects_bad_input(sparse_movie, tmp_path, extra, message) -> N
     assert not out.exists()
 
 
+def test_localize_checks_the_pixel_size_from_metadata_and_the_output_first(sparse_movie,
+                                                                            tmp_path) -> None:
+    import tifffile
+
+    args = ["--method", "mle", "--camera", "emccd", "--psf", "gaussian"]
+    result = run("localize", str(sparse_movie / "frames.tif"), *args,
+                 "--out", str(tmp_path / "l.csv"))
+    assert result.exit_code == 0, result.output
+    assert "note: 100 nm pixels, from frames.tif's metadata" in result.output
+    # A file calibrated with the camera chip's 6.5 um pixels would scale every position 65x.
+    chip = tmp_path / "chip.tif"
+    frames = tifffile.imread(sparse_movie / "frames.tif")
+    tifffile.imwrite(chip, frames, photometric="minisblack", resolution=(1e4 / 6.5, 1e4 / 6.5),
+                     resolutionunit="CENTIMETER")
+    result = run("localize", str(chip), *args, "--out", str(tmp_path / "c.csv"))
+    assert result.exit_code == 2 and "gives 6500 nm pixels" in result.output, result.output
+    # An output that cannot be written is refused before the work, not after it.
+    result = run("localize", str(sparse_movie / "frames.tif"), *args, "--out", str(tmp_path))
+    assert result.exit_code == 2 and "is a folder" in result.output, result.output
+
+
 def test_localize_missing_and_corrupt_stack(tmp_path) -> None:
     bad = tmp_path / "bad.tif"
     bad.write_bytes(b"II*\x00garbage" * 10)

@@ -35,6 +35,7 @@ def test_partial_yaml_fills_defaults(tmp_path) -> None:
     ("text", "match"),
     [
         ("camera: {em_gain: 0.5}", r"camera\.em_gain: .*greater than or equal to 1"),
+        ("camera: {adc_max_adu: 65536}", r"camera\.adc_max_adu: .*less than or equal to 65535"),
         ("image: {pixel_size_nm: -100}", r"image\.pixel_size_nm: .*greater than 0"),
         ("emitters: {density_per_um2: -1}", r"emitters\.density_per_um2"),
         ("psf: {kind: spline}", r"psf\.kind"),

@@ -242,6 +242,10 @@ _NO_CAMERA = (
 )
 
 
+_PLAUSIBLE_PIXEL_NM = (10.0, 1000.0)
+"""Pixel sizes in the sample that a movie's metadata may give without --pixel-size-nm."""
+
+
 def _localize_config(
     stack: Path,
     *,
@@ -271,6 +275,12 @@ def _localize_config(
                 f"{stack}: no pixel size in the file; pass --pixel-size-nm "
                 "(or --camera with a full configuration)"
             )
+        if not _PLAUSIBLE_PIXEL_NM[0] <= pixel_size_nm <= _PLAUSIBLE_PIXEL_NM[1]:
+            raise DenselocError(
+                f"{stack.name}'s metadata gives {pixel_size_nm:g} nm pixels, not a pixel size "
+                "in the sample (the camera chip's, perhaps); pass --pixel-size-nm"
+            )
+        typer.secho(f"note: {pixel_size_nm:g} nm pixels, from {stack.name}'s metadata", err=True)
     cfg = resolve_config(
         config_path if full else None,
         psf=psf,

@@ -109,7 +109,10 @@ class CameraConfig(_Model):
     e_per_adu: float = Field(45.0, gt=0, description="electrons per ADU (inverse of the gain)")
     baseline_adu: float = Field(100.0, ge=0, description="offset added by the camera, ADU")
     read_noise_e: float = Field(74.4, ge=0, description="read-noise standard deviation, e-")
-    adc_max_adu: int = Field(65535, gt=0, description="largest value the ADC can output, ADU")
+    adc_max_adu: int = Field(
+        65535, gt=0, le=65535,
+        description="largest value the ADC can output, ADU (at most 65535: movies are 16-bit)",
+    )
     offset_map: Path | None = Field(
         None, description="sCMOS per-pixel offset map (ADU), .tif or .npy of the frame size "
         "(or of the whole chip, see roi_origin_px)"

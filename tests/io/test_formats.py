@@ -249,6 +249,27 @@ def test_decode_reads_pixel_units(tmp_path: Path) -> None:
     assert t.attrs["pixel_size_nm"] == 160
 
 
+def test_a_pixel_size_that_contradicts_the_files_is_refused(shared_data: Path,
+                                                            tmp_path: Path) -> None:
+    # DECODE and Picasso positions depend on the pixel size: a different one given by hand
+    # would shift (DECODE nm) or scale (px) every position without a word.
+    path = tmp_path / "em.h5"
+    write_table(make_table(3), path)  # meta/px_size 100
+    assert read_table(path, pixel_size_nm=PIXEL_NM).attrs["pixel_size_nm"] == PIXEL_NM
+    with pytest.raises(InputFileError, match=r"meta/px_size records 100 nm pixels, but 160 nm"):
+        read_table(path, pixel_size_nm=160)
+    # Picasso's sidecar records the camera's 160 nm and Localize's 130 nm: either may be
+    # chosen (reading without one warns and takes 160), nothing else.
+    locs = shared_data / "picasso_sim" / "testdata_locs.hdf5"
+    assert read_table(locs, pixel_size_nm=130).attrs["pixel_size_nm"] == 130
+    with pytest.raises(InputFileError, match=r"YAML records 160 or 130 nm pixels, but 100 nm"):
+        read_table(locs, pixel_size_nm=100)
+    # Without a recorded pixel size, the one given is used.
+    with h5py.File(path, "r+") as f:
+        del f["meta"].attrs["px_size"]
+    assert read_table(path, pixel_size_nm=160).attrs["pixel_size_nm"] == 160
+
+
 # ----------------------------------------------------------------------------- real files
 
 

@@ -112,6 +112,23 @@ def test_simulated_movie_files(tmp_path) -> None:
     assert not any(p.name.endswith(".part") for p in (tmp_path / "sim").iterdir())
 
 
+def test_an_interrupted_simulation_leaves_the_folders_old_files(tmp_path) -> None:
+    cfg = small_config()
+    paths = simulate_movie(cfg, tmp_path / "sim")
+    before = {name: path.read_bytes() for name, path in paths.items()}
+    other = cfg.model_copy(update={"simulation": cfg.simulation.model_copy(update={"seed": 9})})
+
+    def interrupt(done: int, total: int) -> None:
+        if done == total:  # the movie is complete, the ground truth not yet written
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        simulate_movie(other, tmp_path / "sim", chunk_frames=5, progress=interrupt)
+    assert {name: path.read_bytes() for name, path in paths.items()} == before
+    assert sorted(p.name for p in (tmp_path / "sim").iterdir()) == sorted(
+        p.name for p in paths.values())
+
+
 def test_same_seed_same_movie(tmp_path) -> None:
     cfg = small_config()
     a = simulate_movie(cfg, tmp_path / "a")

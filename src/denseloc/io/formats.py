@@ -553,6 +553,12 @@ def _read_picasso_info(path: Path) -> list[dict[str, Any]]:
     return [d for d in docs if isinstance(d, dict)]
 
 
+def _picasso_pixel_sizes(path: Path, info: list[dict[str, Any]]) -> list[float]:
+    """Every pixel size Picasso metadata records (``Camera.Pixelsize``, ``Pixelsize``)."""
+    return [_check_pixel_size(d[key], f"{path}: {key}") for d in info
+            for key in ("Camera.Pixelsize", "Pixelsize") if d.get(key) is not None]
+
+
 def _picasso_pixel_size(path: Path, info: list[dict[str, Any]]) -> float | None:
     """Pixel size from Picasso metadata: the camera's if given, else Localize's ``Pixelsize``."""
     camera = [d["Camera.Pixelsize"] for d in info if d.get("Camera.Pixelsize") is not None]
@@ -583,7 +589,8 @@ def read_picasso(path: PathLike, *, pixel_size_nm: float | None = None) -> pd.Da
     pixel_size_nm : float, optional
         Camera pixel size in nm. Needed because Picasso stores positions in pixels; when
         omitted it is taken from the sidecar (``Camera.Pixelsize``, then ``Pixelsize``), else
-        from the movie's sidecar (the name without ``_locs``).
+        from the movie's sidecar (the name without ``_locs``). When given and a sidecar
+        records one, the two must agree (an error otherwise).
 
     Returns
     -------
@@ -625,22 +632,35 @@ def read_picasso(path: PathLike, *, pixel_size_nm: float | None = None) -> pd.Da
 
 
 def _picasso_px_for_reading(path: Path, pixel_size_nm: float | None) -> float:
-    if pixel_size_nm is not None:
-        return _check_pixel_size(pixel_size_nm)
     sidecar = path.with_suffix(".yaml")
-    px = _picasso_pixel_size(sidecar, _read_picasso_info(sidecar))
-    if px is not None:
-        return px
     movie_sidecar = path.with_name(re.sub(r"_locs$", "", path.stem) + ".yaml")
-    if movie_sidecar != sidecar:
-        px = _picasso_pixel_size(movie_sidecar, _read_picasso_info(movie_sidecar))
-    if px is None:
+    sidecars = [sidecar] if movie_sidecar == sidecar else [sidecar, movie_sidecar]
+    if pixel_size_nm is not None:  # any size the sidecars record may be chosen
+        recorded = [px for f in sidecars for px in _picasso_pixel_sizes(f, _read_picasso_info(f))]
+        return _given_or_recorded_px(path, pixel_size_nm, recorded, "its Picasso YAML")
+    for f in sidecars:
+        px = _picasso_pixel_size(f, _read_picasso_info(f))
+        if px is not None:
+            return px
+    raise InputFileError(
+        path,
+        f"pixel size unknown: no Pixelsize in {sidecar.name} or {movie_sidecar.name}; "
+        f"pass {_PIXEL_SIZE_HINT}",
+    )
+
+
+def _given_or_recorded_px(path: Path, given: float, recorded: list[float], where: str) -> float:
+    """The pixel size given, unless the file records others only: then an error."""
+    given = _check_pixel_size(given)
+    if recorded and not any(math.isclose(given, px, rel_tol=1e-3) for px in recorded):
+        sizes = " or ".join(f"{px:g}" for px in dict.fromkeys(recorded))
         raise InputFileError(
             path,
-            f"pixel size unknown: no Pixelsize in {sidecar.name} or {movie_sidecar.name}; "
-            f"pass {_PIXEL_SIZE_HINT}",
+            f"{where} records {sizes} nm pixels, but {given:g} nm was given "
+            "(`pixel_size_nm`, on the command line `--pixel-size-nm` or `--camera-pixel-nm`); "
+            "leave it out to use the file's own, or correct the file",
         )
-    return px
+    return given
 
 
 def write_picasso(
@@ -773,8 +793,8 @@ def read_decode(path: PathLike, *, pixel_size_nm: float | None = None) -> pd.Dat
     path : str or PathLike
         An ``.h5`` file written by DECODE's ``EmitterSet.save`` or :func:`write_decode`.
     pixel_size_nm : float, optional
-        Pixel size in nm; overrides the file's ``meta/px_size``. One of the two is needed
-        to undo DECODE's half-pixel offset.
+        Pixel size in nm, needed to undo DECODE's half-pixel offset when the file has no
+        ``meta/px_size``; if it has one, the two must agree (an error otherwise).
 
     Returns
     -------
@@ -849,15 +869,18 @@ def _decode_columns(data: dict, px: float, scale: float) -> dict[str, np.ndarray
 
 
 def _decode_px_for_reading(path: Path, meta: dict[str, Any], pixel_size_nm: float | None) -> float:
-    if pixel_size_nm is not None:
-        return _check_pixel_size(pixel_size_nm)
     raw = meta.get("px_size")
     if raw is None or np.size(raw) == 0:
-        raise InputFileError(path, f"meta/px_size missing; pass {_PIXEL_SIZE_HINT}")
+        if pixel_size_nm is None:
+            raise InputFileError(path, f"meta/px_size missing; pass {_PIXEL_SIZE_HINT}")
+        return _check_pixel_size(pixel_size_nm)
     sizes = np.atleast_1d(np.asarray(raw, dtype=np.float64))
     if not np.allclose(sizes, sizes[0]):
         raise InputFileError(path, f"non-square pixels {sizes.tolist()} nm are not supported")
-    return _check_pixel_size(sizes[0], f"{path}: meta/px_size")
+    stored = _check_pixel_size(sizes[0], f"{path}: meta/px_size")
+    if pixel_size_nm is None:
+        return stored
+    return _given_or_recorded_px(path, pixel_size_nm, [stored], "its meta/px_size")
 
 
 def write_decode(
@@ -1017,8 +1040,10 @@ def read_table(
     format : str, optional
         One of :data:`FORMATS`, to skip detection.
     pixel_size_nm : float, optional
-        Camera pixel size in nm: needed for Picasso files without it in their sidecar;
-        otherwise recorded in ``attrs`` (or overriding the stored one).
+        Camera pixel size in nm: needed for Picasso and DECODE files that do not record it,
+        and refused if it disagrees with the one they record (their positions depend on
+        it); for the other formats, whose positions are in nm, recorded in ``attrs``
+        (overriding the stored one).
 
     Returns
     -------
@@ -1066,15 +1091,24 @@ def write_table(
 def writable_format(path: PathLike, format: str | None = None) -> str:
     """The format :func:`write_table` would write `path` in; raise if it cannot be written.
 
-    Call it before long work, so that an unknown extension is reported at once rather than
-    after the run. (A missing folder is created on writing, as for every denseloc output.)
+    Call it before long work, so that an unknown extension, or a place that cannot be
+    written, is reported at once rather than after the run. (A missing folder is created on
+    writing, as for every denseloc output.)
 
     Raises
     ------
     denseloc.errors.DenselocError
-        If the extension (or `format`) names no writable format.
+        If the extension (or `format`) names no writable format, `path` is a folder, or the
+        nearest existing folder on its way is not writable.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DenselocError(f"{path} is a folder; give a file name, e.g. {path / 'locs.csv'}")
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise DenselocError(f"cannot write {path}: {folder} is not a writable folder")
     if format is None:
         names = _formats_for_suffix(path)
         if not names:

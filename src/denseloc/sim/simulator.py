@@ -260,7 +260,7 @@ def simulate_movie(
     import tifffile
     import yaml
 
-    from denseloc._atomic import atomic_path
+    from denseloc._atomic import atomic_paths
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
@@ -279,31 +279,33 @@ def simulate_movie(
         "inputs": out_dir / "inputs.yaml",
     }
     resolution = 1e7 / pixel_size_nm  # px per cm, the TIFF resolution unit
-    with atomic_path(paths["frames"]) as tmp, tifffile.TiffWriter(tmp) as tif:
-        for start in range(0, n_frames, chunk_frames):
-            stop = min(start + chunk_frames, n_frames)
-            chunk = emitters.select((emitters.frame >= start) & (emitters.frame < stop))
-            chunk.frame = chunk.frame - start
-            expected = sim.render(chunk, background, stop - start)[0]
-            adu = sim.camera.photons_to_adu(expected, generator)
-            tif.write(
-                adu.cpu().numpy().astype(np.uint16),
-                contiguous=True,
-                photometric="minisblack",
-                resolution=(resolution, resolution),
-                resolutionunit="CENTIMETER",
-                metadata=None,
-            )
-            if progress is not None:
-                progress(stop, n_frames)
-    truth = emitters.to_table(pixel_size_nm)
-    truth["bg"] = background_at(background[0], truth, pixel_size_nm)  # truth is re-sorted
-    with atomic_path(paths["ground_truth"]) as tmp:
-        truth[["frame", "id", "x_nm", "y_nm", "z_nm", "photons", "bg"]].to_csv(tmp, index=False)
-    with atomic_path(paths["config"]) as tmp:
+    # All four files are renamed into place together once written: an interrupted run into
+    # an existing folder leaves the old set, never a new movie beside the old ground truth.
+    with atomic_paths(*paths.values()) as tmps:
+        tmp = dict(zip(paths, tmps, strict=True))
+        with tifffile.TiffWriter(tmp["frames"]) as tif:
+            for start in range(0, n_frames, chunk_frames):
+                stop = min(start + chunk_frames, n_frames)
+                chunk = emitters.select((emitters.frame >= start) & (emitters.frame < stop))
+                chunk.frame = chunk.frame - start
+                expected = sim.render(chunk, background, stop - start)[0]
+                adu = sim.camera.photons_to_adu(expected, generator)
+                tif.write(
+                    adu.cpu().numpy().astype(np.uint16),
+                    contiguous=True,
+                    photometric="minisblack",
+                    resolution=(resolution, resolution),
+                    resolutionunit="CENTIMETER",
+                    metadata=None,
+                )
+                if progress is not None:
+                    progress(stop, n_frames)
+        truth = emitters.to_table(pixel_size_nm)
+        truth["bg"] = background_at(background[0], truth, pixel_size_nm)  # truth is re-sorted
+        truth[["frame", "id", "x_nm", "y_nm", "z_nm", "photons", "bg"]].to_csv(
+            tmp["ground_truth"], index=False)
         # Paths relative to the working directory would be read against the folder.
-        tmp.write_text(config.resolve_paths(Path.cwd()).to_yaml())
-    with atomic_path(paths["inputs"]) as tmp:
-        tmp.write_text(yaml.safe_dump(digests))
+        tmp["config"].write_text(config.resolve_paths(Path.cwd()).to_yaml())
+        tmp["inputs"].write_text(yaml.safe_dump(digests))
     logger.info("simulated %d frames, %d localizations into %s", n_frames, len(truth), out_dir)
     return paths
