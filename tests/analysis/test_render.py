@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from denseloc.analysis.render import render, render_colored, render_extent, save_image
-from denseloc.errors import DenselocError
+from denseloc.errors import DenselocError, DenselocWarning
 
 
 @pytest.fixture
@@ -50,6 +50,23 @@ def test_gaussian_mode_conserves_counts_and_draws_each_sigma(locs) -> None:
     # pixel integration adds pixel^2 / 12 to the variance
     assert var_x == pytest.approx(30.0**2 + 4 / 12, rel=0.01)
     assert var_y == pytest.approx(12.0**2 + 4 / 12, rel=0.01)
+
+
+def test_pixels_are_half_open_at_the_extents_right_edge() -> None:
+    # x = 100 nm belongs to the pixel starting there, outside an extent ending at 100 nm.
+    table = pd.DataFrame({"frame": [0, 0, 0], "x_nm": [0.0, 99.9, 100.0],
+                          "y_nm": [5.0, 5.0, 5.0]})
+    image = render(table, pixel_size_nm=10.0, extent_nm=(0.0, 100.0, 0.0, 10.0))
+    assert image.shape == (1, 10) and image[0, 0] == 1 and image[0, 9] == 1 and image.sum() == 2
+
+
+def test_sigmas_wider_than_the_drawing_window_are_warned_of() -> None:
+    table = pd.DataFrame({"frame": [0, 0], "x_nm": [500.0, 500.0], "y_nm": [500.0, 500.0],
+                          "sigma_x_nm": [20.0, 200.0], "sigma_y_nm": [20.0, 20.0]})
+    with pytest.warns(DenselocWarning, match=r"1 localizations have sigmas above 25 render "
+                      r"pixels \(50 nm\)"):
+        render(table, pixel_size_nm=2.0, mode="gaussian", extent_nm=(0.0, 1000.0, 0.0, 1000.0))
+    render(table, pixel_size_nm=10.0, mode="gaussian")  # 20 px: drawn whole, no warning
 
 
 def test_gaussian_mode_needs_sigmas() -> None:

@@ -343,3 +343,15 @@ def test_crowded_bounds_match_an_independent_finite_difference_fisher_matrix() -
     alone = add_crowded_bounds(truth.iloc[[3]], cfg, frame_shape=shape, bg_photons=bg)
     np.testing.assert_allclose(out.loc[3, "detection_snr"], alone["detection_snr"].iloc[0],
                                rtol=1e-12)
+
+
+def test_a_variance_that_rounding_made_negative_is_nan_not_zero() -> None:
+    from denseloc.evaluate.crlb import std_from_information
+
+    # Not singular, but indefinite, as rounding can leave a nearly singular matrix: the
+    # inverse's diagonal is -1/3 for x and y. A bound of 0 nm there would be a lie.
+    info = torch.eye(5, dtype=torch.float64)
+    info[:2, :2] = torch.tensor([[1.0, 2.0], [2.0, 1.0]])
+    std = std_from_information(info[None], is_3d=True)[0]
+    assert torch.isnan(std[:2]).all()
+    torch.testing.assert_close(std[2:], torch.ones(3, dtype=torch.float64))

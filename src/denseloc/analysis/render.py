@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -32,7 +33,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import erf
 
-from denseloc.errors import DenselocError
+from denseloc.errors import DenselocError, DenselocWarning
 
 __all__ = ["render", "render_colored", "render_extent", "save_image"]
 
@@ -107,7 +108,10 @@ def render(
     v = (table["y_nm"].to_numpy(dtype=float) - y0) / pixel_size_nm
     w = np.ones(len(table)) if weights is None else np.asarray(weights, dtype=float)
     if mode == "histogram":
-        image, _, _ = np.histogram2d(v, u, bins=(ny, nx), range=((0, ny), (0, nx)), weights=w)
+        # Pixels are [x0, x0 + pixel): histogram2d's last bin would also take its right edge.
+        keep = (u < nx) & (v < ny)
+        image, _, _ = np.histogram2d(v[keep], u[keep], bins=(ny, nx), range=((0, ny), (0, nx)),
+                                     weights=w[keep])
         return image
     if mode != "gaussian":
         raise DenselocError(f"unknown render mode {mode!r}; available: histogram, gaussian")
@@ -121,7 +125,18 @@ def render(
     sv = np.maximum(table["sigma_y_nm"].to_numpy(dtype=float) / pixel_size_nm, 1e-3)
     if not (np.isfinite(su).all() and np.isfinite(sv).all()):
         raise DenselocError("sigma_x_nm / sigma_y_nm hold missing or non-finite values")
-    half = np.clip(np.ceil(4 * np.maximum(su, sv)), 1, _MAX_HALF_WIDTH_PX).astype(int)
+    half = np.ceil(4 * np.maximum(su, sv))
+    cut = int((half > _MAX_HALF_WIDTH_PX).sum())
+    if cut:
+        warnings.warn(
+            f"{cut} localizations have sigmas above {_MAX_HALF_WIDTH_PX / 4:g} render pixels "
+            f"({_MAX_HALF_WIDTH_PX / 4 * pixel_size_nm:g} nm) and are drawn only within "
+            f"{_MAX_HALF_WIDTH_PX} pixels of their centre, narrower than their sigma; filter "
+            "them (denseloc localize --max-sigma-nm) or render larger pixels",
+            DenselocWarning,
+            stacklevel=2,
+        )
+    half = np.clip(half, 1, _MAX_HALF_WIDTH_PX).astype(int)
     flat = np.zeros(ny * nx)
     for k in np.unique(half):
         rows = np.flatnonzero(half == k)

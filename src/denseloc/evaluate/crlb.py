@@ -220,11 +220,12 @@ def std_from_information(info: torch.Tensor, is_3d: bool) -> torch.Tensor:
     """Standard deviations (N, 5) of (x, y, z, photons, bg); z is NaN for 2D models.
 
     Rows whose information matrix is singular (a parameter the data says nothing about) are
-    NaN.
+    NaN, and so is a variance that rounding made zero or negative (a near-singular matrix):
+    never a bound of 0 nm.
     """
     inverse, singular = torch.linalg.inv_ex(info)
     var = inverse.diagonal(dim1=1, dim2=2)
-    std = var.clamp_min(0).sqrt()
+    std = torch.where(var > 0, var.clamp_min(0).sqrt(), torch.full_like(var, float("nan")))
     std = torch.where((singular == 0)[:, None], std, torch.full_like(std, float("nan")))
     if not is_3d:
         nan = torch.full_like(std[:, :1], float("nan"))
