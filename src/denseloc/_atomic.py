@@ -18,24 +18,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
     On an exception the temporary file is removed and `path` is left untouched.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = _new_file(path)
-    try:
+    with atomic_paths(path) as (tmp_path,):
         yield tmp_path
-        _fsync(tmp_path)  # the contents reach the disk before the name does (power loss)
-        os.replace(tmp_path, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
 
 
 @contextlib.contextmanager
 def atomic_paths(*paths: str | os.PathLike) -> Iterator[list[Path]]:
-    """:func:`atomic_path` for files that belong together: none is renamed unless all are
-    written, so an interrupted run leaves the old set (or none), never a mix."""
-    with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(atomic_path(p)) for p in paths]
+    """:func:`atomic_path` for files that belong together.
+
+    All are written and synced to disk before the first is renamed, and the renames follow
+    one another at once: an interrupted run leaves the old set (or none), not a mix.
+    """
+    targets = [Path(p) for p in paths]
+    tmps: list[Path] = []
+    try:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmps.append(_new_file(target))
+        yield list(tmps)
+        for tmp in tmps:
+            _fsync(tmp)  # the contents reach the disk before the names do (power loss)
+        for tmp, target in zip(tmps, targets, strict=True):
+            os.replace(tmp, target)
+    finally:
+        for tmp in tmps:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
 
 def _new_file(path: Path) -> Path:

@@ -264,7 +264,12 @@ def test_a_pixel_size_that_contradicts_the_files_is_refused(shared_data: Path,
     assert read_table(locs, pixel_size_nm=130).attrs["pixel_size_nm"] == 130
     with pytest.raises(InputFileError, match=r"YAML records 160 or 130 nm pixels, but 100 nm"):
         read_table(locs, pixel_size_nm=100)
-    # Without a recorded pixel size, the one given is used.
+    # Without a recorded pixel size, or with one that is invalid, the one given is used.
+    with h5py.File(path, "r+") as f:
+        f["meta"].attrs["px_size"] = [100.0, 120.0]  # non-square: unreadable without a size
+    with pytest.raises(InputFileError, match="non-square pixels"):
+        read_table(path)
+    assert read_table(path, pixel_size_nm=160).attrs["pixel_size_nm"] == 160
     with h5py.File(path, "r+") as f:
         del f["meta"].attrs["px_size"]
     assert read_table(path, pixel_size_nm=160).attrs["pixel_size_nm"] == 160

@@ -112,18 +112,20 @@ def test_simulated_movie_files(tmp_path) -> None:
     assert not any(p.name.endswith(".part") for p in (tmp_path / "sim").iterdir())
 
 
-def test_an_interrupted_simulation_leaves_the_folders_old_files(tmp_path) -> None:
+def test_an_interrupted_simulation_leaves_the_folders_old_files(tmp_path, monkeypatch) -> None:
+    from denseloc.sim import simulator
+
     cfg = small_config()
     paths = simulate_movie(cfg, tmp_path / "sim")
     before = {name: path.read_bytes() for name, path in paths.items()}
     other = cfg.model_copy(update={"simulation": cfg.simulation.model_copy(update={"seed": 9})})
 
-    def interrupt(done: int, total: int) -> None:
-        if done == total:  # the movie is complete, the ground truth not yet written
-            raise KeyboardInterrupt
+    def interrupt(*args, **kwargs):  # the movie is written, its ground truth not yet
+        raise KeyboardInterrupt
 
+    monkeypatch.setattr(simulator, "background_at", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        simulate_movie(other, tmp_path / "sim", chunk_frames=5, progress=interrupt)
+        simulate_movie(other, tmp_path / "sim", chunk_frames=5)
     assert {name: path.read_bytes() for name, path in paths.items()} == before
     assert sorted(p.name for p in (tmp_path / "sim").iterdir()) == sorted(
         p.name for p in paths.values())

@@ -185,7 +185,9 @@ def render_colored(
         raise DenselocError(f"cannot colour by {by!r}: the table has no such column")
     values = table[by].to_numpy(dtype=float)
     density = render(table, **kwargs)
-    weighted = render(table, weights=values, **kwargs)
+    with warnings.catch_warnings():  # said once, by the first
+        warnings.simplefilter("ignore", DenselocWarning)
+        weighted = render(table, weights=values, **kwargs)
     lo, hi = np.percentile(values, [1, 99]) if value_range is None else value_range
     mean = np.divide(weighted, density, out=np.zeros_like(density), where=density > 0)
     hue = colormaps[cmap](np.clip((mean - lo) / max(hi - lo, 1e-12), 0, 1))[..., :3]

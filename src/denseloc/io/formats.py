@@ -553,10 +553,18 @@ def _read_picasso_info(path: Path) -> list[dict[str, Any]]:
     return [d for d in docs if isinstance(d, dict)]
 
 
-def _picasso_pixel_sizes(path: Path, info: list[dict[str, Any]]) -> list[float]:
-    """Every pixel size Picasso metadata records (``Camera.Pixelsize``, ``Pixelsize``)."""
-    return [_check_pixel_size(d[key], f"{path}: {key}") for d in info
-            for key in ("Camera.Pixelsize", "Pixelsize") if d.get(key) is not None]
+def _recorded_picasso_pixel_sizes(path: Path) -> list[float]:
+    """Every valid pixel size a Picasso sidecar records (``Camera.Pixelsize``, ``Pixelsize``);
+    a missing or unreadable sidecar, or an invalid value, records none."""
+    try:
+        info = _read_picasso_info(path)
+    except DenselocError:
+        return []
+    sizes = []
+    for value in (d[k] for d in info for k in ("Camera.Pixelsize", "Pixelsize") if k in d):
+        with contextlib.suppress(DenselocError):
+            sizes.append(_check_pixel_size(value))
+    return sizes
 
 
 def _picasso_pixel_size(path: Path, info: list[dict[str, Any]]) -> float | None:
@@ -636,7 +644,7 @@ def _picasso_px_for_reading(path: Path, pixel_size_nm: float | None) -> float:
     movie_sidecar = path.with_name(re.sub(r"_locs$", "", path.stem) + ".yaml")
     sidecars = [sidecar] if movie_sidecar == sidecar else [sidecar, movie_sidecar]
     if pixel_size_nm is not None:  # any size the sidecars record may be chosen
-        recorded = [px for f in sidecars for px in _picasso_pixel_sizes(f, _read_picasso_info(f))]
+        recorded = [px for f in sidecars for px in _recorded_picasso_pixel_sizes(f)]
         return _given_or_recorded_px(path, pixel_size_nm, recorded, "its Picasso YAML")
     for f in sidecars:
         px = _picasso_pixel_size(f, _read_picasso_info(f))
@@ -869,18 +877,19 @@ def _decode_columns(data: dict, px: float, scale: float) -> dict[str, np.ndarray
 
 
 def _decode_px_for_reading(path: Path, meta: dict[str, Any], pixel_size_nm: float | None) -> float:
+    if pixel_size_nm is not None:
+        try:
+            recorded = [_decode_px_for_reading(path, meta, None)]
+        except (DenselocError, TypeError, ValueError):
+            recorded = []  # a missing or invalid recorded size cannot contradict the one given
+        return _given_or_recorded_px(path, pixel_size_nm, recorded, "its meta/px_size")
     raw = meta.get("px_size")
     if raw is None or np.size(raw) == 0:
-        if pixel_size_nm is None:
-            raise InputFileError(path, f"meta/px_size missing; pass {_PIXEL_SIZE_HINT}")
-        return _check_pixel_size(pixel_size_nm)
+        raise InputFileError(path, f"meta/px_size missing; pass {_PIXEL_SIZE_HINT}")
     sizes = np.atleast_1d(np.asarray(raw, dtype=np.float64))
     if not np.allclose(sizes, sizes[0]):
         raise InputFileError(path, f"non-square pixels {sizes.tolist()} nm are not supported")
-    stored = _check_pixel_size(sizes[0], f"{path}: meta/px_size")
-    if pixel_size_nm is None:
-        return stored
-    return _given_or_recorded_px(path, pixel_size_nm, [stored], "its meta/px_size")
+    return _check_pixel_size(sizes[0], f"{path}: meta/px_size")
 
 
 def write_decode(
@@ -1102,12 +1111,16 @@ def writable_format(path: PathLike, format: str | None = None) -> str:
         nearest existing folder on its way is not writable.
     """
     path = Path(path)
-    if path.is_dir():
-        raise DenselocError(f"{path} is a folder; give a file name, e.g. {path / 'locs.csv'}")
-    folder = path.absolute().parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+    try:
+        if path.is_dir():
+            raise DenselocError(f"{path} is a folder; give a file name, e.g. {path / 'locs.csv'}")
+        folder = path.absolute().parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        writable = folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+    except OSError as exc:  # e.g. a folder on the way that may not be searched
+        raise DenselocError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if not writable:
         raise DenselocError(f"cannot write {path}: {folder} is not a writable folder")
     if format is None:
         names = _formats_for_suffix(path)
