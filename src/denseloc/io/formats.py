@@ -82,6 +82,7 @@ import yaml
 from denseloc import __version__
 from denseloc._atomic import atomic_path
 from denseloc.errors import DenselocError, DenselocWarning, InputFileError
+from denseloc.io import _picasso_yaml as picasso_yaml
 from denseloc.table import METADATA_KEYS, REQUIRED, nm_to_px, px_to_nm, validate
 
 __all__ = [
@@ -528,65 +529,6 @@ _PICASSO_DTYPES = {
 _PICASSO_ALWAYS = ("frame", "x", "y", "photons", "sx", "sy", "bg", "lpx", "lpy")
 
 
-class _InfoLoader(yaml.SafeLoader):
-    """Safe YAML loader that reads Python-tagged nodes (Picasso uses ``yaml.dump``) as data."""
-
-
-def _construct_plain(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
-    del suffix
-    if isinstance(node, yaml.MappingNode):
-        return loader.construct_mapping(node, deep=True)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node, deep=True)
-    return loader.construct_scalar(node)
-
-
-_InfoLoader.add_multi_constructor("tag:yaml.org,2002:python/", _construct_plain)
-
-
-def _read_picasso_info(path: Path) -> list[dict[str, Any]]:
-    """The documents of a Picasso YAML sidecar ([] when there is none)."""
-    if not path.is_file():
-        return []
-    with _reading(path, "Picasso YAML"):
-        docs = list(yaml.load_all(path.read_text(encoding="utf-8"), Loader=_InfoLoader))
-    return [d for d in docs if isinstance(d, dict)]
-
-
-def _recorded_picasso_pixel_sizes(path: Path) -> list[float]:
-    """Every valid pixel size a Picasso sidecar records (``Camera.Pixelsize``, ``Pixelsize``);
-    a missing or unreadable sidecar, or an invalid value, records none."""
-    try:
-        info = _read_picasso_info(path)
-    except DenselocError:
-        return []
-    sizes = []
-    for value in (d[k] for d in info for k in ("Camera.Pixelsize", "Pixelsize") if k in d):
-        with contextlib.suppress(DenselocError):
-            sizes.append(_check_pixel_size(value))
-    return sizes
-
-
-def _picasso_pixel_size(path: Path, info: list[dict[str, Any]]) -> float | None:
-    """Pixel size from Picasso metadata: the camera's if given, else Localize's ``Pixelsize``."""
-    camera = [d["Camera.Pixelsize"] for d in info if d.get("Camera.Pixelsize") is not None]
-    other = [d["Pixelsize"] for d in info if d.get("Pixelsize") is not None]
-    if camera:
-        chosen = _check_pixel_size(camera[-1], f"{path}: Camera.Pixelsize")
-        if other and _check_pixel_size(other[-1], f"{path}: Pixelsize") != chosen:
-            warnings.warn(
-                f"{path}: the movie's Camera.Pixelsize is {camera[-1]} nm but Pixelsize "
-                f"(Picasso Localize) is {other[-1]} nm; using {camera[-1]} nm. "
-                "Pass `pixel_size_nm` to choose.",
-                DenselocWarning,
-                stacklevel=4,
-            )
-        return chosen
-    if other:
-        return _check_pixel_size(other[-1], f"{path}: Pixelsize")
-    return None
-
-
 def read_picasso(path: PathLike, *, pixel_size_nm: float | None = None) -> pd.DataFrame:
     """Read Picasso localizations (HDF5 ``locs`` + YAML sidecar).
 
@@ -644,10 +586,10 @@ def _picasso_px_for_reading(path: Path, pixel_size_nm: float | None) -> float:
     movie_sidecar = path.with_name(re.sub(r"_locs$", "", path.stem) + ".yaml")
     sidecars = [sidecar] if movie_sidecar == sidecar else [sidecar, movie_sidecar]
     if pixel_size_nm is not None:  # any size the sidecars record may be chosen
-        recorded = [px for f in sidecars for px in _recorded_picasso_pixel_sizes(f)]
+        recorded = [px for f in sidecars for px in picasso_yaml.recorded_pixel_sizes(f)]
         return _given_or_recorded_px(path, pixel_size_nm, recorded, "its Picasso YAML")
     for f in sidecars:
-        px = _picasso_pixel_size(f, _read_picasso_info(f))
+        px = picasso_yaml.pixel_size(f, picasso_yaml.read_info(f), stacklevel=3)
         if px is not None:
             return px
     raise InputFileError(

@@ -38,10 +38,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import tifffile
-import yaml
 
 from denseloc._atomic import atomic_path
 from denseloc.errors import InputFileError
+from denseloc.io import _picasso_yaml as picasso_yaml
 
 __all__ = ["Movie", "open_movie", "read_pixel_size_nm", "write_tiff"]
 
@@ -669,21 +669,17 @@ def _open_folder(folder: Path) -> Movie:
 # --------------------------------------------------------------------------------------------
 
 
-def _picasso_info(raw_path: Path) -> tuple[Path, dict[str, Any]]:
-    """The sidecar path and its first YAML document (Picasso may write several)."""
+def _picasso_info(raw_path: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """The sidecar path and its documents; the first one describes the movie."""
     yaml_path = raw_path.with_suffix(".yaml")
     if not yaml_path.is_file():
         raise InputFileError(
             yaml_path, "not found: a Picasso .raw movie needs its .yaml sidecar (same stem)"
         )
-    try:
-        with yaml_path.open(encoding="utf-8") as f:
-            info = next(iter(yaml.safe_load_all(f)), None)
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise InputFileError(yaml_path, f"cannot be parsed as YAML ({exc})") from exc
-    if not isinstance(info, dict):
+    docs = picasso_yaml.read_info(yaml_path)
+    if not docs:
         raise InputFileError(yaml_path, "is not a Picasso metadata file (no key: value mapping)")
-    return yaml_path, info
+    return yaml_path, docs
 
 
 def _picasso_int(info: Mapping[str, Any], key: str, yaml_path: Path) -> int:
@@ -694,7 +690,8 @@ def _picasso_int(info: Mapping[str, Any], key: str, yaml_path: Path) -> int:
 
 
 def _open_picasso_raw(path: Path) -> Movie:
-    yaml_path, info = _picasso_info(path)
+    yaml_path, docs = _picasso_info(path)
+    info = docs[0]
     n_frames = _picasso_int(info, "Frames", yaml_path)
     height = _picasso_int(info, "Height", yaml_path)
     width = _picasso_int(info, "Width", yaml_path)
@@ -733,7 +730,8 @@ def read_pixel_size_nm(path: str | os.PathLike) -> float | None:
 
     Looked up, in order: ImageJ metadata (``unit`` and the XResolution tag), OME-XML
     (``PhysicalSizeX``), the TIFF resolution tags with a metric ResolutionUnit; for a Picasso
-    ``.raw`` movie the ``Pixelsize`` or ``Camera.Pixelsize`` entry (nm) of its ``.yaml``; for a
+    ``.raw`` movie the ``Camera.Pixelsize`` entry (nm) of its ``.yaml``, else ``Pixelsize``
+    (Picasso Localize's setting, with a warning if both differ), as for Picasso tables; for a
     folder, its first TIFF file.
 
     Parameters
@@ -751,6 +749,11 @@ def read_pixel_size_nm(path: str | os.PathLike) -> float | None:
     ------
     denseloc.errors.InputFileError
         If the file cannot be read, or its pixels are not square.
+
+    Warns
+    -----
+    denseloc.errors.DenselocWarning
+        If a Picasso sidecar records two different pixel sizes.
     """
     path = Path(path)
     if path.is_dir():
@@ -761,11 +764,8 @@ def read_pixel_size_nm(path: str | os.PathLike) -> float | None:
     if not path.exists():
         raise InputFileError(path, "file not found")
     if path.suffix.lower() == ".raw":
-        yaml_path, info = _picasso_info(path)
-        for key in ("Pixelsize", "Camera.Pixelsize"):
-            if key in info:
-                return _positive_size(info[key], yaml_path, key)
-        return None
+        yaml_path, docs = _picasso_info(path)
+        return picasso_yaml.pixel_size(yaml_path, docs)
     with _tifffile_records():
         try:
             with tifffile.TiffFile(path) as tif:
