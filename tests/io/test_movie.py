@@ -53,11 +53,10 @@ def _ome(tmp: Path, data: np.ndarray) -> Path:
     return path
 
 
-def _ome_two_series(tmp: Path, data: np.ndarray) -> Path:
-    path = tmp / "two_series.ome.tif"
-    with tifffile.TiffWriter(path, ome=True) as tif:
-        tif.write(data[:5], metadata={"axes": "TYX"})
-        tif.write(data[5:], metadata={"axes": "TYX"})
+def _two_series(tmp: Path, data: np.ndarray) -> Path:
+    path = tmp / "two_series.tif"  # a movie written in two appends
+    tifffile.imwrite(path, data[:5])
+    tifffile.imwrite(path, data[5:], append=True)
     with tifffile.TiffFile(path) as tif:
         assert len(tif.series) == 2
     return path
@@ -114,7 +113,7 @@ KINDS: dict[str, Callable[[Path, np.ndarray], Path]] = {
     "multipage": _multipage,
     "bigtiff": _bigtiff,
     "ome": _ome,
-    "ome_two_series": _ome_two_series,
+    "two_series": _two_series,
     "imagej_hyperstack": _imagej_hyperstack,
     "zlib": _zlib,
     "big_endian": _big_endian,
@@ -450,6 +449,27 @@ def test_folder_with_multiframe_file_names_the_file(tmp_path: Path) -> None:
     tifffile.imwrite(folder / "a2.tif", np.zeros((3, 8, 8), np.uint16), photometric="minisblack")
     with _raises_naming(folder / "a2.tif", "holds 3 frames"):
         open_movie(folder)
+
+
+def test_ome_images_are_concatenated_with_a_warning(tmp_path: Path) -> None:
+    data = ramp_movie()
+    path = tmp_path / "positions.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(data[:5], metadata={"axes": "TYX"})
+        tif.write(data[5:], metadata={"axes": "TYX"})
+    with pytest.warns(DenselocWarning, match=r"2 OME images \(Image0, Image1\).*different pos"):
+        movie = open_movie(path)
+    with movie:
+        np.testing.assert_array_equal(movie[:], data)
+
+
+@pytest.mark.parametrize("ome", [False, True])
+def test_channels_are_not_frames(tmp_path: Path, ome: bool) -> None:
+    path = tmp_path / ("channels.ome.tif" if ome else "channels.tif")
+    kwargs = {"ome": True} if ome else {"imagej": True}
+    tifffile.imwrite(path, ramp_movie()[:3], metadata={"axes": "CYX"}, **kwargs)
+    with _raises_naming(path, "holds 3 channels"):
+        open_movie(path)
 
 
 def test_raw_with_wrong_size(tmp_path: Path) -> None:

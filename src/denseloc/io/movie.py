@@ -8,8 +8,11 @@ frame. Reading a chunk of frames therefore costs memory proportional to the chun
 
 Supported inputs
 ----------------
-- a multi-page TIFF, BigTIFF, OME-TIFF (all series are concatenated, in order) or ImageJ
-  hyperstack; a single-page 2D TIFF is a movie of one frame;
+- a multi-page TIFF, BigTIFF, OME-TIFF or ImageJ hyperstack; a single-page 2D TIFF is a movie
+  of one frame. Several series (e.g. appended by ``tifffile``) are concatenated in order, with
+  a warning for OME-TIFF, where they may be different positions. A file with one
+  non-singleton axis besides (H, W) holds frames along it (time, or z for bead stacks), unless
+  that axis is channels: several channels are refused, as are several non-singleton axes;
 - a folder of single-frame TIFFs, ordered naturally by the numbers in their names
   (``img_2.tif`` before ``img_10.tif``);
 - a Picasso ``.raw`` movie with its ``.yaml`` sidecar of the same stem.
@@ -40,7 +43,7 @@ import numpy as np
 import tifffile
 
 from denseloc._atomic import atomic_path
-from denseloc.errors import InputFileError
+from denseloc.errors import DenselocWarning, InputFileError
 from denseloc.io import _picasso_yaml as picasso_yaml
 
 __all__ = ["Movie", "open_movie", "read_pixel_size_nm", "write_tiff"]
@@ -250,7 +253,12 @@ def open_movie(path: str | os.PathLike) -> Movie:
     ------
     denseloc.errors.InputFileError
         If the file is missing, is not a readable movie, is truncated, or does not hold a
-        grayscale movie of shape (T, H, W) (e.g. RGB, or several channels and time points).
+        grayscale movie of shape (T, H, W) (e.g. RGB, or several channels).
+
+    Warns
+    -----
+    denseloc.errors.DenselocWarning
+        If an OME-TIFF holds several images (series), which are read as one movie.
     """
     path = Path(path)
     if path.is_dir():
@@ -453,6 +461,15 @@ def _tiff_segments(
         segments.append(_series_segment(tif, series, path, n_frames, shape, frame))
         frame += n_frames
     assert frame_shape is not None and dtype is not None
+    if tif.is_ome and len(all_series) > 1:
+        names = ", ".join(str(series.name) for series in all_series[:4])
+        warnings.warn(
+            f"{path}: holds {len(all_series)} OME images ({names}{', ...' * (len(all_series) > 4)})"
+            f"; they are read one after another as one movie of {frame - first_frame} frames. "
+            "If they are different positions or fields of view, save each as its own file.",
+            DenselocWarning,
+            stacklevel=4,
+        )
     _check_imagej_frame_count(tif, path, first_frame, frame - first_frame)
     _check_page_chain(tif, path, first_frame, records)
     return segments, frame_shape, dtype
@@ -483,6 +500,12 @@ def _series_layout(
             f"{label}has {len(extra) + 2} non-singleton dimensions (axes {axes}, shape "
             f"{shape}): expected a movie (T, H, W); split channels or z-planes into "
             "separate files",
+        )
+    if extra and extra[0][0] == "C":
+        raise InputFileError(
+            path,
+            f"{label}holds {extra[0][1]} channels (axes {axes}, shape {shape}), not frames: "
+            "expected a movie (T, H, W); save each channel as its own file",
         )
     n_frames = extra[0][1] if extra else 1
     if n_frames == 0:
