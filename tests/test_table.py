@@ -26,12 +26,23 @@ def test_validate_orders_casts_and_keeps_extras_and_attrs() -> None:
         ({"frame": [-1], "x_nm": [1.0], "y_nm": [1.0]}, "frame must be >= 0"),
         ({"frame": [0.5], "x_nm": [1.0], "y_nm": [1.0]}, "frame must hold integers"),
         ({"frame": [0], "x_nm": [np.nan], "y_nm": [1.0]}, "x_nm has missing"),
-        ({"frame": [0], "x_nm": ["a"], "y_nm": [1.0]}, "x_nm has missing"),
+        ({"frame": [0], "x_nm": ["a"], "y_nm": [1.0]}, "x_nm holds 1 value.*not numbers"),
+        (
+            {"frame": [0, 1, 2], "x_nm": [1.0] * 3, "y_nm": [1.0] * 3, "photons": [5, "1,5", "x"]},
+            r"photons holds 2 value\(s\) that are not numbers, e.g. '1,5' in row 1",
+        ),
     ],
 )
 def test_invalid_tables(data, match) -> None:
     with pytest.raises(TableError, match=match):
         validate(pd.DataFrame(data), name="locs.csv")
+
+
+def test_missing_optional_values_are_nan() -> None:
+    t = validate(pd.DataFrame({"frame": [0, 1], "x_nm": [1.0, 2.0], "y_nm": [1.0, 2.0],
+                               "photons": ["12.5", None], "bg": [np.nan, 3]}))
+    np.testing.assert_array_equal(t["photons"], [12.5, np.nan])
+    np.testing.assert_array_equal(t["bg"], [np.nan, 3.0])
 
 
 def test_empty_table_and_schema_units() -> None:

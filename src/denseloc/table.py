@@ -109,8 +109,9 @@ def validate(table: pd.DataFrame, *, name: str = "table") -> pd.DataFrame:
     Raises
     ------
     TableError
-        If a required column is missing, a position is not finite, or a frame is negative
-        or not an integer.
+        If a required column is missing, a known column holds text that is not a number
+        (missing values are allowed, as NaN, except in positions and integer columns), a
+        position is not finite, or a frame is negative or not an integer.
     """
     missing = [c for c in REQUIRED if c not in table.columns]
     if missing:
@@ -125,6 +126,14 @@ def validate(table: pd.DataFrame, *, name: str = "table") -> pd.DataFrame:
         if col not in out.columns:
             continue
         values = pd.to_numeric(out[col], errors="coerce")
+        unreadable = values.isna() & out[col].notna()
+        if unreadable.any():
+            example = out[col][unreadable].iloc[0]
+            raise TableError(
+                f"{name}: column {col} holds {int(unreadable.sum())} value(s) that are not "
+                f"numbers, e.g. {example!r} in row {int(np.argmax(unreadable.to_numpy()))} "
+                "(0-based; a decimal comma?)"
+            )
         if spec.dtype == "int64":
             finite = np.isfinite(values.to_numpy(dtype=float))
             if not finite.all() or (values % 1 != 0).any():
