@@ -258,6 +258,26 @@ def test_evaluate_counts_only_emitters_bright_enough_with_min_photons(tmp_path) 
     assert result.exit_code == 2 and "no photons column" in result.output, result.output
 
 
+def test_evaluate_takes_a_pixel_size_per_table(tmp_path) -> None:
+    import json
+
+    from denseloc.io import write_table
+    from denseloc.table import validate
+
+    table = validate(pd.DataFrame({"frame": [0, 1], "x_nm": [400.0, 2000.0],
+                                   "y_nm": [880.0, 1200.0], "photons": [900.0, 1500.0]}))
+    pred, truth = tmp_path / "pred.h5", tmp_path / "truth_locs.hdf5"
+    write_table(table, pred, pixel_size_nm=100.0)  # DECODE records its 100 nm pixels
+    write_table(table, truth, pixel_size_nm=160.0)
+    truth.with_suffix(".yaml").unlink()  # a Picasso table without its sidecar
+    result = run("evaluate", str(pred), "--gt", str(truth), "--pixel-size-nm", "160")
+    assert result.exit_code == 2 and "records 100 nm pixels" in result.output, result.output
+    result = run("evaluate", str(pred), "--gt", str(truth), "--gt-pixel-size-nm", "160", "--json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output)
+    assert metrics["jaccard"] == 1.0 and metrics["rmse_lateral_nm"] < 1e-3
+
+
 def test_a_psf_model_flag_replaces_a_calibration_file_of_the_config(tmp_path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text('psf: {kind: file, path: "denseloc:psf_epfl_beads_as.h5"}\n')

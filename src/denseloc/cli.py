@@ -595,6 +595,11 @@ def evaluate(
                      help="Pixel size, nm, for tables stored in px (Picasso); render, drift "
                      "and frc call it --camera-pixel-nm."),
     ] = None,
+    gt_pixel_size_nm: Annotated[
+        float | None,
+        typer.Option(help="Pixel size, nm, for the ground truth only, when it differs from "
+                     "the predictions' (default: --pixel-size-nm)."),
+    ] = None,
     min_photons: Annotated[
         float | None,
         typer.Option(help="Count only ground-truth emitters with at least this many photons in "
@@ -623,7 +628,8 @@ def evaluate(
     if min_photons is not None and not min_photons >= 0:
         raise DenselocError(f"--min-photons must be >= 0, got {min_photons:g}")
     predictions = read_table(pred, pixel_size_nm=pixel_size_nm)
-    truth = read_table(gt, pixel_size_nm=pixel_size_nm)
+    truth = read_table(gt, pixel_size_nm=pixel_size_nm if gt_pixel_size_nm is None
+                       else gt_pixel_size_nm)
     if (min_photons is not None or config is not None) and "photons" not in truth:
         flag = "--min-photons" if min_photons is not None else "--config"
         raise DenselocError(f"{flag}: {gt} has no photons column")
