@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from denseloc.config import Config
+from denseloc.errors import DenselocWarning
 from denseloc.evaluate.crlb import (
     NoiseModel,
     add_crlb_columns,
@@ -280,6 +281,17 @@ def test_neighbours_raise_the_bound_and_lower_the_detection_snr() -> None:
                               cfg, frame_shape=(64, 64), bg_photons=40.0)
     np.testing.assert_allclose(both["detection_snr"].iloc[[0, 2]],
                                first["detection_snr"].iloc[[0, -1]], rtol=1e-9)
+
+
+def test_a_frame_with_coincident_emitters_gets_nan_bounds_and_a_warning() -> None:
+    truth = pd.concat([emitters([30.0, 30.0, 40.0], [30.2, 30.2, 30.0], frame=0),  # a twin row
+                       emitters([30.0, 36.0], [30.2, 30.2], frame=1)])
+    with pytest.warns(DenselocWarning, match=r"1 frame\(s\) \(0\) is singular"):
+        out = add_crowded_bounds(truth, Config(), frame_shape=(64, 64), bg_photons=40.0)
+    new = [c for c in out.columns if c.startswith(("crlb_crowded", "detection_snr"))]
+    assert len(new) == 5 and out.iloc[:3][new].isna().all().all()
+    alone = add_crowded_bounds(truth.iloc[3:], Config(), frame_shape=(64, 64), bg_photons=40.0)
+    pd.testing.assert_frame_equal(out.iloc[3:][new], alone[new])  # other frames unaffected
 
 
 def test_crowded_bounds_for_a_2d_psf_leave_z_empty_and_refuse_huge_frames() -> None:

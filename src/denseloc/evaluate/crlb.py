@@ -23,6 +23,7 @@ bounds and detection signal-to-noise ratios of emitters whose light overlaps.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -30,6 +31,7 @@ import pandas as pd
 import torch
 
 from denseloc.config import CameraConfig, Config
+from denseloc.errors import DenselocWarning
 from denseloc.sim.camera import Camera, read_variance_e2
 from denseloc.sim.psf import PSF, patch_origin, place_patches
 
@@ -358,17 +360,22 @@ def add_crowded_bounds(
 
     ``detection_snr`` is ``photons / bound of photons`` with the emitter's own position and z
     known (its neighbours' and the background still fitted): how many standard deviations the
-    emitter's light stands above none at all. It is the signal-to-noise ratio of the best test
-    for the emitter's presence at its place (at zero photons its position means nothing, so
-    the test is made at a given place), and no detector reliably finds emitters below about
-    3-5 (the threshold depends on how many places it searches). For a lone emitter it is
-    ``photons * sqrt(I_NN - I_Nb^2 / I_bb)`` of the single-emitter information.
+    emitter's light stands above none at all, to the Fisher information's (large-photon)
+    approximation. It describes a test for the emitter's presence at a given place (at zero
+    photons its position means nothing); a detector that must also search for the place
+    needs more, and as a rule of thumb, not a bound, few detectors find emitters below about
+    3-5. For a lone emitter it is ``photons * sqrt(I_NN - I_Nb^2 / I_bb)`` of the
+    single-emitter information.
     ``detection_snr_known_neighbours`` is the same with every position in the frame known
     (only photons and background fitted), an optimistic version: it cannot be lower.
 
     Two nearly coincident emitters both get a low detection SNR (their photons cannot be told
     apart), yet one detection there finds one of them: a ceiling built on these numbers
-    undercounts such pairs.
+    undercounts such pairs. Exactly coincident ones (e.g. a row listed twice) make the
+    information singular: that frame's five columns are NaN, with a warning.
+
+    The background is one level per frame (the mean of its rows' ``bg``): a background that
+    varies across the frame is averaged.
 
     Parameters
     ----------
@@ -412,6 +419,7 @@ def add_crowded_bounds(
     }
     default_bg = float(np.mean(config.background.level_photons))
     margin = 2 * psf.default_patch_size()  # place_patches renders into a padded stack
+    singular: list[int] = []
     for _, rows in truth.groupby("frame").indices.items():
         n = len(rows)
         elements = (n * n_par + 1) * (height + margin) * (width + margin)
@@ -427,13 +435,25 @@ def add_crowded_bounds(
             bg = float(frame["bg"].mean())
         else:
             bg = default_bg
-        std, snr = _frame_bounds(psf, noise, frame, bg, px, (height, width))
+        bounds = _frame_bounds(psf, noise, frame, bg, px, (height, width))
+        if bounds is None:
+            singular.append(int(frame["frame"].iloc[0]))
+            continue
+        std, snr = bounds
         columns["crlb_crowded_x_nm"][rows] = std[:, 0].numpy() * px
         columns["crlb_crowded_y_nm"][rows] = std[:, 1].numpy() * px
         if psf.is_3d:
             columns["crlb_crowded_z_nm"][rows] = std[:, 2].numpy()
         columns["detection_snr"][rows] = snr[:, 0].numpy()
         columns["detection_snr_known_neighbours"][rows] = snr[:, 1].numpy()
+    if singular:
+        shown = ", ".join(map(str, singular[:5])) + (", ..." if len(singular) > 5 else "")
+        warnings.warn(
+            f"the Fisher information of {len(singular)} frame(s) ({shown}) is singular, "
+            "e.g. two emitters at the same place: their crowded bounds are NaN",
+            DenselocWarning,
+            stacklevel=2,
+        )
     out = truth.copy()
     for name, values in columns.items():
         out[name] = values
@@ -455,10 +475,11 @@ def _frame_bounds(
     bg: float,
     pixel_size_nm: float,
     shape: tuple[int, int],
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Bounds (n, P) of (x [px], y [px], [z [nm],] photons) of one frame's emitters, all fitted
     jointly with a uniform background, and their detection SNRs (n, 2) with the neighbours'
-    positions fitted and known (see :func:`add_crowded_bounds`)."""
+    positions fitted and known (see :func:`add_crowded_bounds`); None if the information is
+    singular."""
     height, width = shape
     size = psf.default_patch_size()
     n = len(frame)
@@ -484,7 +505,9 @@ def _frame_bounds(
     ones = torch.ones(1, height * width, dtype=torch.float64)
     jac = torch.cat([placed.reshape(n * n_par, -1), ones])
     info = information_from_jacobian(mu[None], jac[None], noise)[0]
-    cov = torch.linalg.inv(info)
+    cov, singular = torch.linalg.inv_ex(info)
+    if singular.item() or not torch.isfinite(cov).all():
+        return None
     std = cov.diagonal().clamp_min(0).sqrt()[:-1].reshape(n, n_par)
     # The photons' variance with the emitter's own position known: conditioning the joint
     # covariance on it (its Schur complement) is the inverse of the information without it.

@@ -68,7 +68,6 @@ import logging
 import math
 import os
 import re
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +80,7 @@ import yaml
 
 from denseloc import __version__
 from denseloc._atomic import atomic_path
-from denseloc.errors import DenselocError, DenselocWarning, InputFileError
+from denseloc.errors import DenselocError, InputFileError
 from denseloc.io import _picasso_yaml as picasso_yaml
 from denseloc.table import METADATA_KEYS, REQUIRED, nm_to_px, px_to_nm, validate
 
