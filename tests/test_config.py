@@ -36,10 +36,13 @@ def test_partial_yaml_fills_defaults(tmp_path) -> None:
     [
         ("camera: {em_gain: 0.5}", r"camera\.em_gain: .*greater than or equal to 1"),
         ("camera: {adc_max_adu: 65536}", r"camera\.adc_max_adu: .*less than or equal to 65535"),
-        ("image: {pixel_size_nm: -100}", r"image\.pixel_size_nm: .*greater than 0"),
+        ("image: {pixel_size_nm: -100}", r"image\.pixel_size_nm: .*greater than or equal to 10"),
+        ("image: {pixel_size_nm: 6500}", r"image\.pixel_size_nm: .*less than or equal to 1000"),
+        ("camera: {em_gain: 1}", r"em_gain 1 is EM gain off: use kind: scmos"),
+        ("camera: {baseline_adu: 70000}", r"baseline_adu 70000 must be below adc_max_adu 65535"),
         ("emitters: {density_per_um2: -1}", r"emitters\.density_per_um2"),
         ("psf: {kind: spline}", r"psf\.kind"),
-        ("camera: {kind: scmos}", r"em_gain applies to EMCCD"),
+        ("camera: {kind: scmos, em_gain: 100}", r"em_gain applies to EMCCD"),
         ("psf: {kind: file}", r"needs path"),
         ("psf: {path: psf.h5}", r"set kind: file to use the calibration"),
         ("psf: {kind: gaussian, path: psf.h5}", r"kind is 'gaussian'"),
@@ -101,7 +104,18 @@ def test_input_digests_notice_changed_and_missing_files(tmp_path) -> None:
 
 @pytest.mark.parametrize("name", list(CAMERA_PRESETS))
 def test_camera_presets_are_valid(name: str) -> None:
-    assert Config().with_camera_preset(name).camera.kind == name
+    camera = Config().with_camera_preset(name).camera
+    assert camera.kind == name
+    assert camera.model_dump(include=set(CAMERA_PRESETS[name])) == CAMERA_PRESETS[name]
+
+
+def test_a_camera_kind_fills_the_fields_left_out_from_its_preset(tmp_path) -> None:
+    # not the EMCCD's 45 e-/ADU and 74 e- read noise under an sCMOS label
+    path = tmp_path / "scmos.yaml"
+    path.write_text("camera: {kind: scmos, baseline_adu: 120}\n")
+    camera = load_config(path).camera
+    assert (camera.e_per_adu, camera.read_noise_e, camera.qe) == (0.46, 1.6, 0.82)
+    assert camera.baseline_adu == 120 and camera.em_gain == 1
 
 
 def test_config_differences_name_each_changed_setting() -> None:

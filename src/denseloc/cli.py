@@ -242,10 +242,6 @@ _NO_CAMERA = (
 )
 
 
-_PLAUSIBLE_PIXEL_NM = (10.0, 1000.0)
-"""Pixel sizes in the sample that a movie's metadata may give without --pixel-size-nm."""
-
-
 def _localize_config(
     stack: Path,
     *,
@@ -256,6 +252,7 @@ def _localize_config(
     camera_values: dict[str, float | None],
 ):
     """The configuration a localization run uses: file, then flags, then TIFF metadata."""
+    from denseloc.config import PLAUSIBLE_PIXEL_NM
     from denseloc.io.movie import read_pixel_size_nm
 
     config_path = Path(camera) if camera and Path(camera).is_file() else None
@@ -275,7 +272,7 @@ def _localize_config(
                 f"{stack}: no pixel size in the file; pass --pixel-size-nm "
                 "(or --camera with a full configuration)"
             )
-        if not _PLAUSIBLE_PIXEL_NM[0] <= pixel_size_nm <= _PLAUSIBLE_PIXEL_NM[1]:
+        if not PLAUSIBLE_PIXEL_NM[0] <= pixel_size_nm <= PLAUSIBLE_PIXEL_NM[1]:
             raise DenselocError(
                 f"{stack.name}'s metadata gives {pixel_size_nm:g} nm pixels, not a pixel size "
                 "in the sample (the camera chip's, perhaps); pass --pixel-size-nm"
@@ -537,7 +534,13 @@ def _network_config(model: str, device: str, stack: Path, camera: str | None,
 def calibrate(
     beads: Annotated[Path, typer.Argument(help="Bead z-stack (TIFF), shape (z, H, W), in ADU.")],
     out: Annotated[Path, typer.Option("--out", help="Spline PSF file to write (.h5).")],
-    z_step_nm: Annotated[float, typer.Option(help="Distance between slices, nm.")],
+    z_step_nm: Annotated[
+        float,
+        typer.Option(help="Change of the beads' z relative to the focal plane from one slice "
+                     "to the next, nm: negative (e.g. -10) when the focus moved up, into the "
+                     "sample, between slices (the usual stack; SMAP and DECODE read stacks "
+                     "so). The sign mirrors the PSF, and every z, in z."),
+    ],
     pixel_size_nm: Annotated[float, typer.Option(help="Pixel size, nm.")],
     camera: Annotated[
         str | None,

@@ -67,13 +67,21 @@ def _ordered(value: tuple[float, float], name: str) -> tuple[float, float]:
     return value
 
 
+PLAUSIBLE_PIXEL_NM = (10.0, 1000.0)
+"""Camera pixel sizes in the sample that are accepted, nm: a chip's pixel (e.g. 6.5 um) or a
+size in um typed as nm would scale every position."""
+
+
 class ImageConfig(_Model):
     """Frame geometry."""
 
     size_px: tuple[int, int] = Field(
         (64, 64), description="frame size (height, width) in px; a single number means square"
     )
-    pixel_size_nm: float = Field(100.0, gt=0, description="camera pixel size in the sample, nm")
+    pixel_size_nm: float = Field(
+        100.0, ge=PLAUSIBLE_PIXEL_NM[0], le=PLAUSIBLE_PIXEL_NM[1],
+        description="camera pixel size in the sample, nm (not the chip's pixel, several um)",
+    )
 
     @field_validator("size_px", mode="before")
     @classmethod
@@ -96,6 +104,10 @@ class CameraConfig(_Model):
     ``ADU = round((EM(Poisson(photons * qe + spurious)) + N(0, read_noise)) / e_per_adu
     + baseline)``, clipped to ``[0, adc_max_adu]``; EM is Gamma(shape = electrons,
     scale = em_gain) for an EMCCD and the identity otherwise.
+
+    The defaults are the EMCCD of the SMLM Challenge 2016; with ``kind: scmos`` or
+    ``kind: ideal``, fields left out take that kind's preset (:data:`CAMERA_PRESETS`), as
+    ``--camera scmos`` does.
     """
 
     kind: Literal["emccd", "scmos", "ideal"] = Field(
@@ -129,6 +141,14 @@ class CameraConfig(_Model):
     MAP_FIELDS: ClassVar[tuple[str, ...]] = ("offset_map", "variance_map", "gain_map")
     """The fields that hold per-pixel maps."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_of_kind(cls, data: Any) -> Any:
+        """Fields left out take the preset of the camera's kind, not the EMCCD's defaults."""
+        if isinstance(data, dict) and data.get("kind") in CAMERA_PRESETS:
+            return {**CAMERA_PRESETS[data["kind"]], **data}
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> CameraConfig:
         if self.kind != "emccd" and self.em_gain != 1:
@@ -139,6 +159,17 @@ class CameraConfig(_Model):
             raise ValueError("an ideal camera has no read noise; set read_noise_e: 0")
         if self.kind != "scmos" and self.has_maps:
             raise ValueError("per-pixel maps apply to sCMOS cameras only (kind: scmos)")
+        if self.kind == "emccd" and self.em_gain < 2:
+            raise ValueError(
+                f"an EMCCD is modelled at high EM gain (excess noise factor 2); em_gain "
+                f"{self.em_gain:g} is EM gain off: use kind: scmos, whose model (Poisson and "
+                "read noise, no excess noise) fits a camera read without gain"
+            )
+        if self.baseline_adu >= self.adc_max_adu:
+            raise ValueError(
+                f"baseline_adu {self.baseline_adu:g} must be below adc_max_adu "
+                f"{self.adc_max_adu}: every pixel would be saturated"
+            )
         if self.roi_origin_px is not None and min(self.roi_origin_px) < 0:
             raise ValueError(f"roi_origin_px must be >= 0, got {list(self.roi_origin_px)}")
         return self
