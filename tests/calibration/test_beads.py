@@ -143,6 +143,29 @@ def test_simulated_beads_recover_the_true_psf(sim_calibration: BeadCalibration) 
     assert cal.relative_residual < 0.03
 
 
+def test_a_stack_acquired_with_the_focus_moving_up_needs_a_negative_step() -> None:
+    # Focus up by 10 nm per slice: the beads fall 10 nm relative to the focal plane.
+    stack = simulate_beads(SIM_X[:3], SIM_Y[:3], z_nm=Z_NM[::-1].copy(), seed=4)
+    falling = calibrate_beads(stack, z_step_nm=-10.0, pixel_size_nm=100.0, camera=CAMERA,
+                              z_range_nm=(750.0, -750.0))
+    assert falling.z_step_nm == -10.0 and falling.reference_slice == 75
+    assert falling.z_nm[0] == -750 and falling.z_nm[-1] == 750  # the PSF's z rises
+    dx, dy, z = _random_emitters(500, seed=6)
+    truth = TRUE_PSF.evaluate(dx, dy, z, ROI)
+
+    def worst_error(cal: BeadCalibration) -> float:
+        error = (cal.psf.evaluate(dx, dy, z, ROI) - truth).abs()
+        return float((error.amax(dim=(1, 2)) / truth.amax(dim=(1, 2))).max())
+
+    assert worst_error(falling) < 0.08
+    # Read with a positive step, the same stack gives the PSF mirrored in z.
+    mirrored = calibrate_beads(stack, z_step_nm=10.0, pixel_size_nm=100.0, camera=CAMERA)
+    assert worst_error(mirrored) > 0.3  # 5x the error of the right sign
+    with pytest.raises(DenselocError, match="falling with a negative one"):
+        calibrate_beads(stack, z_step_nm=-10.0, pixel_size_nm=100.0, camera=CAMERA,
+                        z_range_nm=(-750.0, 750.0))
+
+
 def test_simulated_beads_recover_the_huang_parameters(sim_calibration: BeadCalibration) -> None:
     fit = sim_calibration.astigmatic
     assert fit is not None
@@ -454,8 +477,8 @@ def test_bad_parameters_are_named() -> None:
     stack = np.zeros((20, 60, 60), dtype=np.uint16)
     with pytest.raises(DenselocError, match="`roi_size_px` must be an odd integer"):
         calibrate_beads(stack, z_step_nm=10.0, pixel_size_nm=100.0, camera=CAMERA, roi_size_px=24)
-    with pytest.raises(DenselocError, match="`z_step_nm` must be positive, got -10"):
-        calibrate_beads(stack, z_step_nm=-10.0, pixel_size_nm=100.0, camera=CAMERA)
+    with pytest.raises(DenselocError, match="`z_step_nm` must be a non-zero number, got 0"):
+        calibrate_beads(stack, z_step_nm=0.0, pixel_size_nm=100.0, camera=CAMERA)
     with pytest.raises(DenselocError, match="`pixel_size_nm` must be positive"):
         calibrate_beads(stack, z_step_nm=10.0, pixel_size_nm=0.0, camera=CAMERA)
     with pytest.raises(InputFileError, match=r"missing\.tif: file not found"):

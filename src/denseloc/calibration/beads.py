@@ -1,9 +1,16 @@
 """3D PSF calibration from a z-stack of fluorescent beads (DESIGN section 5).
 
 A user images sub-diffraction beads on a coverslip while stepping the focus by a known
-``z_step_nm``; slice ``t`` of the stack shows each bead as an emitter at
-``z = (t - reference_slice) * z_step_nm`` (z increases with the slice index; reverse a stack
-acquired the other way). :func:`calibrate_beads` turns such a stack into a
+distance; slice ``t`` of the stack shows each bead as an emitter at
+``z = (t - reference_slice) * z_step_nm``, z being the emitter's height above the focal
+plane. ``z_step_nm`` is signed: moving the focal plane *up* (into the sample) by 10 nm per
+slice leaves the bead 10 nm further *below* it, so such a stack, the usual acquisition, has
+``z_step_nm = -10``; SMAP and DECODE read bead stacks that way (see
+:mod:`denseloc.calibration.smap`). A positive step means the bead rises relative to the focal
+plane from slice to slice (the focus moved down, or the stage up). The sign mirrors the PSF
+in z: with the wrong one, every z is reported with the wrong sign.
+
+:func:`calibrate_beads` turns such a stack into a
 :class:`~denseloc.calibration.spline.CubicSplinePSF`:
 
 1. **Photons.** ADU are converted to photons with the camera model
@@ -442,7 +449,8 @@ def calibrate_beads(
     stack : path-like or ndarray of shape (T, H, W)
         The bead z-stack in ADU (a file :func:`denseloc.io.open_movie` reads, or an array).
     z_step_nm : float
-        Focus step between slices, nm (> 0; z increases with the slice index).
+        Change of the emitter's z (relative to the focal plane) from one slice to the next,
+        nm; negative when the focus moved up between slices (see the module docstring).
     pixel_size_nm : float
         Camera pixel size in the sample, nm (stored with the PSF).
     camera : CameraConfig
@@ -451,8 +459,9 @@ def calibrate_beads(
         Odd lateral size S of the calibrated PSF, px. Beads closer than this to each other
         are rejected.
     z_range_nm : (float, float), optional
-        z of the first and the last slice, nm; checked against ``(T - 1) * z_step_nm`` and,
-        without `reference_slice`, defines it (``-z_range_nm[0] / z_step_nm``).
+        Emitter z of the first and the last slice, nm; checked against
+        ``(T - 1) * z_step_nm`` and, without `reference_slice`, defines it
+        (``-z_range_nm[0] / z_step_nm``).
     reference_slice : float, optional
         Slice index of z = 0; the middle slice ``(T - 1) / 2`` if neither this nor
         `z_range_nm` is given.
@@ -505,6 +514,7 @@ def calibrate_beads(
 
     adu = _read_stack(stack, path, fail)
     n_slices, height, width = adu.shape
+    signed_step = z_step_nm
     roi = _check_parameters(
         z_step_nm=z_step_nm,
         pixel_size_nm=pixel_size_nm,
@@ -516,7 +526,13 @@ def calibrate_beads(
     )
     norm_size = 2 * roi - 1 if norm_size_px is None else int(norm_size_px)
     ref = _reference_slice(n_slices, z_step_nm, z_range_nm, reference_slice, fail)
-    z_nm = (np.arange(n_slices) - ref) * z_step_nm
+    if z_step_nm < 0:  # z falls with the slice index: calibrate the slices in rising z
+        adu = np.ascontiguousarray(adu[::-1])
+        z_step_nm = -z_step_nm
+        ref_rising = n_slices - 1 - ref
+    else:
+        ref_rising = ref
+    z_nm = (np.arange(n_slices) - ref_rising) * z_step_nm
 
     say("converting ADU to photons")
     cam = Camera.from_config(camera, (height, width))
@@ -626,7 +642,7 @@ def calibrate_beads(
         relative_residual=residual,
         bead_residual=float(np.median(reg.residuals)),
         astigmatic=astig,
-        z_step_nm=float(z_step_nm),
+        z_step_nm=float(signed_step),
         pixel_size_nm=float(pixel_size_nm),
         reference_slice=float(ref),
         normalisation=normalisation,
@@ -683,10 +699,10 @@ def _check_parameters(
     width: int,
     fail: Callable[[str], DenselocError],
 ) -> int:
-    if not z_step_nm > 0:
+    if not (math.isfinite(z_step_nm) and z_step_nm != 0):
         raise DenselocError(
-            f"`z_step_nm` must be positive, got {z_step_nm} (reverse a stack acquired from "
-            "high to low z)"
+            f"`z_step_nm` must be a non-zero number, got {z_step_nm} (negative when the focus "
+            "moved up between slices)"
         )
     if not pixel_size_nm > 0:
         raise DenselocError(f"`pixel_size_nm` must be positive, got {pixel_size_nm}")
@@ -714,15 +730,18 @@ def _reference_slice(
     reference_slice: float | None,
     fail: Callable[[str], DenselocError],
 ) -> float:
-    """Slice index of z = 0, after checking z_range_nm against the stack and the step."""
+    """Slice index of z = 0, after checking z_range_nm against the stack and the (signed)
+    step."""
     if z_range_nm is not None:
-        lo, hi = (float(v) for v in z_range_nm)
+        lo, hi = (float(v) for v in z_range_nm)  # the first and the last slice's z
         span = (n_slices - 1) * z_step_nm
-        if not lo < hi:
+        if not (hi - lo) * z_step_nm > 0:
             raise DenselocError(
-                f"`z_range_nm` must be (first, last) with first < last, got {z_range_nm}"
+                f"`z_range_nm` must be the z of the first and the last slice, rising with a "
+                f"positive z_step_nm and falling with a negative one; got {z_range_nm} with "
+                f"z_step_nm {z_step_nm:g}"
             )
-        if abs((hi - lo) - span) > 0.5 * z_step_nm:
+        if abs((hi - lo) - span) > 0.5 * abs(z_step_nm):
             raise fail(
                 f"z step does not match the stack: {n_slices} slices {z_step_nm:g} nm apart "
                 f"span {span:g} nm, but z_range_nm ({lo:g}, {hi:g}) spans {hi - lo:g} nm"

@@ -73,7 +73,7 @@ def _sections_figure(calibration: BeadCalibration) -> Figure:
     centre = measured.shape[1] // 2
     half = centre
     z = calibration.z_nm
-    step = calibration.z_step_nm
+    step = abs(calibration.z_step_nm)  # z_nm rises whatever the stack's order
     extent = (-half - 0.5, half + 0.5, z[0] - step / 2, z[-1] + step / 2)
     sections = {
         "xz": (measured[:, centre, :], model[:, centre, :]),
