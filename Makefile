@@ -6,8 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean default-psf default-model
 
+# A .venv without pip, or made by a Python older than 3.11 in an earlier try, is rebuilt.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/pip || $(PYTHON) -m venv --clear $(VENV)
+	(test -x $(BIN)/pip && $(BIN)/python -c 'import sys; sys.exit(sys.version_info < (3, 11))') \
+		|| $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
