@@ -737,6 +737,9 @@ def train(
         factors = ", ".join(f"{axis} {value:.2f}"
                             for axis, value in model.sigma_scale[model.readout].items())
         typer.echo(f"predicted sigmas scaled by their validation RMS(error / sigma): {factors}")
+    typer.echo("(threshold, readout and factors are fitted on the validation set, so these "
+               "scores flatter the model slightly: measure it on a movie it has not seen, "
+               "with denseloc simulate, localize and evaluate)")
 
 
 def _changed_since_simulation(config: Config, digests: Path) -> list[str]:

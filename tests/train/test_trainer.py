@@ -198,6 +198,48 @@ def test_nan_loss_rolls_back_with_a_lower_learning_rate(tmp_path, monkeypatch) -
     assert trainer.state.steps_run == 8
 
 
+def test_a_non_finite_validation_loss_rolls_back_instead_of_saving(tmp_path, monkeypatch):
+    real = Trainer.validate
+    calls = {"n": 0}
+
+    def validate(self):
+        metrics = real(self)
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second epoch's weights
+            metrics["val_loss"] = float("nan")
+        return metrics
+
+    monkeypatch.setattr(Trainer, "validate", validate)
+    trainer = Trainer(tiny_config(), tmp_path / "m", device="cpu")
+    trainer.fit(epochs=2)
+    assert trainer.state.rollbacks == 1 and trainer.state.lr_factor == 0.5
+    assert trainer.state.epoch == 2 and trainer.state.step == 6  # epoch 2 was trained again
+    assert [r["epoch"] for r in trainer.state.history] == [1, 2]
+
+
+def test_a_rollback_without_its_checkpoint_says_so(tmp_path, monkeypatch) -> None:
+    nan_loss_at(monkeypatch, 5)
+    trainer = Trainer(tiny_config(), tmp_path / "m", device="cpu")
+    real_save = Trainer.save_checkpoint
+
+    def save_then_lose(self):
+        real_save(self)
+        if self.state.epoch == 1:
+            (self.out_dir / trainer_module.CHECKPOINT).unlink()
+
+    monkeypatch.setattr(Trainer, "save_checkpoint", save_then_lose)
+    with pytest.raises(DenselocError, match=r"checkpoint\.pt: gone.*cannot roll back"):
+        trainer.fit(epochs=2)
+
+
+def test_training_refuses_a_folder_holding_a_trained_model(tmp_path) -> None:
+    out = tmp_path / "m"
+    Trainer(tiny_config(), out, device="cpu").fit(epochs=1)
+    (out / trainer_module.CHECKPOINT).unlink()  # "safe to delete" once training is over
+    with pytest.raises(DenselocError, match="holds a trained model"):
+        Trainer(tiny_config(), out, device="cpu").fit(epochs=1)
+
+
 def test_a_rollback_under_a_time_budget_keeps_the_schedule_within_it(tmp_path, monkeypatch):
     # The schedule is planned after the warm-up (20 steps here, after 6 epochs and
     # validations); a divergence in epoch 9 rolls back to epoch 8 and re-plans the steps that
@@ -237,6 +279,15 @@ def test_a_stalled_run_restarts_from_new_weights(tmp_path, monkeypatch, caplog) 
     trainer = Trainer(config, tmp_path / "m", device="cpu")
     first = [p.detach().clone() for p in Trainer(config, tmp_path / "x", device="cpu")
              .net.parameters()]
+    after_restart = {}
+    real_restart = Trainer._restart
+
+    def recording_restart(self, *args):
+        real_restart(self, *args)
+        after_restart["weights"] = [p.detach().clone() for p in self.net.parameters()]
+        after_restart["optimizer"] = dict(self.optimizer.state)
+
+    monkeypatch.setattr(Trainer, "_restart", recording_restart)
     trainer.fit(epochs=3)
     assert trainer.state.restarts == 1
     assert "restarting from new random weights" in caplog.text
@@ -248,6 +299,10 @@ def test_a_stalled_run_restarts_from_new_weights(tmp_path, monkeypatch, caplog) 
     start._fresh_network()
     changed = [not torch.equal(a, b) for a, b in zip(first, start.net.parameters(), strict=True)]
     assert any(changed)  # the restart draws different weights than the first start
+    # ... and the run went on from exactly those, with a new optimiser (no Adam moments)
+    for got, want in zip(after_restart["weights"], start.net.parameters(), strict=True):
+        assert torch.equal(got, want)
+    assert after_restart["optimizer"] == {}
 
 
 def test_a_run_that_keeps_stalling_ends_with_a_clear_error(tmp_path, monkeypatch) -> None:
@@ -459,10 +514,22 @@ def test_training_steps_follow_the_channels_last_setting(
         return real(self, frames, windows, **kwargs)
 
     monkeypatch.setattr(trainer_module.DecodeNet, "forward_windows", recording)
+    context_layouts = []
+    real_from_features = trainer_module.DecodeNet.from_features
+
+    def recording_context(self, features):
+        context_layouts.append(features.is_contiguous(memory_format=torch.channels_last))
+        return real_from_features(self, features)
+
+    monkeypatch.setattr(trainer_module.DecodeNet, "from_features", recording_context)
     config = tiny_config()
     config.train.channels_last = channels_last
     Trainer(config, tmp_path / "m", device="cpu").fit(epochs=1)
     assert seen and set(seen) == {channels_last}
+    # the context U-Net gets the layout asked for (training steps; validation uses forward)
+    assert channels_last in context_layouts
+    if not channels_last:
+        assert set(context_layouts) == {False}
 
 
 def test_fit_readouts_measures_the_factors_of_a_2d_network_from_its_maps() -> None:

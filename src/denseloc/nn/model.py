@@ -195,7 +195,7 @@ class DecodeNet(nn.Module):
         stacked = features[windows.flatten()].reshape(
             len(windows), self.context_frames * self.filters, *features.shape[-2:]
         )
-        if x.is_contiguous(memory_format=torch.channels_last):
+        if channels_last:  # (not x.is_contiguous: a one-channel tensor always is channels-last)
             stacked = stacked.contiguous(memory_format=torch.channels_last)
         return self.from_features(stacked)[:, :, :height, :width]
 

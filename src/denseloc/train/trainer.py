@@ -86,6 +86,7 @@ class _State:
     elapsed_s: float = 0.0
     steps_run: int = 0  # every step taken, lost or not: elapsed_s / steps_run is the step time
     samples: int = 0
+    loss_ema: float | None = None  # the explosion test's baseline, kept across a rollback
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -357,15 +358,16 @@ class Trainer:
         """Validation loss and metrics at threshold 0.5."""
         batches, truth = self.validation_set()
         outputs = predict_batches(self.net, batches, self.channels_last)
-        losses = []
+        losses, sizes = [], []
         offset = 0
         for batch in batches:
             n = len(batch.windows)
             losses.append(float(self._loss(outputs[offset:offset + n], batch)))
+            sizes.append(n)
             offset += n
         metrics = evaluate_batches(outputs, truth, self.val_data, 0.5,
                                    min_photons=self._counted_photons)
-        metrics["val_loss"] = float(np.mean(losses))
+        metrics["val_loss"] = float(np.average(losses, weights=sizes))  # per sample
         return metrics
 
     @property
@@ -410,15 +412,19 @@ class Trainer:
         self.state.rollbacks += 1
         if self.state.rollbacks > MAX_ROLLBACKS:
             raise TrainingDiverged(
-                f"training diverged {MAX_ROLLBACKS} times ({reason}); lower train.lr"
+                f"training diverged {self.state.rollbacks} times, the last time at epoch "
+                f"{self.state.epoch} ({reason}), each time rolled back with half the learning "
+                "rate; lower train.lr or train.grad_clip"
             )
         factor = self.state.lr_factor * 0.5
         rollbacks = self.state.rollbacks
         # The time spent on the lost steps stays spent: the budget is wall time.
         elapsed, steps_run = self.state.elapsed_s, self.state.steps_run
-        if not self.load_checkpoint():
-            self._fresh_network()
-            self.state = _State()
+        if not self.load_checkpoint():  # fit writes one before the first step
+            raise DenselocError(
+                f"{self.out_dir / CHECKPOINT}: gone (deleted while training?); training "
+                f"diverged ({reason}) and cannot roll back"
+            )
         self.state.lr_factor = factor
         self.state.rollbacks = rollbacks
         self.state.elapsed_s, self.state.steps_run = elapsed, steps_run
@@ -453,7 +459,7 @@ class Trainer:
         if epochs is not None:
             plans.append(max(epochs - state.epoch, 1) * tc.steps_per_epoch)
         state.planned_steps = min(plans)
-        state.step, state.lr_factor = 0, 1.0
+        state.step, state.lr_factor, state.loss_ema = 0, 1.0, None
         logger.warning("%s: restarting from new random weights (seed %d, restart %d of %d)",
                        reason, seed, state.restarts, MAX_RESTARTS)
 
@@ -505,13 +511,16 @@ class Trainer:
                 f"{self.out_dir}: holds a checkpoint; pass --resume to continue it, "
                 "or choose another --out"
             )
+        elif any((self.out_dir / name).exists() for name in ("model.yaml", "weights.pt")):
+            raise DenselocError(
+                f"{self.out_dir}: holds a trained model; choose another --out (or delete it)"
+            )
         budget_s = None if minutes is None else minutes * 60.0
         if epochs is not None and budget_s is None and self.state.planned_steps is None:
             self.state.planned_steps = epochs * tc.steps_per_epoch
         self.validation_set()
         if not resume:
             self.save_checkpoint()  # epoch 0: the rollback target before the first epoch
-        loss_ema: float | None = None
         while True:
             if epochs is not None and self.state.epoch >= epochs:
                 break
@@ -526,16 +535,16 @@ class Trainer:
                 loss, grad_norm = self._step(batch)
                 self.state.steps_run += 1
                 self.state.elapsed_s += time.perf_counter() - t0
+                loss_ema = self.state.loss_ema
                 exploded = loss_ema is not None and self.state.step > tc.warmup_steps and (
                     loss > loss_ema + EXPLOSION_FACTOR * max(abs(loss_ema), 1.0))
                 if not math.isfinite(loss) or not math.isfinite(grad_norm) or exploded:
                     self._rollback("loss is not finite" if not math.isfinite(loss)
                                    else "gradient is not finite" if not math.isfinite(grad_norm)
                                    else f"loss exploded to {loss:.3g}", budget_s)
-                    loss_ema = None
                     diverged = True
                     break
-                loss_ema = loss if loss_ema is None else 0.98 * loss_ema + 0.02 * loss
+                self.state.loss_ema = loss if loss_ema is None else 0.98 * loss_ema + 0.02 * loss
                 losses.append(loss)
                 self.state.step += 1
                 self.state.samples += tc.batch_size
@@ -551,6 +560,9 @@ class Trainer:
             t0 = time.perf_counter()
             metrics = self.validate()
             self.state.elapsed_s += time.perf_counter() - t0
+            if not math.isfinite(metrics["val_loss"]):  # never checkpoint such weights
+                self._rollback("validation loss is not finite", budget_s)
+                continue
             self.state.epoch += 1
             record = {
                 "epoch": self.state.epoch,
