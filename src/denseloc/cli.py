@@ -330,8 +330,9 @@ def localize(
     ] = None,
     threshold: Annotated[
         float | None,
-        typer.Option(help="network: detection probability (default: the model's tuned value); "
-                     "mle: noise standard deviations (default 5)."),
+        typer.Option(help="network: detection probability (default: the model's tuned value; "
+                     "candidates are pixels whose own p exceeds 0.05, so values below 0.05 "
+                     "find no more); mle: noise standard deviations (default 5)."),
     ] = None,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda (network).")] = "auto",
     batch_size: Annotated[

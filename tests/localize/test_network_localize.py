@@ -101,6 +101,35 @@ def test_chunked_inference_equals_whole_movie(bundled, movie, context) -> None:
     pd.testing.assert_frame_equal(part, expected, check_exact=False, rtol=1e-5, atol=1e-3)
 
 
+def test_mle_chunks_and_frame_ranges_give_the_whole_runs_rows(movie) -> None:
+    from denseloc.localize.pipeline import localize_movie_mle
+
+    path, cfg, _ = movie
+    with open_movie(path) as mv:
+        whole = localize_movie_mle(mv, cfg, chunk_frames=24)
+        chunked = localize_movie_mle(mv, cfg, chunk_frames=5)
+        part = localize_movie_mle(mv, cfg, frames=range(7, 13), chunk_frames=4)
+        for bad in (range(0), range(0, 10, 2), range(20, 30)):
+            with pytest.raises(ValueError, match="non-empty range of consecutive frames"):
+                localize_movie_mle(mv, cfg, frames=bad)
+    assert len(whole) > 20 and set(whole["frame"]) > set(range(7, 13))
+    pd.testing.assert_frame_equal(whole, chunked)
+    expected = whole[whole["frame"].between(7, 12)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(part, expected)
+
+
+def test_a_model_without_factors_for_the_readout_warns_its_sigmas_are_raw(bundled,
+                                                                          movie) -> None:
+    import dataclasses
+
+    _, model = bundled
+    path, cfg, _ = movie
+    raw = dataclasses.replace(model, sigma_scale={})
+    with open_movie(path) as mv, pytest.warns(DenselocWarning, match="uncalibrated"):
+        table = localize_movie_network(mv, raw, cfg, frames=range(4), check=False)
+    assert table.attrs["localization"]["sigma_scale"] == {}
+
+
 def test_cli_network_localize_and_model_mismatch_warning(bundled, movie, tmp_path) -> None:
     model_dir, _ = bundled
     path, _, _ = movie

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -76,13 +76,45 @@ def frame_range(spec: str | None, n_frames: int) -> range:
     return frames
 
 
+def _frames_of(movie: Movie, frames: range | None) -> range:
+    """The frames to process: all by default, else a non-empty run of the movie's frames."""
+    if frames is None:
+        return range(len(movie))
+    if frames.step != 1 or len(frames) == 0 or frames.start < 0 or frames.stop > len(movie):
+        raise ValueError(
+            f"`frames` must be a non-empty range of consecutive frames within the movie's "
+            f"{len(movie)}, got {frames}"
+        )
+    return frames
+
+
+def _photon_chunks(
+    movie: Movie,
+    frames: range,
+    camera: Camera,
+    chunk_frames: int,
+    dtype: str,
+    progress: Callable[[int, int], None] | None,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first frame, photons) of each chunk of `frames`; checks the counts of the first one
+    and reports progress after each."""
+    done = 0
+    for start, chunk in movie.iter_chunks(chunk_frames, start=frames.start, stop=frames.stop):
+        if not done:
+            check_counts(chunk, camera, str(movie.path))
+        yield start, camera.adu_to_photons(torch.from_numpy(chunk.astype(dtype)))
+        done += len(chunk)
+        if progress is not None:
+            progress(done, len(frames))
+
+
 def localize_movie_mle(
     movie: Movie,
     config: Config,
     *,
     frames: range | None = None,
     threshold: float = 5.0,
-    chunk_frames: int = 64,
+    chunk_frames: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Localize every frame of `movie` with the classical MLE fitter.
@@ -97,8 +129,8 @@ def localize_movie_mle(
         Frames to process (default: all).
     threshold : float
         Detection threshold in noise standard deviations.
-    chunk_frames : int
-        Frames read and processed at once.
+    chunk_frames : int, optional
+        Frames read and fitted at once (default: :func:`auto_chunk_frames`).
     progress : callable(done, total), optional
         Called after each chunk.
     """
@@ -106,18 +138,16 @@ def localize_movie_mle(
     from denseloc.evaluate.crlb import NoiseModel
     from denseloc.sim.simulator import check_psf_pixel_size, psf_from_config
 
-    frames = frames or range(len(movie))
+    frames = _frames_of(movie, frames)
     _, height, width = movie.shape
     camera = Camera.from_config(config.camera, (height, width))
     psf = psf_from_config(config.psf, config.emitters.z_range_nm)
     check_psf_pixel_size(psf, config)
     noise = NoiseModel.from_camera(camera)  # per pixel with sCMOS maps
     tables = []
-    done = 0
-    for start, chunk in movie.iter_chunks(chunk_frames, start=frames.start, stop=frames.stop):
-        if not done:
-            check_counts(chunk, camera, str(movie.path))
-        photons = camera.adu_to_photons(torch.from_numpy(chunk.astype("float64")))
+    chunk_frames = chunk_frames or auto_chunk_frames(height, width)
+    for start, photons in _photon_chunks(movie, frames, camera, chunk_frames, "float64",
+                                         progress):
         tables.append(
             localize_mle(
                 photons,
@@ -129,9 +159,6 @@ def localize_movie_mle(
                 z_range_nm=config.emitters.z_range_nm,
             )
         )
-        done += len(chunk)
-        if progress is not None:
-            progress(done, len(frames))
     table = _with_provenance(tables, movie, config,
                              localization={"method": "mle", "threshold": threshold})
     logger.info("%d localizations in %d frames", len(table), len(frames))
@@ -273,8 +300,16 @@ def localize_movie_network(
             warnings.warn(f"{problem}; {MISMATCH_ADVICE}", DenselocWarning, stacklevel=2)
         for problem in check_movie_length(len(movie), model.net.context_frames):
             warnings.warn(problem, DenselocWarning, stacklevel=2)
-    frames = frames or range(len(movie))
+    frames = _frames_of(movie, frames)
     readout = readout or model.readout
+    if readout not in model.sigma_scale:
+        warnings.warn(
+            f"the model has no sigma factors for the {readout!r} readout (saved before they "
+            "existed, or not fitted for it): its sigmas are reported as predicted, "
+            "uncalibrated (often too small)",
+            DenselocWarning,
+            stacklevel=2,
+        )
     _, height, width = movie.shape
     camera = Camera.from_config(config.camera, (height, width))
     chunk_frames = chunk_frames or auto_chunk_frames(height, width, model.net.context_frames)
@@ -283,12 +318,10 @@ def localize_movie_network(
         return camera.adu_to_photons(torch.from_numpy(movie[a:b].astype("float32")))
 
     half = model.net.context_frames // 2  # neighbours on each side of a window's centre
-    tables, done = [], 0
-    for start, chunk in movie.iter_chunks(chunk_frames, start=frames.start, stop=frames.stop):
-        stop = start + len(chunk)
-        if not done:
-            check_counts(chunk, camera, str(movie.path))
-        chunk_photons = camera.adu_to_photons(torch.from_numpy(chunk.astype("float32")))
+    tables = []
+    for start, chunk_photons in _photon_chunks(movie, frames, camera, chunk_frames, "float32",
+                                               progress):
+        stop = start + len(chunk_photons)
         before = photons(max(start - half, 0), start) if start > 0 and half else None
         after = photons(stop, stop + half) if stop < len(movie) and half else None
         tables.append(
@@ -299,9 +332,6 @@ def localize_movie_network(
                 readout=readout,
             )
         )
-        done += len(chunk)
-        if progress is not None:
-            progress(done, len(frames))
     table = _with_provenance(tables, movie, config, localization={
         "method": "network",
         "threshold": model.threshold if threshold is None else threshold,

@@ -89,7 +89,8 @@ def maps_to_table(
     pixel_size_nm : float
         Pixel size.
     threshold : float
-        Minimum integrated detection probability.
+        Minimum integrated detection probability. Candidates are local maxima of p above
+        0.05, so a threshold below 0.05 keeps only those candidates.
     frames : array of shape (B,), optional
         Frame index of each output (default: 0..B-1).
     origin_px : (row, col)
