@@ -88,7 +88,11 @@ def _evaluate(psf: PSF, theta: torch.Tensor, size: int) -> tuple[torch.Tensor, t
     return expected_and_jacobian(f, df, theta[:, -2], theta[:, -1], is_3d=psf.is_3d)
 
 
-def _initial(rois: torch.Tensor, is_3d: bool, z_start: float) -> torch.Tensor:
+def _initial(
+    rois: torch.Tensor, is_3d: bool, z_start: float, centre: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Start values: the ROI's centroid within 1 px of `centre` (N, 2: dx, dy of the
+    candidate from the ROI's central pixel, default 0), photons and edge background."""
     n, size, _ = rois.shape
     edge = torch.cat(
         [rois[:, 0], rois[:, -1], rois[:, 1:-1, 0], rois[:, 1:-1, -1]], dim=1
@@ -99,7 +103,8 @@ def _initial(rois: torch.Tensor, is_3d: bool, z_start: float) -> torch.Tensor:
     coords = torch.arange(size, dtype=rois.dtype) - size // 2
     dx = (signal.sum(1) * coords).sum(1) / photons
     dy = (signal.sum(2) * coords).sum(1) / photons
-    cols = [dx.clamp(-1, 1), dy.clamp(-1, 1)]
+    cx, cy = (0.0, 0.0) if centre is None else (centre[:, 0], centre[:, 1])
+    cols = [torch.clamp(dx, cx - 1, cx + 1), torch.clamp(dy, cy - 1, cy + 1)]
     if is_3d:
         cols.append(torch.full((n,), z_start, dtype=rois.dtype))
     return torch.stack([*cols, photons, bg], dim=1)
@@ -130,6 +135,8 @@ def _fit_from(
     mu, jac = _evaluate(psf, theta, size)
     mu = mu + shift
     nll = _nll(mu, data)
+    # A start where the model is not a valid mean (a spline's negative tail) may still move.
+    nll = torch.where(torch.isfinite(nll), nll, torch.full_like(nll, math.inf))
     eye = torch.eye(p, dtype=data.dtype)
     for _ in range(iterations):
         grad = torch.einsum("nk,npk->np", 1 - data / mu, jac)
@@ -160,6 +167,7 @@ def fit_rois(
     iterations: int = 30,
     z_range_nm: tuple[float, float] = (-750.0, 750.0),
     z_starts_nm: tuple[float, ...] | None = None,
+    centre_px: torch.Tensor | None = None,
 ) -> FitResult:
     """Fit one emitter per ROI by maximum likelihood.
 
@@ -181,6 +189,9 @@ def fit_rois(
     z_starts_nm : tuple of float, optional
         Starting z values tried for 3D PSFs; the fit with the lowest NLL wins. Default:
         the middle and the quarter points of `z_range_nm`.
+    centre_px : Tensor of shape (N, 2), optional
+        Where each emitter was detected, (dx, dy) px from the ROI's central pixel (not 0
+        where a ROI was shifted inside the frame at its edge); the fit starts within 1 px.
     """
     noise = noise or NoiseModel()
     rois = rois.to(torch.float64)
@@ -197,8 +208,8 @@ def fit_rois(
     starts = z_starts_nm if psf.is_3d else (0.0,)
     best_theta, best_nll = None, None
     for z0 in starts:
-        theta, nll = _fit_from(psf, data, _initial(rois, psf.is_3d, z0), size, iterations,
-                               z_range_nm, shift)
+        start = _initial(rois, psf.is_3d, z0, centre_px)
+        theta, nll = _fit_from(psf, data, start, size, iterations, z_range_nm, shift)
         if best_theta is None:
             best_theta, best_nll = theta, nll
         else:
@@ -285,12 +296,15 @@ def localize_mle(
     if noise.per_pixel:  # the ROIs' pixels, where cut_rois placed them
         offsets = torch.arange(roi_size) - roi_size // 2
         noise = noise.patches(row_c[:, None] + offsets, col_c[:, None] + offsets)
-    fit = fit_rois(psf, rois, noise=noise, iterations=iterations, z_range_nm=z_range_nm)
+    centre = torch.stack([cand.col - col_c, cand.row - row_c], dim=1).to(torch.float64)
+    fit = fit_rois(psf, rois, noise=noise, iterations=iterations, z_range_nm=z_range_nm,
+                   centre_px=centre)
     checked = fit.std if psf.is_3d else fit.std[:, [0, 1, 3, 4]]
     ok = (
         torch.isfinite(checked).all(1)
-        & ((fit.dx_px - (cand.col - col_c)).abs() < 1.5)
-        & ((fit.dy_px - (cand.row - row_c)).abs() < 1.5)
+        & torch.isfinite(fit.nll)
+        & ((fit.dx_px - centre[:, 0]).abs() < 1.5)
+        & ((fit.dy_px - centre[:, 1]).abs() < 1.5)
     )
     if psf.is_3d:  # a fit stopped where the PSF's calibration ends: an emitter beyond it
         lo, hi = fitted_z_range(psf, z_range_nm)
