@@ -109,7 +109,8 @@ def test_yaml_round_trip_through_load_psf(tmp_path: Path) -> None:
         )
         psf = load_psf(path)
         assert psf == AstigmaticPSF(
-            (1.1, 1.2), (-100.0, 150.0), (300.0, 350.0), (0.1, 0.0), (0.0, 0.0), (-500.0, 600.0)
+            (1.1, 1.2), (-100.0, 150.0), (300.0, 350.0), (0.1, 0.0), (0.0, 0.0), (-500.0, 600.0),
+            pixel_size_nm=100.0,
         )
     read, info = read_astigmatic(path)
     assert read == config

@@ -153,7 +153,7 @@ def test_z_is_simulated_only_for_3d_psfs(kind: str) -> None:
 )
 def test_the_config_knows_whether_its_psf_is_3d(psf: dict) -> None:
     # Models read is_3d from their config without building the PSF (a file to load).
-    config = small_config(psf=psf)
+    config = small_config(psf=psf, emitters={"z_range_nm": [-350.0, 650.0]})
     assert config.psf.is_3d == Simulator(config).psf.is_3d
 
 
@@ -170,3 +170,22 @@ def test_a_spline_calibration_must_cover_the_simulated_setting(settings, match) 
     psf = {"psf": {"kind": "file", "path": "denseloc:psf_epfl_beads_as.h5"}}
     with pytest.raises(ConfigError, match=match):
         Simulator(Config.model_validate({**psf, **settings}))
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({}, r"\(-750, 750\) reaches beyond .* calibration \(-360, 660\)"),
+        ({"emitters": {"z_range_nm": [-350.0, 650.0]}, "image": {"pixel_size_nm": 160.0}},
+         r"calibrated for 100 nm pixels"),
+    ],
+)
+def test_an_astigmatic_fit_must_cover_the_simulated_setting(settings, match) -> None:
+    # Beyond its beads' range the Huang polynomial is extrapolated (sigma_y doubles at -750).
+    from denseloc.config import ConfigError
+
+    psf = {"psf": {"kind": "file", "path": "denseloc:psf_epfl_beads_as_astigmatic.yaml"}}
+    with pytest.raises(ConfigError, match=match):
+        Simulator(Config.model_validate({**psf, **settings}))
+    inside = Simulator(Config.model_validate({**psf, "emitters": {"z_range_nm": [-350, 650]}}))
+    assert inside.psf.pixel_size_nm == 100.0

@@ -477,7 +477,11 @@ def _fmt(pair: tuple[float, float]) -> str:
     return f"({pair[0]:.4g}, {pair[1]:.4g})"
 
 
-def _psf_from_config(config: AstigmaticConfig, z_range_nm: tuple[float, float]) -> AstigmaticPSF:
+def _psf_from_config(
+    config: AstigmaticConfig,
+    z_range_nm: tuple[float, float],
+    pixel_size_nm: float | None = None,
+) -> AstigmaticPSF:
     return AstigmaticPSF(
         sigma0_px=tuple(config.sigma0_px),
         focus_nm=tuple(config.focus_nm),
@@ -485,6 +489,7 @@ def _psf_from_config(config: AstigmaticConfig, z_range_nm: tuple[float, float]) 
         a3=tuple(config.a3),
         a4=tuple(config.a4),
         z_range_nm=(float(z_range_nm[0]), float(z_range_nm[1])),
+        pixel_size_nm=pixel_size_nm,
     )
 
 
@@ -622,4 +627,5 @@ def read_astigmatic(path: str | os.PathLike) -> tuple[AstigmaticConfig, dict[str
 def load_astigmatic(path: str | os.PathLike) -> AstigmaticPSF:
     """Load a file written by :func:`save_astigmatic` as an :class:`AstigmaticPSF`."""
     config, info = read_astigmatic(path)
-    return _psf_from_config(config, info["z_range_nm"])
+    pixel = info.get("pixel_size_nm")
+    return _psf_from_config(config, info["z_range_nm"], None if pixel is None else float(pixel))

@@ -172,7 +172,10 @@ class AstigmaticPSF:
     a3, a4 : (float, float)
         Higher-order coefficients per axis (0 for the ideal astigmatic model).
     z_range_nm : (float, float)
-        z range over which the model is meant to be used (sets the default patch size).
+        z range over which the model is meant to be used (sets the default patch size); for
+        a fit to beads, the range it was fitted over.
+    pixel_size_nm : float, optional
+        Pixel size the widths were calibrated at (None for a model not fitted to data).
     """
 
     sigma0_px: tuple[float, float]
@@ -182,6 +185,7 @@ class AstigmaticPSF:
     a4: tuple[float, float] = (0.0, 0.0)
     z_range_nm: tuple[float, float] = (-750.0, 750.0)
     is_3d: bool = True
+    pixel_size_nm: float | None = None
 
     def __post_init__(self) -> None:
         if min(self.sigma0_px) <= 0 or min(self.depth_nm) <= 0:

@@ -62,12 +62,12 @@ def check_psf_pixel_size(psf: PSF, config: Config) -> None:
 
 def _check_calibration_fits(psf: PSF, config: Config) -> None:
     """Raise ConfigError if the image or z range is not what the PSF calibration covers."""
-    from denseloc.calibration.spline import CubicSplinePSF
-
     check_psf_pixel_size(psf, config)
     lo, hi = config.emitters.z_range_nm
-    covered = psf.z_range_nm if isinstance(psf, CubicSplinePSF) else (-np.inf, np.inf)
-    # A spline clamps z outside its range: emitters there would get wrong images.
+    # A calibration file describes the z it was measured over: a spline clamps z beyond
+    # it, an astigmatic fit extrapolates its polynomial; emitters there get wrong images.
+    covered = (getattr(psf, "z_range_nm", None) if config.psf.kind == "file" else None) or (
+        -np.inf, np.inf)
     if lo < covered[0] - 1e-6 or hi > covered[1] + 1e-6:
         raise ConfigError(
             f"emitters.z_range_nm ({lo:g}, {hi:g}) reaches beyond the {config.psf.path} "
