@@ -40,7 +40,25 @@ def test_mean_number_on_per_frame(on_time: float, density: float) -> None:
     # Counts in nearby frames are correlated over ~(on_time + 1) frames.
     se = np.sqrt(expected * (on_time + 1) / n_frames) * 2
     assert abs(per_frame.mean() - expected) < 4 * se
-    assert per_frame.iloc[0] > 0 and per_frame.iloc[-1] > 0  # no ramp-up at the ends
+
+
+@pytest.mark.parametrize(("on_time", "density"), [(2.0, 1.0), (5.0, 0.5)])
+def test_no_ramp_up_or_down_at_the_ends_of_a_movie(on_time: float, density: float) -> None:
+    # Many 4-frame movies: without emitters switched on before the first frame, frame 0
+    # would hold about 1 / (on_time + 1) of the steady count.
+    n_movies, n_frames = 2000, 4
+    cfg = EmitterConfig(
+        density_per_um2=density, photons_mean=1000.0, photons_std=0.0, on_time_frames=on_time
+    )
+    emitters = sample_emitters(
+        cfg, n_movies=n_movies, n_frames=n_frames, frame_shape=SHAPE, pixel_size_nm=PIXEL_NM,
+        is_3d=True, generator=torch.Generator().manual_seed(1), dtype=torch.float64,
+    )
+    frame_in_movie = emitters.to_table(PIXEL_NM)["frame"].to_numpy() % n_frames
+    per_frame = np.bincount(frame_in_movie, minlength=n_frames) / n_movies
+    expected = density * SHAPE[0] * SHAPE[1] * (PIXEL_NM / 1000) ** 2
+    se = np.sqrt(expected / n_movies)  # counts of different movies are independent
+    np.testing.assert_allclose(per_frame, expected, atol=4 * se)
 
 
 @pytest.mark.parametrize("on_time", [0.5, 2.0, 5.0])

@@ -9,6 +9,7 @@ import tifffile
 import torch
 
 from denseloc.config import Config, load_config
+from denseloc.sim.psf import render_patches
 from denseloc.sim.simulator import Simulator, simulate_movie
 from denseloc.table import nm_to_px
 
@@ -30,13 +31,25 @@ def test_batch_shapes_and_determinism() -> None:
     assert a.emitters.frame.max().item() < 12
 
 
-def test_expected_photons_are_signal_plus_background() -> None:
-    sim = Simulator(small_config(background={"level_photons": (100.0, 100.0)}))
+@pytest.mark.parametrize("psf", [{"kind": "gaussian"}, {"kind": "astigmatic"}])
+def test_expected_photons_are_signal_plus_background(psf: dict) -> None:
+    sim = Simulator(small_config(psf=psf, background={"level_photons": (100.0, 100.0)}))
     batch = sim.sample(8, 3, sim.generator(2))
     signal = batch.expected_photons.sum() - 100.0 * batch.expected_photons.numel()
     # Patches hold > 99.9 % of the light; some falls outside the frame for edge emitters.
     assert signal.item() <= batch.emitters.photons.sum().item() * 1.0001
     assert signal.item() > 0.9 * batch.emitters.photons.sum().item()
+    # Away from the edges every photon lands in the frame (a PSF losing 1 % would fail).
+    em = batch.emitters
+    inner = (em.x_px > 12) & (em.x_px < 19) & (em.y_px > 12) & (em.y_px < 19)
+    centre_only = Simulator(small_config(psf=psf, background={"level_photons": (0.0, 0.0)}))
+    images = torch.zeros(batch.expected_photons.numel() // (32 * 32), 32, 32,
+                         dtype=batch.expected_photons.dtype)
+    z = em.z_nm[inner] if centre_only.psf.is_3d else torch.zeros_like(em.x_px[inner])
+    render_patches(centre_only.psf, em.frame[inner], em.x_px[inner], em.y_px[inner], z,
+                   em.photons[inner], images.shape, out=images)
+    assert inner.sum() > 5
+    assert images.sum().item() == pytest.approx(em.photons[inner].sum().item(), rel=1e-3)
 
 
 def test_structured_background_is_smooth_and_bounded() -> None:
