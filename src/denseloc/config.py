@@ -300,7 +300,8 @@ class BackgroundConfig(_Model):
         (90.0, 150.0), description="range of the uniform level, photons/px (drawn per movie)"
     )
     structured_amplitude_photons: float = Field(
-        0.0, ge=0, description="peak of the smooth structured background, photons/px (0: off)"
+        0.0, ge=0, description="scale of the smooth structured background added to the level, "
+        "photons/px: at most this much, A / 2 on average (0: off)"
     )
     structured_scale_nm: float = Field(
         2000.0, gt=0, description="length scale of the structured background, nm"

@@ -1,9 +1,13 @@
 """Background: a uniform level per movie plus an optional smooth structured component.
 
-The structured part is Perlin-like value noise: random values on coarse grids at three
-octaves (cell sizes ``scale``, ``scale / 2``, ``scale / 4``; weights 4:2:1), smoothly
-interpolated (bicubic) to the frame and normalised to [0, 1], times the amplitude. It is
-static over a movie, as autofluorescence and out-of-focus light are over a few frames.
+The structured part is Perlin-like value noise: uniform random values on coarse grids at
+three octaves (cell sizes ``scale``, ``scale / 2``, ``scale / 4``; weights 4:2:1), smoothly
+interpolated (bicubic) to the frame, averaged with those weights and clipped to [0, 1], times
+the amplitude. The average is not stretched to [0, 1]: its mean is 0.5 and its standard
+deviation about 0.16 (measured on 64x64 px frames with a 20 px scale, whose minimum and
+maximum were on average 0.13 and 0.87), so an amplitude ``A`` raises a movie's mean
+background by ``A / 2`` above its uniform level. It is static over a movie, as
+autofluorescence and out-of-focus light are over a few frames.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ def smooth_noise(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Multi-octave smooth noise with values in [0, 1], shape (n, H, W)."""
+    """Multi-octave smooth noise with values in [0, 1] (mean 0.5), shape (n, H, W)."""
     height, width = frame_shape
     total = torch.zeros((n, 1, height, width), dtype=dtype, device=device)
     weights = [2.0 ** (octaves - 1 - k) for k in range(octaves)]
