@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -58,6 +60,23 @@ def test_pixels_are_half_open_at_the_extents_right_edge() -> None:
                           "y_nm": [5.0, 5.0, 5.0]})
     image = render(table, pixel_size_nm=10.0, extent_nm=(0.0, 100.0, 0.0, 10.0))
     assert image.shape == (1, 10) and image[0, 0] == 1 and image[0, 9] == 1 and image.sum() == 2
+
+
+def test_an_extent_of_a_partial_pixel_is_widened_not_cut(monkeypatch) -> None:
+    table = pd.DataFrame({"frame": [0, 0], "x_nm": [5.0, 22.0], "y_nm": [5.0, 5.0],
+                          "sigma_x_nm": [3.0, 3.0], "sigma_y_nm": [3.0, 3.0]})
+    image = render(table, pixel_size_nm=10.0, extent_nm=(0.0, 25.0, 0.0, 10.0))
+    assert image.shape == (1, 3) and image[0, 2] == 1  # 22 nm: in [20, 30), kept
+    # Gaussian splats drawn in many small blocks add up to the same image.
+    render_module = sys.modules["denseloc.analysis.render"]  # the package exports the function
+    many = pd.DataFrame({"frame": 0, "x_nm": np.linspace(100, 900, 50),
+                         "y_nm": np.linspace(800, 150, 50), "sigma_x_nm": 20.0,
+                         "sigma_y_nm": 15.0})
+    whole = render(many, pixel_size_nm=10.0, mode="gaussian", extent_nm=(0, 1000, 0, 1000))
+    monkeypatch.setattr(render_module, "_SPLAT_ELEMENTS", 1000)  # one localization per block
+    blocks = render(many, pixel_size_nm=10.0, mode="gaussian", extent_nm=(0, 1000, 0, 1000))
+    np.testing.assert_allclose(blocks, whole, rtol=1e-12, atol=1e-15)
+    assert whole.sum() == pytest.approx(50, rel=1e-9)
 
 
 def test_sigmas_wider_than_the_drawing_window_are_warned_of() -> None:

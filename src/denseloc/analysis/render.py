@@ -42,7 +42,7 @@ Extent = tuple[float, float, float, float]
 
 _MAX_PIXELS = 400_000_000
 _MAX_HALF_WIDTH_PX = 100
-_ROWS_PER_BLOCK = 20_000
+_SPLAT_ELEMENTS = 2**22  # (localizations x drawn pixels) per block: ~100 MB of temporaries
 
 
 def check_pixel_size(pixel_size_nm: float) -> None:
@@ -67,8 +67,9 @@ def _shape(extent: Extent, pixel_size_nm: float) -> tuple[int, int]:
     x0, x1, y0, y1 = extent
     if not (x1 > x0 and y1 > y0):
         raise DenselocError(f"empty render extent {extent} (x0, x1, y0, y1 in nm)")
-    ny = max(1, round((y1 - y0) / pixel_size_nm))
-    nx = max(1, round((x1 - x0) / pixel_size_nm))
+    # Whole pixels covering the extent (a last partial pixel is kept, not dropped).
+    ny = max(1, math.ceil((y1 - y0) / pixel_size_nm - 1e-9))
+    nx = max(1, math.ceil((x1 - x0) / pixel_size_nm - 1e-9))
     if nx * ny > _MAX_PIXELS:
         raise DenselocError(
             f"a {nx} x {ny} px image at {pixel_size_nm:g} nm/px is too large; "
@@ -96,7 +97,9 @@ def render(
     mode : {"histogram", "gaussian"}
         Counts per pixel, or each localization as a Gaussian with its predicted sigma.
     extent_nm : (x0, x1, y0, y1), optional
-        Region to render (default: :func:`render_extent`).
+        Region to render (default: :func:`render_extent`); the image has
+        ``ceil((x1 - x0) / pixel_size_nm)`` columns from x0, so an extent that is not a whole
+        number of pixels is widened to one.
     weights : array of shape (len(table),), optional
         Value each localization contributes instead of 1 (e.g. z for a z-weighted sum).
     """
@@ -140,7 +143,9 @@ def render(
     flat = np.zeros(ny * nx)
     for k in np.unique(half):
         rows = np.flatnonzero(half == k)
-        for block in np.array_split(rows, -(-len(rows) // _ROWS_PER_BLOCK)):
+        rows = rows[np.argsort(v[rows], kind="stable")]  # blocks of nearby rows of the image
+        per_block = max(1, _SPLAT_ELEMENTS // (2 * int(k) + 1) ** 2)
+        for block in np.array_split(rows, -(-len(rows) // per_block)):
             _splat(flat, (ny, nx), u[block], v[block], su[block], sv[block], w[block], k)
     return flat.reshape(ny, nx)
 
@@ -160,8 +165,10 @@ def _splat(flat, shape, u, v, su, sv, w, k) -> None:
     rows, wy = _pixel_weights(v, sv, k)
     mass = wy[:, :, None] * wx[:, None, :] * w[:, None, None]
     inside = ((rows >= 0) & (rows < ny))[:, :, None] & ((cols >= 0) & (cols < nx))[:, None, :]
-    index = rows[:, :, None] * nx + cols[:, None, :]
-    flat += np.bincount(index[inside], weights=mass[inside], minlength=flat.size)
+    index = (rows[:, :, None] * nx + cols[:, None, :])[inside]
+    if index.size:  # add into the span of pixels the block touches, not a whole-image array
+        lo = int(index.min())
+        flat[lo:int(index.max()) + 1] += np.bincount(index - lo, weights=mass[inside])
 
 
 def render_colored(
