@@ -904,7 +904,7 @@ def frc(
     if np.isfinite(result.resolution_nm):
         typer.echo(f"FRC resolution: {result.resolution_nm:.1f} nm")
     else:
-        typer.echo("FRC resolution: the curve stays above 1/7; use a smaller --pixel-size-nm")
+        typer.echo(f"FRC resolution: none; {result.problem}")
 
 
 @app.command()

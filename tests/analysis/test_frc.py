@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from denseloc.analysis.frc import FRC_THRESHOLD, fourier_ring_correlation, plot_frc, split_halves
+from denseloc.analysis.frc import (
+    FRC_THRESHOLD,
+    FRCResult,
+    fourier_ring_correlation,
+    plot_frc,
+    split_halves,
+)
 from denseloc.errors import DenselocError
 
 
@@ -34,6 +40,23 @@ def test_frc_resolution_follows_the_localization_precision(tmp_path) -> None:
     assert fine.frc[1] > 0.9 and fine.frc[-1] < FRC_THRESHOLD
     png = plot_frc(fine, tmp_path / "frc.png")
     assert png.stat().st_size > 10_000
+
+
+def test_frc_far_from_the_camera_origin_and_without_a_resolution() -> None:
+    far = structure(8.0).assign(x_nm=lambda t: t["x_nm"] + 200_000.0,
+                                y_nm=lambda t: t["y_nm"] + 150_000.0)
+    # rendered around the data, not from (0, 0): the same curve as near the origin
+    near, shifted = (fourier_ring_correlation(t, pixel_size_nm=4.0)
+                     for t in (structure(8.0), far))
+    assert shifted.resolution_nm == pytest.approx(near.resolution_nm, rel=0.02)
+    assert near.problem is None
+    # a curve below 1/7 from the start: the halves share nothing, finer pixels cannot help
+    flat = np.full(50, 0.05)
+    none = FRCResult(np.arange(50) / 1000.0, flat, flat, float("nan"))
+    assert "do not correlate" in none.problem
+    # a curve that stays above 1/7 asks for finer pixels
+    coarse = fourier_ring_correlation(structure(8.0), pixel_size_nm=200.0)
+    assert np.isnan(coarse.resolution_nm) and "finer" in coarse.problem
 
 
 def test_halves_are_blocks_of_frames() -> None:

@@ -20,6 +20,7 @@ often. The split is one random draw (`seed`); repeat with other seeds to see its
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,17 @@ class FRCResult:
     """Smoothed curve, one value per ring."""
     frc_raw: np.ndarray
     resolution_nm: float
-    """1 / frequency of the first crossing of 1/7; NaN when the curve never drops below it."""
+    """1 / frequency of the first crossing of 1/7; NaN when there is none (:attr:`problem`)."""
+
+    @property
+    def problem(self) -> str | None:
+        """Why there is no resolution: None when there is one."""
+        if np.isfinite(self.resolution_nm):
+            return None
+        if len(self.frc) < 2 or self.frc[1] < FRC_THRESHOLD:
+            return ("the two halves do not correlate even at the lowest frequencies: too few "
+                    "localizations, or no structure that both halves share")
+        return "the curve stays above 1/7: render at a finer --pixel-size-nm"
 
     def to_dict(self) -> dict[str, float | None]:
         finite = bool(np.isfinite(self.resolution_nm))
@@ -87,10 +98,11 @@ def fourier_ring_correlation(
     seed : int
         Seed of the random split.
     """
+    from scipy import fft
     from scipy.ndimage import uniform_filter1d
     from scipy.signal.windows import tukey
 
-    from denseloc.analysis.render import render, render_extent
+    from denseloc.analysis.render import check_pixel_size, render
 
     if len(table) < 100:
         raise DenselocError(f"FRC needs at least 100 localizations, got {len(table)}")
@@ -100,18 +112,33 @@ def fourier_ring_correlation(
             f"the two halves hold {half.sum()} and {(~half).sum()} localizations: FRC needs "
             "localizations spread over many frames (it splits the movie by blocks of frames)"
         )
-    x0, x1, y0, y1 = render_extent(table, pixel_size_nm)
-    side = max(x1 - x0, y1 - y0)  # square images: rings are circles
+    check_pixel_size(pixel_size_nm)
+    # A square around the localizations (not from the camera origin): rings are circles.
+    x0 = np.floor(table["x_nm"].min() / pixel_size_nm) * pixel_size_nm
+    y0 = np.floor(table["y_nm"].min() / pixel_size_nm) * pixel_size_nm
+    side = max(table["x_nm"].max() - x0, table["y_nm"].max() - y0) + pixel_size_nm
     extent = (x0, x0 + side, y0, y0 + side)
-    images = [render(table[mask], pixel_size_nm=pixel_size_nm, extent_nm=extent)
-              for mask in (half, ~half)]
-    n = images[0].shape[0]
-    window = np.outer(tukey(n, 0.125), tukey(n, 0.125))
-    f1, f2 = (np.fft.fftshift(np.fft.fft2(image * window)) for image in images)
-    yy, xx = np.indices((n, n)) - n // 2
-    ring = np.round(np.hypot(yy, xx)).astype(int).ravel()
+    taper = tukey(math.ceil(side / pixel_size_nm - 1e-9), 0.125).astype(np.float32)
+    spectra = []
+    for mask in (half, ~half):
+        image = render(table[mask], pixel_size_nm=pixel_size_nm, extent_nm=extent)
+        image = image.astype(np.float32)
+        image *= taper[:, None]
+        image *= taper[None, :]
+        spectra.append(fft.rfft2(image, workers=-1))  # complex64; the other half is conjugate
+        del image
+    f1, f2 = spectra
+    n = len(taper)
+    ky = np.fft.fftfreq(n, 1 / n).astype(np.float32)
+    kx = np.arange(f1.shape[1], dtype=np.float32)
+    ring = np.rint(np.hypot(ky[:, None], kx[None, :])).astype(np.int32).ravel()
+    # Columns 0 < kx < n / 2 stand for themselves and their conjugate mirror image.
+    twice = np.full(f1.shape[1], 2.0, dtype=np.float32)
+    twice[0] = 1.0
+    if n % 2 == 0:
+        twice[-1] = 1.0
     n_rings = n // 2
-    sums = [np.bincount(ring, weights=values.ravel(), minlength=n_rings + 1)[: n_rings]
+    sums = [np.bincount(ring, weights=(values * twice).ravel(), minlength=n_rings + 1)[:n_rings]
             for values in ((f1 * np.conj(f2)).real, np.abs(f1) ** 2, np.abs(f2) ** 2)]
     with np.errstate(invalid="ignore", divide="ignore"):
         raw = sums[0] / np.sqrt(sums[1] * sums[2])
@@ -146,6 +173,8 @@ def plot_frc(result: FRCResult, path: str | os.PathLike) -> Path:
     if np.isfinite(result.resolution_nm):
         ax.axvline(1000 / result.resolution_nm, color="tab:red", lw=0.8)
         ax.set_title(f"FRC resolution {result.resolution_nm:.1f} nm")
+    elif result.frc[1:2].size and result.frc[1] < FRC_THRESHOLD:
+        ax.set_title("the halves do not correlate: no FRC resolution")
     else:
         ax.set_title("FRC never drops below 1/7: render at a finer pixel")
     ax.set_xlabel("spatial frequency (1/um)")
