@@ -44,6 +44,35 @@ def test_rcc_recovers_a_known_drift_within_a_few_nm(tmp_path) -> None:
     assert png.stat().st_size > 10_000
 
 
+def test_a_movie_starting_late_with_a_wrong_pair_is_corrected(monkeypatch) -> None:
+    # Frames 500-4499 of the drifting movie (a table from --frames 500:4500), and one pair of
+    # blocks whose correlation peak is 10 px off: the pair is dropped, the drift recovered.
+    from denseloc.analysis import drift as drift_module
+
+    table = drifting_structure()
+    table = table[table["frame"].between(500, 4499)].reset_index(drop=True)
+    real_peak, calls = drift_module._peak, {"n": 0}
+
+    def one_wrong_peak(corr, reach):
+        calls["n"] += 1
+        peak = real_peak(corr, reach)
+        return peak + 10.0 if calls["n"] == 7 else peak
+
+    monkeypatch.setattr(drift_module, "_peak", one_wrong_peak)
+    estimate = estimate_drift(table, n_segments=10, pixel_size_nm=20.0)
+    assert estimate.frames[0] == 500 and estimate.pairs_used == estimate.pairs_total - 1
+    dx, dy = true_drift(estimate.frames.astype(float))
+    dx, dy = dx - dx[0], dy - dy[0]
+    assert np.sqrt(np.mean((estimate.x_nm - dx) ** 2)) < 4.0
+    assert np.sqrt(np.mean((estimate.y_nm - dy) ** 2)) < 4.0
+    # the drift of a localization is that of its own frame, not of frame - 500
+    x, _ = estimate.at(np.array([500, 3000]))
+    np.testing.assert_allclose(x, [0.0, estimate.x_nm[2500]])
+    corrected = correct_drift(table, estimate)
+    late = table["frame"].to_numpy() == 4000
+    np.testing.assert_allclose(corrected["x_nm"][late], table["x_nm"][late] - estimate.x_nm[3500])
+
+
 def test_drift_needs_enough_segments_and_localizations() -> None:
     table = drifting_structure(n_frames=50)
     with pytest.raises(DenselocError, match=r"n_segments \(--segments\) >= 3"):

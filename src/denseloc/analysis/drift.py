@@ -4,9 +4,12 @@ Wang et al., Opt. Express 22, 15982 (2014). The movie is cut into `n_segments` b
 frames; each block is rendered as a histogram image; every pair of blocks is cross-correlated
 (FFT) and the sub-pixel peak (a parabola through the log-correlation around the maximum, per
 axis) gives the shift between them. The N(N-1)/2 shifts over-determine the N block drifts:
-a least-squares solve, then pairs whose residual exceeds `max_residual_nm` are dropped and the
-solve repeated (as long as every block stays connected). A cubic spline through the block
-centres gives the drift of every frame, zero at the first frame.
+a least-squares solve, then the pair with the largest residual above `max_residual_nm` is
+dropped and the solve repeated, worst first, skipping pairs whose loss would cut a block off
+from the others. A cubic spline through the block centres gives the drift of every frame
+between the first and last centre; before and after them (half a block at each end) the
+drift continues along the spline's end slopes, as extrapolating the cubic there amplifies
+the blocks' noise. The drift is reported relative to the first frame.
 
 Sign convention: ``observed = true + drift(frame)``; :func:`correct_drift` subtracts it.
 """
@@ -23,6 +26,8 @@ import pandas as pd
 from denseloc.errors import DenselocError
 
 __all__ = ["DriftEstimate", "correct_drift", "estimate_drift", "plot_drift"]
+
+_MAX_SPECTRA_BYTES = 6 * 2**30
 
 
 @dataclass(frozen=True)
@@ -77,10 +82,11 @@ def estimate_drift(
     smoothing_px : float
         Gaussian blur of the block images (render pixels) before correlation.
     """
+    from scipy import fft
     from scipy.interpolate import make_interp_spline
     from scipy.ndimage import gaussian_filter
 
-    from denseloc.analysis.render import render, render_extent
+    from denseloc.analysis.render import data_extent, render
 
     if n_segments < 3:
         raise DenselocError(
@@ -102,45 +108,69 @@ def estimate_drift(
         raise DenselocError(
             f"a drift segment holds only {counts.min()} localizations; use fewer segments"
         )
-    extent = render_extent(table, pixel_size_nm)
+    extent = data_extent(table, pixel_size_nm)  # around the data, not from the camera origin
+    shape = (round((extent[3] - extent[2]) / pixel_size_nm),
+             round((extent[1] - extent[0]) / pixel_size_nm))
+    spectrum_bytes = n_segments * shape[0] * (shape[1] // 2 + 1) * 8
+    if spectrum_bytes > _MAX_SPECTRA_BYTES:
+        raise DenselocError(
+            f"{n_segments} block images of {shape[1]} x {shape[0]} px at {pixel_size_nm:g} nm "
+            f"need {spectrum_bytes / 2**30:.1f} GiB of spectra; use a larger --pixel-size-nm "
+            "or fewer --segments"
+        )
     spectra = []
     for b in range(n_segments):
         image = render(table[block == b], pixel_size_nm=pixel_size_nm, extent_nm=extent)
-        spectra.append(np.fft.rfft2(gaussian_filter(image, smoothing_px)))
+        image = gaussian_filter(image.astype(np.float32), smoothing_px)
+        spectra.append(fft.rfft2(image, workers=-1))  # complex64
     shape = image.shape
     reach = int(np.ceil(max_shift_nm / pixel_size_nm))
     pairs, shifts = [], []
     for i in range(n_segments):
         for j in range(i + 1, n_segments):
-            corr = np.fft.irfft2(np.conj(spectra[i]) * spectra[j], s=shape)
+            corr = fft.irfft2(np.conj(spectra[i]) * spectra[j], s=shape, workers=-1)
             shifts.append(_peak(corr, reach) * pixel_size_nm)
             pairs.append((i, j))
     pairs_arr, shifts_arr = np.array(pairs), np.array(shifts)  # (P, 2), (P, 2) as (dy, dx)
     tolerance = pixel_size_nm if max_residual_nm is None else max_residual_nm
     use = np.ones(len(pairs_arr), dtype=bool)
+    needed = np.zeros(len(pairs_arr), dtype=bool)  # pairs whose loss would cut off a block
     while True:
         drift = _solve(pairs_arr[use], shifts_arr[use], n_segments)
         residual = np.linalg.norm(drift[pairs_arr[:, 1]] - drift[pairs_arr[:, 0]] - shifts_arr,
                                   axis=1)
-        worst = np.argmax(np.where(use, residual, -1))
-        if residual[worst] <= tolerance:
+        removable = use & ~needed & (residual > tolerance)
+        if not removable.any():
             break
+        worst = np.argmax(np.where(removable, residual, -1))
         trial = use.copy()
         trial[worst] = False
-        if not _connected(pairs_arr[trial], n_segments):
-            break
-        use = trial
+        if _connected(pairs_arr[trial], n_segments):
+            use = trial
+        else:
+            needed[worst] = True
     centres = np.array([frames[block == b].mean() for b in range(n_segments)])
     all_frames = np.arange(first, last + 1)
     spline = make_interp_spline(centres, drift, k=min(3, n_segments - 1))  # 3 blocks: quadratic
-    per_frame = spline(all_frames)
-    per_frame -= per_frame[0]
-    drift = drift - spline(first)
+    per_frame = _with_linear_ends(spline, all_frames.astype(float), centres[0], centres[-1])
+    origin = per_frame[0].copy()
+    per_frame -= origin
+    drift = drift - origin
     return DriftEstimate(
         frames=all_frames, x_nm=per_frame[:, 1], y_nm=per_frame[:, 0], block_frames=centres,
         block_x_nm=drift[:, 1], block_y_nm=drift[:, 0],
         pairs_used=int(use.sum()), pairs_total=len(use),
     )
+
+
+def _with_linear_ends(spline, frames: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """The spline at `frames`, continued along its end slopes outside [lo, hi]."""
+    values = spline(np.clip(frames, lo, hi))
+    slope = spline.derivative()
+    for end, outside in ((lo, frames < lo), (hi, frames > hi)):
+        if outside.any():
+            values[outside] += (frames[outside] - end)[:, None] * slope(end)[None, :]
+    return values
 
 
 def _peak(corr: np.ndarray, reach: int) -> np.ndarray:

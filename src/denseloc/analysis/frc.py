@@ -102,7 +102,7 @@ def fourier_ring_correlation(
     from scipy.ndimage import uniform_filter1d
     from scipy.signal.windows import tukey
 
-    from denseloc.analysis.render import check_pixel_size, render
+    from denseloc.analysis.render import data_extent, render
 
     if len(table) < 100:
         raise DenselocError(f"FRC needs at least 100 localizations, got {len(table)}")
@@ -112,11 +112,9 @@ def fourier_ring_correlation(
             f"the two halves hold {half.sum()} and {(~half).sum()} localizations: FRC needs "
             "localizations spread over many frames (it splits the movie by blocks of frames)"
         )
-    check_pixel_size(pixel_size_nm)
     # A square around the localizations (not from the camera origin): rings are circles.
-    x0 = np.floor(table["x_nm"].min() / pixel_size_nm) * pixel_size_nm
-    y0 = np.floor(table["y_nm"].min() / pixel_size_nm) * pixel_size_nm
-    side = max(table["x_nm"].max() - x0, table["y_nm"].max() - y0) + pixel_size_nm
+    x0, x1, y0, y1 = data_extent(table, pixel_size_nm)
+    side = max(x1 - x0, y1 - y0)
     extent = (x0, x0 + side, y0, y0 + side)
     taper = tukey(math.ceil(side / pixel_size_nm - 1e-9), 0.125).astype(np.float32)
     spectra = []

@@ -63,6 +63,18 @@ def render_extent(table: pd.DataFrame, pixel_size_nm: float) -> Extent:
     return (x0, x1, y0, y1)
 
 
+def data_extent(table: pd.DataFrame, pixel_size_nm: float) -> Extent:
+    """Whole render pixels around the localizations (not from the camera origin)."""
+    check_pixel_size(pixel_size_nm)
+    if table.empty:
+        raise DenselocError("cannot render an empty localization table")
+    x0 = math.floor(table["x_nm"].min() / pixel_size_nm) * pixel_size_nm
+    y0 = math.floor(table["y_nm"].min() / pixel_size_nm) * pixel_size_nm
+    x1 = (math.floor(table["x_nm"].max() / pixel_size_nm) + 1) * pixel_size_nm
+    y1 = (math.floor(table["y_nm"].max() / pixel_size_nm) + 1) * pixel_size_nm
+    return (x0, x1, y0, y1)
+
+
 def _shape(extent: Extent, pixel_size_nm: float) -> tuple[int, int]:
     x0, x1, y0, y1 = extent
     if not (x1 > x0 and y1 > y0):
