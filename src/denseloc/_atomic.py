@@ -11,6 +11,32 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+from denseloc.errors import DenselocError
+
+
+def check_writable(path: str | os.PathLike, suffixes: tuple[str, ...] | None = None) -> Path:
+    """Raise DenselocError unless `path` can be written (before long work, not after it).
+
+    `path` must not be a folder, the nearest existing folder on its way must be writable (a
+    missing folder is created on writing), and its extension must be one of `suffixes` if
+    given (lower case, with the dot).
+    """
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise DenselocError(f"{path} is a folder; give a file name")
+        if suffixes is not None and path.suffix.lower() not in suffixes:
+            raise DenselocError(f"{path}: the file name must end in {', '.join(suffixes)}")
+        folder = path.absolute().parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        writable = folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+    except OSError as exc:  # e.g. a folder on the way that may not be searched
+        raise DenselocError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if not writable:
+        raise DenselocError(f"cannot write {path}: {folder} is not a writable folder")
+    return path
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from denseloc._atomic import atomic_path
+from denseloc._atomic import atomic_path, check_writable
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -30,7 +30,7 @@ def new_figure(width: float, height: float) -> Figure:
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 110) -> Path:
     """Write `fig` as PNG to `path` atomically (creating its folder) and return the path."""
-    path = Path(path)
+    path = check_writable(path, (".png",))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)

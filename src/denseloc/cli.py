@@ -823,9 +823,11 @@ def render(
     ] = None,
 ) -> None:
     """Render a super-resolution image from a localization table."""
+    from denseloc._atomic import check_writable
+    from denseloc.analysis.render import IMAGE_SUFFIXES, render_colored, save_image
     from denseloc.analysis.render import render as draw
-    from denseloc.analysis.render import render_colored, save_image
 
+    check_writable(out, IMAGE_SUFFIXES)
     table = _read_locs(locs, camera_pixel_nm)
     if mode not in ("histogram", "gaussian"):
         raise DenselocError(f"unknown --mode {mode!r}; available: histogram, gaussian")
@@ -859,16 +861,17 @@ def drift(
     """Estimate lateral drift by redundant cross-correlation and write the corrected table."""
     import numpy as np
 
+    from denseloc._atomic import check_writable
     from denseloc.analysis.drift import correct_drift, estimate_drift, plot_drift
     from denseloc.io import writable_format, write_table
 
     writable_format(out)
+    plot = check_writable(plot or out.with_name(f"{out.stem}_drift.png"), (".png",))
     table = _read_locs(locs, camera_pixel_nm)
     estimate = estimate_drift(table, n_segments=segments, pixel_size_nm=pixel_size_nm,
                               max_shift_nm=max_drift_nm)
-    plot = plot or out.with_name(f"{out.stem}_drift.png")
+    write_table(correct_drift(table, estimate), out)  # the result first, then its picture
     plot_drift(estimate, plot)
-    write_table(correct_drift(table, estimate), out)
     typer.echo(
         f"wrote {out} and {plot}: drift over the movie {np.ptp(estimate.x_nm):.1f} nm in x, "
         f"{np.ptp(estimate.y_nm):.1f} nm in y ({estimate.pairs_used}/{estimate.pairs_total} "
@@ -893,8 +896,11 @@ def frc(
     """Fourier ring correlation resolution (1/7 threshold) of a localization table."""
     import numpy as np
 
+    from denseloc._atomic import check_writable
     from denseloc.analysis.frc import fourier_ring_correlation, plot_frc
 
+    if plot is not None:
+        check_writable(plot, (".png",))
     table = _read_locs(locs, camera_pixel_nm)
     result = fourier_ring_correlation(table, pixel_size_nm=pixel_size_nm, n_blocks=blocks,
                                       seed=seed)

@@ -61,6 +61,10 @@ def test_analysis_commands_reject_bad_input(tmp_path) -> None:
     cases = [
         (["render", str(tmp_path / "none.csv"), "--out", str(tmp_path / "x.png")], "not found"),
         (["render", str(path), "--out", str(tmp_path / "x.jpg")], ".png, .tif"),
+        (["drift", str(path), "--out", str(tmp_path / "d.csv"), "--plot",
+          str(tmp_path / "d.jpg")], "must end in .png"),
+        (["frc", str(path), "--plot", str(tmp_path / "f.pdf")], "must end in .png"),
+        (["render", str(tmp_path / "none.csv"), "--out", str(tmp_path)], "is a folder"),
         (["render", str(path), "--out", str(tmp_path / "x.png"), "--mode", "dots"],
          "unknown --mode"),
         (["render", str(path), "--out", str(tmp_path / "x.png"), "--color-by", "colour"],

@@ -40,6 +40,8 @@ __all__ = ["render", "render_colored", "render_extent", "save_image"]
 Extent = tuple[float, float, float, float]
 """(x0, x1, y0, y1) in nm."""
 
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+"""The extensions :func:`save_image` writes."""
 _MAX_PIXELS = 400_000_000
 _MAX_HALF_WIDTH_PX = 100
 _SPLAT_ELEMENTS = 2**22  # (localizations x drawn pixels) per block: ~100 MB of temporaries
@@ -239,12 +241,10 @@ def save_image(
     import tifffile
     from matplotlib import colormaps
 
-    from denseloc._atomic import atomic_path
+    from denseloc._atomic import atomic_path, check_writable
 
-    path = Path(path)
+    path = check_writable(path, IMAGE_SUFFIXES)
     suffix = path.suffix.lower()
-    if suffix not in (".png", ".tif", ".tiff"):
-        raise DenselocError(f"{path}: image format must be .png, .tif or .tiff")
     rgb = image.ndim == 3
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:

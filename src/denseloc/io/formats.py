@@ -79,7 +79,7 @@ import pandas as pd
 import yaml
 
 from denseloc import __version__
-from denseloc._atomic import atomic_path
+from denseloc._atomic import atomic_path, check_writable
 from denseloc.errors import DenselocError, InputFileError
 from denseloc.io import _picasso_yaml as picasso_yaml
 from denseloc.table import METADATA_KEYS, REQUIRED, nm_to_px, px_to_nm, validate
@@ -1052,17 +1052,9 @@ def writable_format(path: PathLike, format: str | None = None) -> str:
         nearest existing folder on its way is not writable.
     """
     path = Path(path)
-    try:
-        if path.is_dir():
-            raise DenselocError(f"{path} is a folder; give a file name, e.g. {path / 'locs.csv'}")
-        folder = path.absolute().parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        writable = folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
-    except OSError as exc:  # e.g. a folder on the way that may not be searched
-        raise DenselocError(f"cannot write {path}: {exc.strerror or exc}") from None
-    if not writable:
-        raise DenselocError(f"cannot write {path}: {folder} is not a writable folder")
+    if path.is_dir():
+        raise DenselocError(f"{path} is a folder; give a file name, e.g. {path / 'locs.csv'}")
+    check_writable(path)
     if format is None:
         names = _formats_for_suffix(path)
         if not names:
