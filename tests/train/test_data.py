@@ -215,3 +215,29 @@ def test_scmos_maps_are_cut_at_random_places_on_the_chip(tmp_path) -> None:
     np.testing.assert_allclose(variance[:8].mean(), shot, rtol=0.15)
     np.testing.assert_allclose(variance[-8:].mean(), shot + read, rtol=0.15)
     assert np.mean(variance > shot + read / 2) == pytest.approx(0.5, abs=0.2)
+
+
+def test_validation_bounds_use_the_chips_read_noise_not_the_crops_camera(tmp_path) -> None:
+    # The crops' camera drops the maps (the simulator applies them per movie); its
+    # read_noise_e of 0 is not the read noise of the data. The map's median is: 300 ADU^2.
+    from denseloc.evaluate.crlb import NoiseModel, add_crlb_columns
+    from denseloc.train.trainer import _validation_truth
+
+    np.save(tmp_path / "variance.npy", np.full((32, 32), 300.0))
+    cfg = Config.model_validate({
+        "image": {"size_px": 32},
+        "camera": {"kind": "scmos", "e_per_adu": 0.5, "read_noise_e": 0.0,
+                   "variance_map": str(tmp_path / "variance.npy")},
+        "psf": {"kind": "gaussian"},
+        "emitters": {"density_per_um2": 2.0},
+        "train": {"frame_size_px": 16, "frames_per_movie": 3},
+    })
+    data = TrainingData(cfg)
+    truth = _validation_truth([data.batch(8, torch.Generator().manual_seed(1))], data)
+    assert len(truth) > 5
+    plain = truth.drop(columns=[c for c in truth if c.startswith("crlb_")])
+    expected = add_crlb_columns(plain, data.config, frame_shape=(16, 16),
+                                noise=NoiseModel(qe=0.82, read_var_e2=300.0 * 0.5**2))
+    np.testing.assert_allclose(truth["crlb_x_nm"], expected["crlb_x_nm"], rtol=1e-9)
+    quiet = add_crlb_columns(plain, data.config, frame_shape=(16, 16))
+    assert (truth["crlb_x_nm"] > 1.05 * quiet["crlb_x_nm"]).mean() > 0.5

@@ -91,8 +91,12 @@ class _State:
 
 
 def _validation_truth(batches: list[Batch], data: TrainingData) -> pd.DataFrame:
-    """Ground truth of validation batches with frame = global sample index and the CRLB."""
-    from denseloc.evaluate.crlb import add_crlb_columns
+    """Ground truth of validation batches with frame = global sample index and the CRLB.
+
+    The bounds take the chip's read noise (an sCMOS variance map's median): `data.config` is
+    the crops' camera without its maps, whose ``read_noise_e`` the simulator ignored.
+    """
+    from denseloc.evaluate.crlb import NoiseModel, add_crlb_columns
 
     tables, offset = [], 0
     for batch in batches:
@@ -104,7 +108,8 @@ def _validation_truth(batches: list[Batch], data: TrainingData) -> pd.DataFrame:
         offset += len(batch.windows)
     truth = pd.concat(tables, ignore_index=True)
     frame_shape = tuple(batches[0].frames.shape[-2:]) if batches else None
-    return add_crlb_columns(truth, data.config, frame_shape=frame_shape)
+    return add_crlb_columns(truth, data.config, frame_shape=frame_shape,
+                            noise=NoiseModel.from_camera(data.chip_camera.config))
 
 
 @torch.no_grad()
