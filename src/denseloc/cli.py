@@ -354,7 +354,8 @@ def localize(
         typer.Option(help="Keep this fraction (0-1] with the smallest lateral sigma."),
     ] = None,
     group: Annotated[
-        bool, typer.Option(help="Merge one emitter's localizations in consecutive frames.")
+        bool, typer.Option(help="Merge one emitter's localizations in consecutive frames (a "
+                           "network's sigmas merged with its frame_error_correlation).")
     ] = False,
     group_radius_nm: Annotated[
         float, typer.Option(help="--group: largest lateral distance between frames, nm.")
@@ -425,7 +426,15 @@ def localize(
     if group:
         from denseloc.localize.grouping import group_consecutive
 
-        table = group_consecutive(table, radius_nm=group_radius_nm, max_gap_frames=group_gap)
+        correlation = table.attrs.get("localization", {}).get("frame_error_correlation")
+        if method == "network" and not correlation:
+            typer.secho("warning: this model has no measured frame_error_correlation; grouped "
+                        "sigmas assume independent frames and are too small (1.6-1.8 times "
+                        "for the bundled model before it was measured; see "
+                        "benchmarks/bench_grouping.py --record)", fg=typer.colors.YELLOW,
+                        err=True)
+        table = group_consecutive(table, radius_nm=group_radius_nm, max_gap_frames=group_gap,
+                                  error_correlation=correlation or 0.0)
     write_table(table, out, pixel_size_nm=cfg.image.pixel_size_nm)
     detail = "" if len(table) == n_raw else f" ({n_raw} before filtering/grouping)"
     typer.echo(f"wrote {len(table)} localizations{detail} from {len(selected)} frames to {out}")

@@ -9,8 +9,10 @@ import pytest
 from denseloc.localize.grouping import group_consecutive, link_consecutive
 
 
-def _blinking(n_emitters: int, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Emitters on a 2 um grid, each on for 1-6 consecutive frames with sigma 5-30 nm."""
+def _blinking(n_emitters: int, rng: np.random.Generator,
+              rho: float = 0.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Emitters on a 2 um grid, each on for 1-6 consecutive frames with sigma 5-30 nm; the
+    errors / sigma of one emitter's frames correlate with `rho`."""
     truth = pd.DataFrame({
         "x_nm": (np.arange(n_emitters) % 50) * 2000.0 + 500,
         "y_nm": (np.arange(n_emitters) // 50) * 2000.0 + 500,
@@ -20,11 +22,13 @@ def _blinking(n_emitters: int, rng: np.random.Generator) -> tuple[pd.DataFrame, 
     })
     rows = []
     for i, t in truth.iterrows():
+        shared = rng.standard_normal(3)
         for f in range(int(t["start"]), int(t["start"] + t["length"])):
             sigma = rng.uniform(5, 30, 3)
-            rows.append({"frame": f, "x_nm": t["x_nm"] + rng.normal(0, sigma[0]),
-                         "y_nm": t["y_nm"] + rng.normal(0, sigma[1]),
-                         "z_nm": t["z_nm"] + rng.normal(0, sigma[2]),
+            error = sigma * (np.sqrt(rho) * shared + np.sqrt(1 - rho) * rng.standard_normal(3))
+            rows.append({"frame": f, "x_nm": t["x_nm"] + error[0],
+                         "y_nm": t["y_nm"] + error[1],
+                         "z_nm": t["z_nm"] + error[2],
                          "sigma_x_nm": sigma[0], "sigma_y_nm": sigma[1], "sigma_z_nm": sigma[2],
                          "photons": 1000.0, "sigma_photons": 30.0, "p": 0.9, "truth": i})
     table = pd.DataFrame(rows).sample(frac=1.0, random_state=1)  # any row order
@@ -53,6 +57,36 @@ def test_groups_follow_emitters_and_sigmas_shrink_as_theory_says() -> None:
         ].to_numpy()
         # inverse-variance weighting: the merged sigma is the true standard error
         assert np.sqrt(np.mean(z_scores**2)) == pytest.approx(1.0, abs=0.07)
+
+
+@pytest.mark.parametrize("rho", [0.5, 0.9])
+def test_merged_sigmas_of_correlated_frames_use_their_correlation(rho: float) -> None:
+    # A context network's frames share photons: their errors correlate (rho ~0.9 measured).
+    table, truth = _blinking(1000, np.random.default_rng(4), rho=rho)
+    table = table.drop(columns="truth")
+    index = None
+    for correlation, expected in ((rho, (0.93, 1.07)), (0.0, (1.2, 9.0))):
+        merged = group_consecutive(table, radius_nm=150.0, error_correlation=correlation)
+        if index is None:
+            index = (np.round((merged["y_nm"] - 500) / 2000) * 50
+                     + np.round((merged["x_nm"] - 500) / 2000)).astype(int).to_numpy()
+        several = merged["n_frames"].to_numpy() >= 2
+        for axis in "xyz":
+            z = ((merged[f"{axis}_nm"].to_numpy() - truth[f"{axis}_nm"].to_numpy()[index])
+                 / merged[f"sigma_{axis}_nm"].to_numpy())[several]
+            assert expected[0] < np.sqrt(np.mean(z**2)) < expected[1], (rho, correlation, axis)
+    # rho 1: the sigma of the weighted mean is the weighted mean of the sigmas
+    one = pd.DataFrame({"frame": [0, 1], "x_nm": [0.0, 1.0], "y_nm": [0.0, 0.0],
+                        "sigma_x_nm": [10.0, 20.0], "sigma_y_nm": [5.0, 5.0],
+                        "sigma_photons": [3.0, 4.0], "photons": [100.0, 100.0]})
+    merged = group_consecutive(one, error_correlation={"x": 1.0, "photons": 1.0})
+    assert merged["sigma_x_nm"].item() == pytest.approx(0.8 * 10 + 0.2 * 20)
+    assert merged["sigma_y_nm"].item() == pytest.approx(5 / np.sqrt(2))  # y: independent
+    assert merged["sigma_photons"].item() == pytest.approx(7.0)
+    with pytest.raises(ValueError, match="unknown axes"):
+        group_consecutive(one, error_correlation={"w": 0.5})
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\]"):
+        group_consecutive(one, error_correlation=1.5)
 
 
 def test_merged_sigma_is_inverse_variance_sum() -> None:

@@ -383,7 +383,8 @@ def test_counts_below_the_baseline_are_flagged(bundled, movie, tmp_path) -> None
 
 @pytest.mark.parametrize("damage", ["no threshold", "bad architecture", "html weights",
                                     "negative sigma factor", "sigma factors of a new readout",
-                                    "unknown readout", "weights of another save"])
+                                    "unknown readout", "weights of another save",
+                                    "correlation above 1"])
 def test_damaged_model_folder_is_a_clear_error(bundled, tmp_path, damage: str) -> None:
     import shutil
 
@@ -404,6 +405,8 @@ def test_damaged_model_folder_is_a_clear_error(bundled, tmp_path, damage: str) -
         meta["sigma_scale"] = {"centroid": {"x": 1.0}}
     elif damage == "unknown readout":
         meta["readout"] = "centroid"
+    elif damage == "correlation above 1":
+        meta["frame_error_correlation"] = {"x": 1.4}
     elif damage == "weights of another save":
         # A save of this model with digests, then the weights of an interrupted later save.
         model = TrainedModel.load(folder)
@@ -418,6 +421,31 @@ def test_damaged_model_folder_is_a_clear_error(bundled, tmp_path, damage: str) -
     target = "weights.pt" if damage in ("html weights", "weights of another save") else "model.yaml"
     with pytest.raises(InputFileError, match=target):
         TrainedModel.load(folder)
+
+
+def test_grouping_uses_the_models_frame_error_correlation(bundled, movie, tmp_path) -> None:
+    import dataclasses
+
+    from denseloc.train.artifact import TrainedModel
+
+    _, model = bundled
+    assert model.frame_error_correlation["x"] > 0.8  # measured by bench_grouping.py --record
+    copy = tmp_path / "m"
+    model.save(copy)  # a save keeps it
+    assert TrainedModel.load(copy).frame_error_correlation == model.frame_error_correlation
+    path, cfg, _ = movie
+    with open_movie(path) as mv:
+        table = localize_movie_network(mv, model, cfg, check=False)
+    assert table.attrs["localization"]["frame_error_correlation"] == model.frame_error_correlation
+    unmeasured = dataclasses.replace(model, frame_error_correlation={})
+    unmeasured.save(tmp_path / "u")
+    runner = CliRunner()
+    for model_dir, warned in ((copy, False), (tmp_path / "u", True)):
+        result = runner.invoke(app, ["localize", str(path), "--model", str(model_dir),
+                                     "--camera", "emccd", "--group",
+                                     "--out", str(tmp_path / "g.csv")])
+        assert result.exit_code == 0, result.output
+        assert ("no measured frame_error_correlation" in result.output) == warned
 
 
 @pytest.mark.parametrize("readout", ["mixture", "max"])

@@ -60,6 +60,11 @@ class TrainedModel:
     """Per readout (``mixture``, ``max``), the factors by axis (``photons``, ``x``, ``y``,
     ``z``) that calibrate the predicted sigmas, fitted on validation data by
     :meth:`~denseloc.train.trainer.Trainer.finish`; empty (factors 1) for older models."""
+    frame_error_correlation: dict[str, float] = field(default_factory=dict)
+    """Correlation of the errors of one emitter's localizations in consecutive frames, by
+    axis (``x``, ``y``, ``z``, ``photons``), for grouping
+    (:func:`~denseloc.localize.grouping.group_consecutive`); measured on simulated movies by
+    ``benchmarks/bench_grouping.py --record``; empty when not measured."""
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write config.yaml, model.yaml and weights.pt into `directory`.
@@ -85,6 +90,7 @@ class TrainedModel:
             "inputs": self.inputs,
             "readout": self.readout,
             "sigma_scale": self.sigma_scale,
+            "frame_error_correlation": self.frame_error_correlation,
             "files": {name: file_sha256(directory / name) for name in _DIGESTED},
         }
         with atomic_path(directory / "model.yaml") as tmp:
@@ -119,6 +125,7 @@ class TrainedModel:
             scaling = Scaling(**meta["scaling"])
             threshold = float(meta["threshold"])
             sigma_scale = _sigma_scale(meta.get("sigma_scale") or {})
+            correlation = _correlation(meta.get("frame_error_correlation") or {})
             readout = meta.get("readout", "mixture")
             if readout not in get_args(Readout):
                 raise ValueError(f"unknown readout {readout!r}")
@@ -135,7 +142,7 @@ class TrainedModel:
         return cls(
             net=net, scaling=scaling, config=config, threshold=threshold,
             summary=meta.get("summary") or {}, inputs=meta.get("inputs") or {},
-            readout=readout, sigma_scale=sigma_scale,
+            readout=readout, sigma_scale=sigma_scale, frame_error_correlation=correlation,
         )
 
     def changed_inputs(self, config: Config | None = None, prefix: str = "") -> list[str]:
@@ -150,6 +157,17 @@ class TrainedModel:
 _DIGESTED = ("weights.pt",)
 """Files of a model folder whose digests model.yaml records (config.yaml is left out: its
 paths may be edited by hand when a model moves to another machine)."""
+
+
+def _correlation(raw: dict) -> dict[str, float]:
+    """model.yaml's frame error correlations, checked: in [0, 1], for known axes."""
+    out = {}
+    for axis, value in raw.items():
+        if (axis not in SIGMA_AXES or isinstance(value, bool)
+                or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+            raise ValueError(f"frame_error_correlation.{axis} = {value!r}")
+        out[axis] = float(value)
+    return out
 
 
 def _sigma_scale(raw: dict) -> dict[str, dict[str, float]]:

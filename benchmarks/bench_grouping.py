@@ -1,0 +1,173 @@
+"""Are the sigmas of grouped localizations calibrated? (``denseloc localize --group``)
+
+Usage: python benchmarks/bench_grouping.py CONFIG.yaml [--model MODEL_DIR] [--frames 300]
+       [--name N]
+
+Grouping merges the localizations of one emitter in consecutive frames into their
+inverse-variance weighted mean, whose sigma ``1 / sqrt(sum sigma_i^-2)`` assumes that the
+frames' errors are independent. A network that reads neighbouring frames as context sees
+the same photons for several of its frames' predictions, so their errors may be correlated,
+and the merged sigma too small. This measures it on test movies of bench_training.py (64x64 px;
+the config's PSF, camera and photons): every localization is matched to the ground truth
+(frame by frame, as `denseloc evaluate`), groups whose members all matched one emitter are
+kept, and for them it reports
+
+- ``frame_err_over_sigma``: RMS(error / sigma) of the single-frame localizations;
+- ``rho``: the correlation of the normalised errors (error / sigma) of one emitter's
+  localizations in consecutive frames (0 for independent frames);
+- ``grouped_err_over_sigma``: RMS(error / sigma) of the merged localizations, against the
+  emitter's true position (1 when the merged sigmas are right).
+
+The classical MLE fitter, which fits each frame alone, is the control.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from _common import write_results
+from bench_training import test_movie
+from denseloc.calibration import resolve_builtin
+from denseloc.classic.mle import localize_mle
+from denseloc.cli import DEFAULT_MODEL
+from denseloc.config import load_config
+from denseloc.evaluate import evaluate
+from denseloc.localize.grouping import group_consecutive, link_consecutive
+from denseloc.localize.network import predict_frames
+from denseloc.sim.simulator import psf_from_config
+from denseloc.train.artifact import TrainedModel
+
+DENSITIES = {"low": 0.1, "medium": 0.5}
+RADIUS_NM = 50.0  # denseloc localize --group's default
+
+
+AXES = ("x", "y", "z", "photons")
+
+
+def clean_groups(pred: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """`pred` with columns ``group``, ``id`` (the matched emitter) and its true ``x_nm``,
+    ``y_nm``, ``z_nm`` and ``photons`` in that frame (``true_*``), for the rows of groups of
+    two or more localizations that all matched the same emitter."""
+    _, pairs = evaluate(pred, truth)
+    pred = pred.reset_index(drop=True)
+    pred = pred.assign(group=link_consecutive(pred, radius_nm=RADIUS_NM), id=-1)
+    rows, gt = pairs["pred_index"].to_numpy(), pairs["gt_index"].to_numpy()
+    pred.loc[rows, "id"] = truth["id"].to_numpy()[gt]
+    for column in ("x_nm", "y_nm", "z_nm", "photons"):
+        pred.loc[rows, f"true_{column}"] = truth[column].to_numpy()[gt]
+    per_group = pred.groupby("group")["id"].agg(["min", "max", "size"])
+    good = per_group[(per_group["min"] >= 0) & (per_group["min"] == per_group["max"])
+                     & (per_group["size"] >= 2)].index
+    return pred[pred["group"].isin(good)].sort_values(["group", "frame"])
+
+
+def _column(axis: str) -> str:
+    return "photons" if axis == "photons" else f"{axis}_nm"
+
+
+def _sigma(axis: str) -> str:
+    return "sigma_photons" if axis == "photons" else f"sigma_{axis}_nm"
+
+
+def measure(pred: pd.DataFrame, truth: pd.DataFrame,
+            correlation: dict[str, float] | None = None) -> list[dict[str, object]]:
+    """Scores per axis; `correlation` is passed to the grouping (None: independent frames)."""
+    members = clean_groups(pred, truth)
+    plain = members.drop(columns=["id", *members.filter(like="true_").columns])
+    merged = {g: group_consecutive(m.drop(columns="group"), radius_nm=RADIUS_NM,
+                                   error_correlation=correlation or {})
+              for g, m in plain.groupby("group")}
+    assert all(len(m) == 1 for m in merged.values())  # the same links as in clean_groups
+    truth_of_group = members.groupby("group")[
+        ["true_x_nm", "true_y_nm", "true_z_nm", "true_photons"]].agg(
+        {"true_x_nm": "first", "true_y_nm": "first", "true_z_nm": "first",
+         "true_photons": "sum"})  # emitters do not move; a group's photons are the sum
+    same_group = members["group"].to_numpy()
+    next_in_group = same_group[1:] == same_group[:-1]
+    rows = []
+    for axis in AXES:
+        col = _column(axis)
+        z_score = ((members[col] - members[f"true_{col}"]) / members[_sigma(axis)]).to_numpy()
+        rho = float(np.corrcoef(z_score[:-1][next_in_group], z_score[1:][next_in_group])[0, 1])
+        grouped = np.array([(m[col].iloc[0] - truth_of_group.loc[g, f"true_{col}"])
+                            / m[_sigma(axis)].iloc[0] for g, m in merged.items()])
+        rows.append({
+            "axis": axis,
+            "groups": len(merged),
+            "mean_frames": float(members.groupby("group").size().mean()),
+            "frame_err_over_sigma": float(np.sqrt(np.mean(z_score**2))),
+            "rho": rho,
+            "grouped_err_over_sigma": float(np.sqrt(np.mean(grouped**2))),
+        })
+    return rows
+
+
+def record(model_dir: Path, correlation: dict[str, float]) -> None:
+    """Write `correlation` into the model folder's model.yaml (weights untouched)."""
+    import yaml
+
+    from denseloc._atomic import atomic_path
+
+    path = model_dir / "model.yaml"
+    meta = yaml.safe_load(path.read_text())
+    meta["frame_error_correlation"] = {axis: round(value, 3) for axis, value in
+                                       correlation.items()}
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(meta, sort_keys=False))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model folder (default: bundled)")
+    parser.add_argument("--frames", type=int, default=300, help="frames per test movie")
+    parser.add_argument("--name", default="grouping_bundled", help="results file name")
+    parser.add_argument("--record", action="store_true",
+                        help="write the network's measured correlations (mean over the test "
+                        "movies) into the model folder as frame_error_correlation")
+    args = parser.parse_args()
+    config = load_config(args.config)
+    model_dir = resolve_builtin(args.model)
+    model = TrainedModel.load(model_dir)
+    psf = psf_from_config(config.psf, config.emitters.z_range_nm)
+    runs = []
+    for i, (density, value) in enumerate(DENSITIES.items()):
+        cfg, photons, truth = test_movie(config, value, args.frames, seed=200 + i)
+        px = cfg.image.pixel_size_nm
+        runs.append((density, "network", predict_frames(model, photons, pixel_size_nm=px),
+                     truth))
+        runs.append((density, "mle", localize_mle(photons, psf, pixel_size_nm=px,
+                                                  z_range_nm=(-700.0, 700.0)), truth))
+    rows = []
+    for density, method, pred, truth in runs:
+        for row in measure(pred, truth):
+            rows.append({"density": density, "method": method, "grouping": "independent",
+                         **row})
+            print(rows[-1], flush=True)
+    measured = {axis: float(np.mean([r["rho"] for r in rows if r["method"] == "network"
+                                     and r["axis"] == axis])) for axis in AXES}
+    if args.record:
+        record(Path(model_dir), measured)
+    correlation = TrainedModel.load(model_dir).frame_error_correlation or measured
+    for density, method, pred, truth in runs:
+        if method == "network":
+            for row in measure(pred, truth, correlation):
+                rows.append({"density": density, "method": method, "grouping": "correlated",
+                             **row})
+                print(rows[-1], flush=True)
+    write_results(args.name, rows,
+                  f"Model {args.model}; {args.frames}-frame test movies; groups linked within "
+                  f"{RADIUS_NM:g} nm in consecutive frames, kept when all their localizations "
+                  "matched one emitter. grouping: independent, sigmas merged as if the frames' "
+                  "errors were independent; correlated, with the model's recorded "
+                  f"frame_error_correlation {correlation}. Measured correlations (network, "
+                  f"mean over the movies): {measured}.")
+
+
+if __name__ == "__main__":
+    main()
