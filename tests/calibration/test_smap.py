@@ -25,7 +25,7 @@ from denseloc.calibration.smap import (
     write_smap_3dcal,
 )
 from denseloc.calibration.spline import CubicSplinePSF, psf_stack_from_model
-from denseloc.errors import InputFileError
+from denseloc.errors import DenselocWarning, InputFileError
 from denseloc.sim.psf import AstigmaticPSF
 
 DZ_NM = 20.0
@@ -94,6 +94,8 @@ def test_written_file_follows_smap_conventions(spline: CubicSplinePSF, tmp_path)
     assert mat["SXY"].PSF.shape == (15, 15, 61)  # rows x columns x frames
 
 
+# random coefficients: any amount of light
+@pytest.mark.filterwarnings("ignore:.*times an emitter.s light:denseloc.errors.DenselocWarning")
 def test_reader_follows_smap_conventions(tmp_path) -> None:
     # random coefficients, written without denseloc's writer: only the conventions link them
     coeff = _random_smap_coeff(seed=1)
@@ -134,6 +136,8 @@ def test_layout_conversion_round_trip(spline: CubicSplinePSF) -> None:
         smap_cspline_from_psf(CubicSplinePSF(spline.coeff, dz_nm=20, x0=7, y0=7, z0=5, upsample=2))
 
 
+# random coefficients: any amount of light
+@pytest.mark.filterwarnings("ignore:.*times an emitter.s light:denseloc.errors.DenselocWarning")
 def test_struct_array_without_cell(tmp_path) -> None:
     # SXY as a 1x2 struct array, coeff stored directly (no cell): index selects the element
     coeffs = [_random_smap_coeff(seed=s, shape=(6, 6, 5)) for s in (4, 5)]
@@ -194,6 +198,8 @@ def _write_matlab_v73(path, cspline_list: list[dict]) -> None:
         fh.write(header.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM")
 
 
+# random coefficients: any amount of light
+@pytest.mark.filterwarnings("ignore:.*times an emitter.s light:denseloc.errors.DenselocWarning")
 def test_v73_struct_array_with_cells(spline: CubicSplinePSF, tmp_path) -> None:
     fields = smap_cspline_from_psf(spline)
     other = {"coeff": _random_smap_coeff(seed=6, shape=(6, 6, 5)), "x0": 4, "z0": 2, "dz": 10}
@@ -209,6 +215,16 @@ def test_v73_struct_array_with_cells(spline: CubicSplinePSF, tmp_path) -> None:
     got = _evaluate(second, [0.3], [0.1], [-7.0], 3)[0]
     expected = smap_model(other["coeff"].astype(np.float64), 2, 10, 0.3, 0.1, -7.0, 3)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9 * np.abs(expected).max())
+
+
+def test_a_spline_with_more_light_than_an_emitter_is_warned_of(spline, tmp_path) -> None:
+    fields = smap_cspline_from_psf(spline)
+    cell = np.empty((1, 1), dtype=object)
+    cell[0, 0] = fields["coeff"] * np.float32(1.3)  # as if the beads were brighter there
+    path = tmp_path / "bright_3dcal.mat"
+    scipy.io.savemat(path, {"SXY": {"cspline": {**fields, "coeff": cell}}})
+    with pytest.warns(DenselocWarning, match=r"holds 1\.[23]\d times an emitter's light"):
+        read_smap_3dcal(path)
 
 
 def test_rejects_files_without_a_spline(tmp_path) -> None:

@@ -39,17 +39,19 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
 import scipy.io
+import torch
 from scipy.io.matlab import MatReadError
 
 from denseloc._atomic import atomic_path
 from denseloc.calibration.spline import CubicSplinePSF
-from denseloc.errors import InputFileError
+from denseloc.errors import DenselocWarning, InputFileError
 
 __all__ = [
     "psf_from_smap_cspline",
@@ -195,7 +197,34 @@ def read_smap_3dcal(path: str | os.PathLike, *, index: int = 0) -> CubicSplinePS
     ) as exc:
         raise InputFileError(path, f"not a readable SMAP 3D calibration ({exc})") from exc
     logger.info("read SMAP spline %s (dz=%s nm) from %s", psf.shape, psf.dz_nm, path)
+    _check_light(psf, path)
     return psf
+
+
+def _check_light(psf: CubicSplinePSF, path: Path) -> None:
+    """Warn when some plane holds more than all of an emitter's light.
+
+    SMAP divides its whole bead stack by one number (the light of its in-focus planes), so
+    bleaching over the stack stays in the PSF: planes taken before the beads bleached can
+    hold more than all the light. denseloc's own calibration normalises each plane. A plane
+    above 1 makes simulated frames brighter than the ground truth says, and photon estimates
+    depend on z.
+    """
+    nz, ny, nx = psf.shape
+    lo, hi = psf.z_range_nm
+    z = torch.linspace(lo, hi, 2 * nz + 1, dtype=torch.float64)
+    zero = torch.zeros_like(z)
+    light = psf.evaluate(zero, zero, z, max(ny, nx) | 1).sum(dim=(1, 2))
+    worst = int(torch.argmax(light))
+    if light[worst] > 1.02:
+        warnings.warn(
+            f"{path}: at z = {z[worst]:.0f} nm the spline holds {light[worst]:.2f} times an "
+            "emitter's light (SMAP normalises the whole stack by its in-focus planes, so "
+            "bleaching stays in the PSF): photons simulated and estimated with it depend on "
+            "z; calibrating the beads with denseloc calibrate normalises each plane",
+            DenselocWarning,
+            stacklevel=3,
+        )
 
 
 def _scalar(value: Any) -> float:
