@@ -35,16 +35,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 from pydantic import ValidationError
 from scipy.optimize import least_squares
-from scipy.special import erf
 
 from denseloc import __version__
 from denseloc._atomic import atomic_path
 from denseloc.config import AstigmaticConfig
 from denseloc.errors import DenselocError, InputFileError
-from denseloc.sim.psf import AstigmaticPSF
+from denseloc.sim.psf import AstigmaticPSF, axis_profile
 
 __all__ = [
     "ASTIGMATIC_FORMAT_NAME",
@@ -67,9 +67,6 @@ ASTIGMATIC_FORMAT_NAME = "denseloc.astigmatic_psf"
 ASTIGMATIC_FORMAT_VERSION = 1
 """Version of the saved layout; files from a newer version are refused."""
 
-_SQRT2 = math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-_MIN_POLY = 1e-3  # the clamp AstigmaticPSF applies to 1 + u^2 + a3 u^3 + a4 u^4
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,17 +107,11 @@ class GaussianWidths:
 def _axis_profile(
     centre: np.ndarray, sigma: np.ndarray, size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pixel-integrated 1D Gaussians (B, size) and their derivatives by centre and sigma."""
-    pix = np.arange(size, dtype=np.float64) - size // 2
-    s = sigma[:, None]
-    upper = (pix + 0.5 - centre[:, None]) / s
-    lower = (pix - 0.5 - centre[:, None]) / s
-    frac = 0.5 * (erf(upper / _SQRT2) - erf(lower / _SQRT2))
-    pdf_up = np.exp(-0.5 * upper**2) * _INV_SQRT_2PI
-    pdf_lo = np.exp(-0.5 * lower**2) * _INV_SQRT_2PI
-    d_centre = -(pdf_up - pdf_lo) / s
-    d_sigma = -(pdf_up * upper - pdf_lo * lower) / s
-    return frac, d_centre, d_sigma
+    """Pixel-integrated 1D Gaussians (B, size) and their derivatives by centre and sigma, as
+    the simulator's PSF computes them (:func:`denseloc.sim.psf.axis_profile`)."""
+    parts = axis_profile(torch.from_numpy(np.asarray(centre, dtype=np.float64)),
+                         torch.from_numpy(np.asarray(sigma, dtype=np.float64)), size, True)
+    return tuple(part.numpy() for part in parts)
 
 
 def _gaussian_model(p: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -270,9 +261,9 @@ def huang_sigma(
     ndarray of shape (Z,)
         Width in px.
     """
-    u = (np.asarray(z_nm, dtype=np.float64) - focus_nm) / depth_nm
-    poly = np.maximum(1 + u**2 + a3 * u**3 + a4 * u**4, _MIN_POLY)
-    return sigma0_px * np.sqrt(poly)
+    both = AstigmaticPSF((sigma0_px,) * 2, (focus_nm,) * 2, (depth_nm,) * 2, (a3,) * 2,
+                         (a4,) * 2)
+    return both.sigmas(torch.from_numpy(np.asarray(z_nm, dtype=np.float64)))[0].numpy()
 
 
 def _start_values(z_nm: np.ndarray, sigma: np.ndarray) -> tuple[float, float, float]:
@@ -358,7 +349,7 @@ class AstigmaticFit:
 
     def psf(self) -> AstigmaticPSF:
         """The fitted model as a PSF (valid over :attr:`z_range_nm`)."""
-        return _psf_from_config(self.config, self.z_range_nm)
+        return AstigmaticPSF.from_config(self.config, self.z_range_nm)
 
     def model_sigmas(self, z_nm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Fitted widths (sigma_x, sigma_y) in px at `z_nm` (default: the planes)."""
@@ -475,22 +466,6 @@ def fit_astigmatic(
 
 def _fmt(pair: tuple[float, float]) -> str:
     return f"({pair[0]:.4g}, {pair[1]:.4g})"
-
-
-def _psf_from_config(
-    config: AstigmaticConfig,
-    z_range_nm: tuple[float, float],
-    pixel_size_nm: float | None = None,
-) -> AstigmaticPSF:
-    return AstigmaticPSF(
-        sigma0_px=tuple(config.sigma0_px),
-        focus_nm=tuple(config.focus_nm),
-        depth_nm=tuple(config.depth_nm),
-        a3=tuple(config.a3),
-        a4=tuple(config.a4),
-        z_range_nm=(float(z_range_nm[0]), float(z_range_nm[1])),
-        pixel_size_nm=pixel_size_nm,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -628,4 +603,5 @@ def load_astigmatic(path: str | os.PathLike) -> AstigmaticPSF:
     """Load a file written by :func:`save_astigmatic` as an :class:`AstigmaticPSF`."""
     config, info = read_astigmatic(path)
     pixel = info.get("pixel_size_nm")
-    return _psf_from_config(config, info["z_range_nm"], None if pixel is None else float(pixel))
+    return AstigmaticPSF.from_config(config, info["z_range_nm"],
+                                     None if pixel is None else float(pixel))

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
+
+if TYPE_CHECKING:
+    from denseloc.config import AstigmaticConfig
 
 __all__ = [
     "PSF",
@@ -75,7 +78,7 @@ class PSF(Protocol):
         ...
 
 
-def _axis_profile(
+def axis_profile(
     d_px: torch.Tensor, sigma_px: torch.Tensor, size: int, derivatives: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Pixel-integrated 1D Gaussian along one axis, and its derivatives.
@@ -108,8 +111,8 @@ def _separable(
     size: int,
     derivatives: bool,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    fx, fx_pos, fx_sig = _axis_profile(dx_px, sigma_x, size, derivatives)
-    fy, fy_pos, fy_sig = _axis_profile(dy_px, sigma_y, size, derivatives)
+    fx, fx_pos, fx_sig = axis_profile(dx_px, sigma_x, size, derivatives)
+    fy, fy_pos, fy_sig = axis_profile(dy_px, sigma_y, size, derivatives)
     image = fy[:, :, None] * fx[:, None, :]
     if not derivatives:
         return image
@@ -190,6 +193,24 @@ class AstigmaticPSF:
     def __post_init__(self) -> None:
         if min(self.sigma0_px) <= 0 or min(self.depth_nm) <= 0:
             raise ValueError("sigma0_px and depth_nm must be positive")
+
+    @classmethod
+    def from_config(
+        cls,
+        config: AstigmaticConfig,
+        z_range_nm: tuple[float, float],
+        pixel_size_nm: float | None = None,
+    ) -> AstigmaticPSF:
+        """The model a configuration's (or a fit file's) astigmatic section describes."""
+        return cls(
+            sigma0_px=tuple(config.sigma0_px),
+            focus_nm=tuple(config.focus_nm),
+            depth_nm=tuple(config.depth_nm),
+            a3=tuple(config.a3),
+            a4=tuple(config.a4),
+            z_range_nm=(float(z_range_nm[0]), float(z_range_nm[1])),
+            pixel_size_nm=pixel_size_nm,
+        )
 
     def sigmas(
         self, z_nm: torch.Tensor, *, derivatives: bool = False

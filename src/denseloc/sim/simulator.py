@@ -34,15 +34,7 @@ def psf_from_config(config: PSFConfig, z_range_nm: tuple[float, float] = (-750.0
     if config.kind == "gaussian":
         return GaussianPSF(config.sigma_px)
     if config.kind == "astigmatic":
-        a = config.astigmatic
-        return AstigmaticPSF(
-            sigma0_px=a.sigma0_px,
-            focus_nm=a.focus_nm,
-            depth_nm=a.depth_nm,
-            a3=a.a3,
-            a4=a.a4,
-            z_range_nm=z_range_nm,
-        )
+        return AstigmaticPSF.from_config(config.astigmatic, z_range_nm)
     from denseloc.calibration import load_psf
 
     return load_psf(config.path)
