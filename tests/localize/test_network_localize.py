@@ -291,7 +291,9 @@ def test_cli_sigma_filter_grouping_and_bad_flags(bundled, movie, tmp_path) -> No
     # The native table records how it was made.
     assert top.attrs["localization"] == {"method": "network", "threshold": bundled[1].threshold,
                                          "readout": "max",
-                                         "sigma_scale": bundled[1].sigma_scale["max"]}
+                                         "sigma_scale": bundled[1].sigma_scale["max"],
+                                         "frame_error_correlation":
+                                             bundled[1].frame_error_correlation}
     with open_movie(path) as mv:
         api = localize_movie_network(mv, bundled[1], cfg, readout="max", check=False)
     assert len(top) == len(full) == len(api)

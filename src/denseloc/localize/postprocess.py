@@ -36,7 +36,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from denseloc.nn.model import Scaling
+from denseloc.nn.model import MIXTURE_CHANNELS, MIXTURE_SIGMA_CHANNELS, Scaling
 
 __all__ = ["SIGMA_AXES", "Readout", "filter_by_sigma", "maps_to_table", "spatial_integration"]
 
@@ -176,11 +176,10 @@ def _mixture_readout(
         weight = ((d_row == 0) & (d_col == 0)).double().expand_as(weight)
     weight = weight / weight.sum(1, keepdim=True)  # the centre has p > 0.05
     vals = output[b[:, None], :, rows, cols].double()  # (N, 9, 10)
-    mu = torch.stack(
-        [vals[..., 1], d_col.double() + vals[..., 2], d_row.double() + vals[..., 3], vals[..., 4]],
-        dim=2,
-    )  # (N, 9, 4): photons, x, y, z
-    sigma = vals[..., [8, 5, 6, 7]]
+    zero = torch.zeros_like(d_col, dtype=torch.float64)
+    offsets = torch.stack([zero, d_col.double(), d_row.double(), zero], dim=1)  # (9, 4)
+    mu = vals[..., list(MIXTURE_CHANNELS)] + offsets  # (N, 9, 4): photons, x, y, z
+    sigma = vals[..., list(MIXTURE_SIGMA_CHANNELS)]
     mean = (weight[..., None] * mu).sum(1)
     var = (weight[..., None] * (sigma**2 + (mu - mean[:, None]) ** 2)).sum(1)
     return mean.cpu().numpy(), var.sqrt().cpu().numpy()

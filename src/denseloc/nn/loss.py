@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from denseloc.nn.model import MIXTURE_CHANNELS, MIXTURE_SIGMA_CHANNELS
+
 __all__ = ["LossParts", "detection_bce", "gmm_loss"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -101,10 +103,9 @@ def gmm_loss(
     cols = torch.arange(width, dtype=torch.float64, device=out.device)
     grid_y, grid_x = torch.meshgrid(rows, cols, indexing="ij")
     o64 = out.double()
-    mu = torch.stack(
-        [o64[:, 1], grid_x.flatten() + o64[:, 2], grid_y.flatten() + o64[:, 3], o64[:, 4]], dim=1
-    )  # (B, 4, HW): photons, x, y, z
-    sigma = torch.stack([o64[:, 8], o64[:, 5], o64[:, 6], o64[:, 7]], dim=1)
+    grid = torch.stack([torch.zeros_like(grid_x), grid_x, grid_y, torch.zeros_like(grid_x)])
+    mu = o64[:, list(MIXTURE_CHANNELS)] + grid.flatten(1)  # (B, 4, HW): photons, x, y, z
+    sigma = o64[:, list(MIXTURE_SIGMA_CHANNELS)]
     t = targets.double()  # (B, K, 4)
     if not is_3d:
         mu, sigma, t = mu[:, :3], sigma[:, :3], t[..., :3]

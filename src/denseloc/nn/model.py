@@ -30,12 +30,18 @@ from torch import nn
 
 from denseloc.nn.unet import UNet, he_init, unet_receptive_radius
 
-__all__ = ["CHANNELS", "DecodeNet", "Scaling"]
+__all__ = ["CHANNELS", "MIXTURE_CHANNELS", "MIXTURE_SIGMA_CHANNELS", "DecodeNet", "Scaling"]
 
 CHANNELS = (
     "p_logit", "photons", "dx", "dy", "z", "sigma_x", "sigma_y", "sigma_z", "sigma_photons", "bg",
 )  # fmt: skip
 """Names of the output channels, in order."""
+
+MIXTURE_CHANNELS = (1, 2, 3, 4)
+"""Channels of a mixture component's mean: photons, dx, dy, z (the loss's and the readout's
+order; dx and dy are offsets from the pixel centre)."""
+MIXTURE_SIGMA_CHANNELS = (8, 5, 6, 7)
+"""Channels of their standard deviations, in the same order."""
 
 
 @dataclass(frozen=True)
