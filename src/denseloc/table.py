@@ -82,7 +82,8 @@ METADATA_KEYS: tuple[str, ...] = (
 """Keys of ``DataFrame.attrs`` that the native format stores. ``movie_shape`` is the source
 movie's ``[frames, height, width]`` (the Picasso writer's ``Frames``, ``Height``, ``Width``).
 ``localization`` says how a table was made: ``method`` and ``threshold``, and for a network
-its ``readout`` and the ``sigma_scale`` factors applied to its sigmas."""
+its ``readout``, the ``sigma_scale`` factors applied to its sigmas and the model's
+``frame_error_correlation`` (for grouping)."""
 
 
 def empty() -> pd.DataFrame:
