@@ -275,8 +275,11 @@ def localize_mle(
     frames (H, W), from ``NoiseModel.from_camera`` of a loaded sCMOS camera.
 
     The table has the schema of :mod:`denseloc.table` with ``sigma_*`` from the Cramer-Rao
-    bound at each estimate. Fits that wander more than 1.5 px from their ROI centre (the
-    spot belongs to a neighbour) or end with non-finite values are dropped.
+    bound at each estimate. Fits that wander more than 1.5 px from where their spot was
+    detected (it belongs to a neighbour) or end with non-finite values are dropped. Fits
+    that end at an end of `z_range_nm` are kept, at that end (on 200-frame test movies 3 of
+    500-1200 fits, mostly emitters within 100 nm of it); their ``sigma_z_nm`` is the bound
+    there, not the error of a clamped estimate.
     """
     from denseloc.table import px_to_nm, validate
 
