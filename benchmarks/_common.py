@@ -50,10 +50,12 @@ def write_results(name: str, rows: list[dict[str, object]], notes: str = "") -> 
     return path
 
 
-def model_on_test_movies_args(doc: str, name: str, **extra: dict) -> argparse.Namespace:
+def model_on_test_movies_args(doc: str, name: str, frames: int = 100,
+                              **extra: dict) -> argparse.Namespace:
     """Arguments of a benchmark that scores a model on bench_training.py's test movies:
     CONFIG, --model (default: the bundled one), --frames, --name; `extra` adds options
-    (flag -> add_argument keywords). Also loads ``args.config`` and ``args.model``."""
+    (flag -> add_argument keywords). Also loads ``args.config`` and ``args.model``, and sets
+    ``args.model_dir`` to the model's folder."""
     from denseloc.calibration import resolve_builtin
     from denseloc.config import load_config
     from denseloc.train.artifact import TrainedModel
@@ -62,13 +64,14 @@ def model_on_test_movies_args(doc: str, name: str, **extra: dict) -> argparse.Na
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", type=Path)
     parser.add_argument("--model", type=Path, help="model folder (default: the bundled one)")
-    parser.add_argument("--frames", type=int, default=100)
+    parser.add_argument("--frames", type=int, default=frames, help="frames per test movie")
     parser.add_argument("--name", default=name)
     for flag, keywords in extra.items():
         parser.add_argument(flag, **keywords)
     args = parser.parse_args()
     args.config = load_config(args.config)
-    args.model = TrainedModel.load(args.model or resolve_builtin("denseloc:default_model"))
+    args.model_dir = Path(args.model or resolve_builtin("denseloc:default_model"))
+    args.model = TrainedModel.load(args.model_dir)
     return args
 
 

@@ -23,18 +23,14 @@ The classical MLE fitter, which fits each frame alone, is the control.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from _common import write_results
+from _common import model_on_test_movies_args, write_results
 from bench_training import test_movie
-from denseloc.calibration import resolve_builtin
 from denseloc.classic.mle import localize_mle
-from denseloc.cli import DEFAULT_MODEL
-from denseloc.config import load_config
 from denseloc.evaluate import evaluate
 from denseloc.localize.grouping import group_consecutive, link_consecutive
 from denseloc.localize.network import predict_frames
@@ -121,19 +117,10 @@ def record(model_dir: Path, correlation: dict[str, float]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", type=Path)
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model folder (default: bundled)")
-    parser.add_argument("--frames", type=int, default=300, help="frames per test movie")
-    parser.add_argument("--name", default="grouping_bundled", help="results file name")
-    parser.add_argument("--record", action="store_true",
-                        help="write the network's measured correlations (mean over the test "
-                        "movies) into the model folder as frame_error_correlation")
-    args = parser.parse_args()
-    config = load_config(args.config)
-    model_dir = resolve_builtin(args.model)
-    model = TrainedModel.load(model_dir)
+    args = model_on_test_movies_args(__doc__, "grouping_bundled", frames=300, **{"--record": dict(
+        action="store_true", help="write the network's measured correlations (mean over the "
+        "test movies) into the model folder as frame_error_correlation")})
+    config, model, model_dir = args.config, args.model, args.model_dir
     psf = psf_from_config(config.psf, config.emitters.z_range_nm)
     runs = []
     for i, (density, value) in enumerate(DENSITIES.items()):
@@ -152,7 +139,7 @@ def main() -> None:
     measured = {axis: float(np.mean([r["rho"] for r in rows if r["method"] == "network"
                                      and r["axis"] == axis])) for axis in AXES}
     if args.record:
-        record(Path(model_dir), measured)
+        record(model_dir, measured)
     correlation = TrainedModel.load(model_dir).frame_error_correlation or measured
     for density, method, pred, truth in runs:
         if method == "network":
@@ -161,7 +148,7 @@ def main() -> None:
                              **row})
                 print(rows[-1], flush=True)
     write_results(args.name, rows,
-                  f"Model {args.model}; {args.frames}-frame test movies; groups linked within "
+                  f"Model {model_dir}; {args.frames}-frame test movies; groups linked within "
                   f"{RADIUS_NM:g} nm in consecutive frames, kept when all their localizations "
                   "matched one emitter. grouping: independent, sigmas merged as if the frames' "
                   "errors were independent; correlated, with the model's recorded "
