@@ -35,13 +35,15 @@ default-psf: $(STAMP)
 # number of epochs, not a time budget, so the same command gives the same model on any machine
 # (up to the order of floating-point sums in threads) and a busy machine only slows it. The
 # three-frame model it replaced reached 448,640 samples in its 60-minute budget. Score it with
-# benchmarks/finish_model.py (README, "Benchmarks"): training_default_ctx5_57ep*.md.
+# benchmarks/finish_model.py (README, "Benchmarks"): training_default_ctx5_57ep*.md. The last
+# step measures how its errors correlate across frames, for --group (grouping_bundled.md).
 MODEL_FILES := config.yaml model.yaml weights.pt training_log.csv curves.png
 default-model: $(STAMP)
 	$(BIN)/denseloc train benchmarks/configs/epfl_as.yaml --out build/default_model \
 		--epochs 57 --device cpu
 	mkdir -p src/denseloc/data/default_model
 	for f in $(MODEL_FILES); do cp build/default_model/$$f src/denseloc/data/default_model/; done
+	$(BIN)/python benchmarks/bench_grouping.py benchmarks/configs/epfl_as.yaml --record
 
 clean:
 	rm -rf $(VENV) demo_output

@@ -63,14 +63,14 @@ def model_on_test_movies_args(doc: str, name: str, frames: int = 100,
     parser = argparse.ArgumentParser(description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", type=Path)
-    parser.add_argument("--model", type=Path, help="model folder (default: the bundled one)")
+    parser.add_argument("--model", help="model folder (default: the bundled one)")
     parser.add_argument("--frames", type=int, default=frames, help="frames per test movie")
     parser.add_argument("--name", default=name)
     for flag, keywords in extra.items():
         parser.add_argument(flag, **keywords)
     args = parser.parse_args()
     args.config = load_config(args.config)
-    args.model_dir = Path(args.model or resolve_builtin("denseloc:default_model"))
+    args.model_dir = Path(resolve_builtin(str(args.model or "denseloc:default_model")))
     args.model = TrainedModel.load(args.model_dir)
     return args
 

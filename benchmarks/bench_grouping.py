@@ -1,7 +1,7 @@
 """Are the sigmas of grouped localizations calibrated? (``denseloc localize --group``)
 
 Usage: python benchmarks/bench_grouping.py CONFIG.yaml [--model MODEL_DIR] [--frames 300]
-       [--name N]
+       [--name N] [--record]
 
 Grouping merges the localizations of one emitter in consecutive frames into their
 inverse-variance weighted mean, whose sigma ``1 / sqrt(sum sigma_i^-2)`` assumes that the
@@ -9,16 +9,24 @@ frames' errors are independent. A network that reads neighbouring frames as cont
 the same photons for several of its frames' predictions, so their errors may be correlated,
 and the merged sigma too small. This measures it on test movies of bench_training.py (64x64 px;
 the config's PSF, camera and photons): every localization is matched to the ground truth
-(frame by frame, as `denseloc evaluate`), groups whose members all matched one emitter are
-kept, and for them it reports
+(frame by frame, as `denseloc evaluate`), groups are linked as `--group` links them (50 nm),
+and the groups of two or more whose members all matched one emitter are scored:
 
-- ``frame_err_over_sigma``: RMS(error / sigma) of the single-frame localizations;
-- ``rho``: the correlation of the normalised errors (error / sigma) of one emitter's
-  localizations in consecutive frames (0 for independent frames);
-- ``grouped_err_over_sigma``: RMS(error / sigma) of the merged localizations, against the
-  emitter's true position (1 when the merged sigmas are right).
+- ``kept``: the share of the groups of two or more that are scored (the others hold a false
+  positive or a localization matched to another emitter);
+- ``frame_err_over_sigma``: RMS(error / sigma) of their single-frame localizations;
+- ``rho``, ``rho_lag2``: the uncentred correlation ``E[z_t z_t+k] / sqrt(E[z_t^2] E[z_t+k^2])``
+  of the normalised errors z = error / sigma of one emitter's localizations k = 1 and 2
+  frames apart (uncentred: a bias shared by the frames counts, as it does in their mean);
+- ``grouped_err_over_sigma``: RMS(error / sigma) of the merged localizations against the
+  truth (the emitter's position; for photons, the sum over the group's frames); 1 when the
+  merged sigmas are right.
 
-The classical MLE fitter, which fits each frame alone, is the control.
+The correlations are measured on two movies (seeds 200, 201) and the merged sigmas with
+them checked on two others (seeds 210, 211), for each readout. The classical MLE fitter,
+which fits each frame alone, is shown for comparison; note that linking within 50 nm selects
+pairs of frames whose errors differ little, which correlates even independent errors when
+the errors are as large as the MLE's on these movies.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from denseloc.train.artifact import TrainedModel
 
 DENSITIES = {"low": 0.1, "medium": 0.5}
 RADIUS_NM = 50.0  # denseloc localize --group's default
+READOUTS = ("mixture", "max")
 
 
 AXES = ("x", "y", "z", "photons")
@@ -69,9 +78,15 @@ def _sigma(axis: str) -> str:
     return "sigma_photons" if axis == "photons" else f"sigma_{axis}_nm"
 
 
+def _uncentred(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(a * b) / np.sqrt(np.mean(a**2) * np.mean(b**2)))
+
+
 def measure(pred: pd.DataFrame, truth: pd.DataFrame,
             correlation: dict[str, float] | None = None) -> list[dict[str, object]]:
     """Scores per axis; `correlation` is passed to the grouping (None: independent frames)."""
+    linked = link_consecutive(pred.reset_index(drop=True), radius_nm=RADIUS_NM)
+    several = int((np.bincount(linked) >= 2).sum())
     members = clean_groups(pred, truth)
     plain = members.drop(columns=["id", *members.filter(like="true_").columns])
     merged = {g: group_consecutive(m.drop(columns="group"), radius_nm=RADIUS_NM,
@@ -82,36 +97,42 @@ def measure(pred: pd.DataFrame, truth: pd.DataFrame,
         ["true_x_nm", "true_y_nm", "true_z_nm", "true_photons"]].agg(
         {"true_x_nm": "first", "true_y_nm": "first", "true_z_nm": "first",
          "true_photons": "sum"})  # emitters do not move; a group's photons are the sum
-    same_group = members["group"].to_numpy()
-    next_in_group = same_group[1:] == same_group[:-1]
+    group = members["group"].to_numpy()
     rows = []
     for axis in AXES:
         col = _column(axis)
         z_score = ((members[col] - members[f"true_{col}"]) / members[_sigma(axis)]).to_numpy()
-        rho = float(np.corrcoef(z_score[:-1][next_in_group], z_score[1:][next_in_group])[0, 1])
+        rho = {}
+        for lag in (1, 2):
+            same = group[lag:] == group[:-lag]  # rows are sorted by group, then frame
+            rho[lag] = _uncentred(z_score[:-lag][same], z_score[lag:][same])
         grouped = np.array([(m[col].iloc[0] - truth_of_group.loc[g, f"true_{col}"])
                             / m[_sigma(axis)].iloc[0] for g, m in merged.items()])
         rows.append({
             "axis": axis,
             "groups": len(merged),
+            "kept": len(merged) / max(several, 1),
             "mean_frames": float(members.groupby("group").size().mean()),
             "frame_err_over_sigma": float(np.sqrt(np.mean(z_score**2))),
-            "rho": rho,
+            "rho": rho[1],
+            "rho_lag2": rho[2],
             "grouped_err_over_sigma": float(np.sqrt(np.mean(grouped**2))),
         })
     return rows
 
 
-def record(model_dir: Path, correlation: dict[str, float]) -> None:
-    """Write `correlation` into the model folder's model.yaml (weights untouched)."""
+def record(model_dir: Path, correlation: dict[str, dict[str, float]]) -> None:
+    """Write `correlation` (per readout) into the model folder's model.yaml (weights
+    untouched)."""
     import yaml
 
     from denseloc._atomic import atomic_path
 
     path = model_dir / "model.yaml"
     meta = yaml.safe_load(path.read_text())
-    meta["frame_error_correlation"] = {axis: round(value, 3) for axis, value in
-                                       correlation.items()}
+    meta["frame_error_correlation"] = {
+        readout: {axis: round(value, 3) for axis, value in values.items()}
+        for readout, values in correlation.items()}
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(meta, sort_keys=False))
 
@@ -119,41 +140,46 @@ def record(model_dir: Path, correlation: dict[str, float]) -> None:
 def main() -> None:
     args = model_on_test_movies_args(__doc__, "grouping_bundled", frames=300, **{"--record": dict(
         action="store_true", help="write the network's measured correlations (mean over the "
-        "test movies) into the model folder as frame_error_correlation")})
+        "movies that measure them) into the model folder as frame_error_correlation")})
     config, model, model_dir = args.config, args.model, args.model_dir
     psf = psf_from_config(config.psf, config.emitters.z_range_nm)
-    runs = []
-    for i, (density, value) in enumerate(DENSITIES.items()):
-        cfg, photons, truth = test_movie(config, value, args.frames, seed=200 + i)
-        px = cfg.image.pixel_size_nm
-        runs.append((density, "network", predict_frames(model, photons, pixel_size_nm=px),
-                     truth))
-        runs.append((density, "mle", localize_mle(photons, psf, pixel_size_nm=px,
-                                                  z_range_nm=(-700.0, 700.0)), truth))
-    rows = []
-    for density, method, pred, truth in runs:
+    rows, runs = [], []
+    for role, seed in (("measure", 200), ("check", 210)):
+        for i, (density, value) in enumerate(DENSITIES.items()):
+            cfg, photons, truth = test_movie(config, value, args.frames, seed=seed + i)
+            px = cfg.image.pixel_size_nm
+            for readout in READOUTS:
+                pred = predict_frames(model, photons, pixel_size_nm=px, readout=readout)
+                runs.append((role, density, f"network, {readout}", readout, pred, truth))
+            if role == "measure":
+                pred = localize_mle(photons, psf, pixel_size_nm=px, z_range_nm=(-700.0, 700.0))
+                runs.append((role, density, "mle", None, pred, truth))
+    for role, density, method, _, pred, truth in runs:
         for row in measure(pred, truth):
-            rows.append({"density": density, "method": method, "grouping": "independent",
-                         **row})
+            rows.append({"movies": role, "density": density, "method": method,
+                         "grouping": "independent", **row})
             print(rows[-1], flush=True)
-    measured = {axis: float(np.mean([r["rho"] for r in rows if r["method"] == "network"
-                                     and r["axis"] == axis])) for axis in AXES}
+    measured = {readout: {axis: float(np.mean([
+        r["rho"] for r in rows if r["movies"] == "measure"
+        and r["method"] == f"network, {readout}" and r["axis"] == axis])) for axis in AXES}
+        for readout in READOUTS}
     if args.record:
         record(model_dir, measured)
     correlation = TrainedModel.load(model_dir).frame_error_correlation or measured
-    for density, method, pred, truth in runs:
-        if method == "network":
-            for row in measure(pred, truth, correlation):
-                rows.append({"density": density, "method": method, "grouping": "correlated",
-                             **row})
+    for role, density, method, readout, pred, truth in runs:
+        if readout is not None and role == "check":
+            for row in measure(pred, truth, correlation[readout]):
+                rows.append({"movies": role, "density": density, "method": method,
+                             "grouping": "correlated", **row})
                 print(rows[-1], flush=True)
     write_results(args.name, rows,
                   f"Model {model_dir}; {args.frames}-frame test movies; groups linked within "
-                  f"{RADIUS_NM:g} nm in consecutive frames, kept when all their localizations "
-                  "matched one emitter. grouping: independent, sigmas merged as if the frames' "
-                  "errors were independent; correlated, with the model's recorded "
+                  f"{RADIUS_NM:g} nm in consecutive frames, scored when all their "
+                  "localizations matched one emitter. movies: measure (seeds 200, 201) or "
+                  "check (seeds 210, 211). grouping: independent, sigmas merged as if the "
+                  "frames' errors were independent; correlated, with the model's recorded "
                   f"frame_error_correlation {correlation}. Measured correlations (network, "
-                  f"mean over the movies): {measured}.")
+                  f"mean over the measuring movies): {measured}.")
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ def _camera_config(camera: str | None, values: dict[str, float | None], default=
     """Camera from a preset name, a YAML (camera section or whole config) and/or flags.
 
     Without `camera`, the flags start from `default` (a CameraConfig) if given, else from the
-    EMCCD preset when ``em_gain > 1`` and the sCMOS preset otherwise. Returns None when
+    EMCCD preset when ``em_gain >= 2`` and the sCMOS preset at 1. Returns None when
     nothing was given.
     """
     from denseloc.config import CAMERA_PRESETS, CameraConfig, Config, validated
@@ -219,7 +219,11 @@ def _camera_config(camera: str | None, values: dict[str, float | None], default=
     elif default is not None:
         base = default.model_dump()
     else:
-        preset = "emccd" if given.get("em_gain", 1.0) > 1 else "scmos"
+        gain = given.get("em_gain", 1.0)
+        if 1 < gain < 2:
+            raise DenselocError(f"--em-gain {gain:g}: an EMCCD is modelled at EM gain >= 2; for "
+                                "a camera read without gain pass --em-gain 1 (or leave it out)")
+        preset = "emccd" if gain >= 2 else "scmos"
         base = CameraConfig(**CAMERA_PRESETS[preset]).model_dump()
     return _check_flags_vs_maps(validated(CameraConfig, {**base, **given}, name="camera options"),
                                 given)
@@ -361,6 +365,11 @@ def localize(
         float, typer.Option(help="--group: largest lateral distance between frames, nm.")
     ] = 50.0,
     group_gap: Annotated[int, typer.Option(help="--group: dark frames a group may skip.")] = 0,
+    group_correlation: Annotated[
+        float | None,
+        typer.Option(help="--group: correlation (0-1) of one emitter's errors in two frames, "
+                     "for every axis (default: the network model's measured one; 0 for mle)."),
+    ] = None,
 ) -> None:
     """Localize the emitters in a movie and write a localization table."""
     from denseloc.io import open_movie, writable_format, write_table
@@ -383,6 +392,8 @@ def localize(
                             "with the PSF it was trained for (denseloc train)")
     if group and (group_radius_nm <= 0 or group_gap < 0):
         raise DenselocError("--group-radius-nm must be > 0 and --group-gap >= 0")
+    if group_correlation is not None and not 0 <= group_correlation <= 1:
+        raise DenselocError(f"--group-correlation must lie in 0..1, got {group_correlation:g}")
     if max_sigma_nm is not None and not max_sigma_nm > 0:
         raise DenselocError(f"--max-sigma-nm must be > 0, got {max_sigma_nm:g}")
     if sigma_quantile is not None and not 0 < sigma_quantile <= 1:
@@ -426,12 +437,14 @@ def localize(
     if group:
         from denseloc.localize.grouping import group_consecutive
 
-        correlation = table.attrs.get("localization", {}).get("frame_error_correlation")
-        if method == "network" and not correlation:
-            typer.secho("warning: this model has no measured frame_error_correlation; grouped "
-                        "sigmas assume independent frames and are too small (1.6-1.8 times "
-                        "for the bundled model before it was measured; see "
-                        "benchmarks/bench_grouping.py --record)", fg=typer.colors.YELLOW,
+        correlation = (group_correlation if group_correlation is not None else
+                       table.attrs.get("localization", {}).get("frame_error_correlation"))
+        if method == "network" and group_correlation is None and not correlation:
+            typer.secho("warning: this model has no measured frame_error_correlation for this "
+                        "readout; grouped sigmas assume independent frames and are likely too "
+                        "small (1.5-1.7 times for the bundled model before it was measured; "
+                        "see benchmarks/bench_grouping.py --record, or give "
+                        "--group-correlation)", fg=typer.colors.YELLOW,
                         err=True)
         table = group_consecutive(table, radius_nm=group_radius_nm, max_gap_frames=group_gap,
                                   error_correlation=correlation or 0.0)

@@ -145,7 +145,8 @@ class CameraConfig(_Model):
     @classmethod
     def _preset_of_kind(cls, data: Any) -> Any:
         """Fields left out take the preset of the camera's kind, not the EMCCD's defaults."""
-        if isinstance(data, dict) and data.get("kind") in CAMERA_PRESETS:
+        kind = data.get("kind") if isinstance(data, dict) else None
+        if isinstance(kind, str) and kind in CAMERA_PRESETS:
             return {**CAMERA_PRESETS[data["kind"]], **data}
         return data
 

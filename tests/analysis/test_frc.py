@@ -50,10 +50,16 @@ def test_frc_far_from_the_camera_origin_and_without_a_resolution() -> None:
                      for t in (structure(8.0), far))
     assert shifted.resolution_nm == pytest.approx(near.resolution_nm, rel=0.02)
     assert near.problem is None
-    # a curve below 1/7 from the start: the halves share nothing, finer pixels cannot help
+    # halves that share no structure (each in its own corner): no resolution, and it says why
+    # (the mean, ring 0, correlates any two images and must not count)
+    rng = np.random.default_rng(3)
+    apart = pd.DataFrame({"frame": np.arange(4000), "x_nm": rng.uniform(0, 1000, 4000),
+                          "y_nm": rng.uniform(0, 1000, 4000)})
+    apart.loc[split_halves(apart), ["x_nm", "y_nm"]] += 9000.0
+    result = fourier_ring_correlation(apart, pixel_size_nm=20.0)
+    assert np.isnan(result.resolution_nm) and "do not correlate" in result.problem
     flat = np.full(50, 0.05)
-    none = FRCResult(np.arange(50) / 1000.0, flat, flat, float("nan"))
-    assert "do not correlate" in none.problem
+    assert "do not correlate" in FRCResult(np.arange(50) / 1e3, flat, flat, np.nan).problem
     # a curve that stays above 1/7 asks for finer pixels
     coarse = fourier_ring_correlation(structure(8.0), pixel_size_nm=200.0)
     assert np.isnan(coarse.resolution_nm) and "finer" in coarse.problem

@@ -158,6 +158,14 @@ def test_a_stack_acquired_with_the_focus_moving_up_needs_a_negative_step() -> No
         return float((error.amax(dim=(1, 2)) / truth.amax(dim=(1, 2))).max())
 
     assert worst_error(falling) < 0.08
+    # An off-centre z = 0: slices from +600 down to -900 nm, z = 0 at slice 60.
+    part = simulate_beads(SIM_X[:3], SIM_Y[:3], z_nm=np.arange(600.0, -901.0, -10.0), seed=5)
+    off = calibrate_beads(part, z_step_nm=-10.0, pixel_size_nm=100.0, camera=CAMERA,
+                          z_range_nm=(600.0, -900.0))
+    assert off.reference_slice == 60 and off.psf.z_range_nm == pytest.approx((-900.0, 600.0))
+    inside = (z > -880) & (z < 580)
+    error = (off.psf.evaluate(dx, dy, z, ROI) - truth).abs()[inside]
+    assert (error.amax(dim=(1, 2)) / truth[inside].amax(dim=(1, 2))).max() < 0.1
     # Read with a positive step, the same stack gives the PSF mirrored in z.
     mirrored = calibrate_beads(stack, z_step_nm=10.0, pixel_size_nm=100.0, camera=CAMERA)
     assert worst_error(mirrored) > 0.3  # 5x the error of the right sign

@@ -293,7 +293,7 @@ def test_cli_sigma_filter_grouping_and_bad_flags(bundled, movie, tmp_path) -> No
                                          "readout": "max",
                                          "sigma_scale": bundled[1].sigma_scale["max"],
                                          "frame_error_correlation":
-                                             bundled[1].frame_error_correlation}
+                                             bundled[1].frame_error_correlation["max"]}
     with open_movie(path) as mv:
         api = localize_movie_network(mv, bundled[1], cfg, readout="max", check=False)
     assert len(top) == len(full) == len(api)
@@ -428,26 +428,45 @@ def test_damaged_model_folder_is_a_clear_error(bundled, tmp_path, damage: str) -
 def test_grouping_uses_the_models_frame_error_correlation(bundled, movie, tmp_path) -> None:
     import dataclasses
 
+    import yaml
+
     from denseloc.train.artifact import TrainedModel
 
     _, model = bundled
-    assert model.frame_error_correlation["x"] > 0.8  # measured by bench_grouping.py --record
+    # measured by bench_grouping.py --record, per readout
+    assert set(model.frame_error_correlation) == {"mixture", "max"}
+    assert model.frame_error_correlation["mixture"]["x"] > 0.8
     copy = tmp_path / "m"
     model.save(copy)  # a save keeps it
     assert TrainedModel.load(copy).frame_error_correlation == model.frame_error_correlation
     path, cfg, _ = movie
     with open_movie(path) as mv:
         table = localize_movie_network(mv, model, cfg, check=False)
-    assert table.attrs["localization"]["frame_error_correlation"] == model.frame_error_correlation
+    assert (table.attrs["localization"]["frame_error_correlation"]
+            == model.frame_error_correlation["mixture"])
     unmeasured = dataclasses.replace(model, frame_error_correlation={})
     unmeasured.save(tmp_path / "u")
     runner = CliRunner()
-    for model_dir, warned in ((copy, False), (tmp_path / "u", True)):
+    grouped = {}
+    for name, model_dir, extra, warned in (("measured", copy, [], False),
+                                           ("unmeasured", tmp_path / "u", [], True),
+                                           ("given 0", copy, ["--group-correlation", "0"], False)):
+        out = tmp_path / f"{name}.csv"
         result = runner.invoke(app, ["localize", str(path), "--model", str(model_dir),
-                                     "--camera", "emccd", "--group",
-                                     "--out", str(tmp_path / "g.csv")])
+                                     "--camera", "emccd", "--group", "--out", str(out), *extra])
         assert result.exit_code == 0, result.output
         assert ("no measured frame_error_correlation" in result.output) == warned
+        grouped[name] = pd.read_csv(out)
+    several = grouped["measured"]["n_frames"] >= 2
+    assert several.sum() > 10
+    measured, independent = (grouped[k]["sigma_x_nm"][several] for k in ("measured", "given 0"))
+    assert (measured > 1.3 * independent).mean() > 0.9  # rho 0.9: hardly any shrinking
+    pd.testing.assert_frame_equal(grouped["unmeasured"], grouped["given 0"])
+    # a correlation recorded by axis alone (as first written) is the default readout's
+    meta = yaml.safe_load((copy / "model.yaml").read_text())
+    meta["frame_error_correlation"] = {"x": 0.5}
+    (copy / "model.yaml").write_text(yaml.safe_dump(meta))
+    assert TrainedModel.load(copy).frame_error_correlation == {"mixture": {"x": 0.5}}
 
 
 @pytest.mark.parametrize("readout", ["mixture", "max"])

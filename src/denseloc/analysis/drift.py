@@ -86,6 +86,7 @@ def estimate_drift(
     from scipy.interpolate import make_interp_spline
     from scipy.ndimage import gaussian_filter
 
+    from denseloc._runtime import available_cores
     from denseloc.analysis.render import data_extent, render
 
     if n_segments < 3:
@@ -122,13 +123,13 @@ def estimate_drift(
     for b in range(n_segments):
         image = render(table[block == b], pixel_size_nm=pixel_size_nm, extent_nm=extent)
         image = gaussian_filter(image.astype(np.float32), smoothing_px)
-        spectra.append(fft.rfft2(image, workers=-1))  # complex64
+        spectra.append(fft.rfft2(image, workers=available_cores()))  # complex64
     shape = image.shape
     reach = int(np.ceil(max_shift_nm / pixel_size_nm))
     pairs, shifts = [], []
     for i in range(n_segments):
         for j in range(i + 1, n_segments):
-            corr = fft.irfft2(np.conj(spectra[i]) * spectra[j], s=shape, workers=-1)
+            corr = fft.irfft2(np.conj(spectra[i]) * spectra[j], s=shape, workers=available_cores())
             shifts.append(_peak(corr, reach) * pixel_size_nm)
             pairs.append((i, j))
     pairs_arr, shifts_arr = np.array(pairs), np.array(shifts)  # (P, 2), (P, 2) as (dy, dx)

@@ -53,7 +53,7 @@ class FRCResult:
         """Why there is no resolution: None when there is one."""
         if np.isfinite(self.resolution_nm):
             return None
-        if len(self.frc) < 2 or self.frc[1] < FRC_THRESHOLD:
+        if _uncorrelated(self.frc_raw):
             return ("the two halves do not correlate even at the lowest frequencies: too few "
                     "localizations, or no structure that both halves share")
         return "the curve stays above 1/7: render at a finer --pixel-size-nm"
@@ -102,6 +102,7 @@ def fourier_ring_correlation(
     from scipy.ndimage import uniform_filter1d
     from scipy.signal.windows import tukey
 
+    from denseloc._runtime import available_cores
     from denseloc.analysis.render import data_extent, render
 
     if len(table) < 100:
@@ -123,7 +124,8 @@ def fourier_ring_correlation(
         image = image.astype(np.float32)
         image *= taper[:, None]
         image *= taper[None, :]
-        spectra.append(fft.rfft2(image, workers=-1))  # complex64; the other half is conjugate
+        # complex64; the other half of the spectrum is the conjugate of this one
+        spectra.append(fft.rfft2(image, workers=available_cores()))
         del image
     f1, f2 = spectra
     n = len(taper)
@@ -141,9 +143,22 @@ def fourier_ring_correlation(
     with np.errstate(invalid="ignore", divide="ignore"):
         raw = sums[0] / np.sqrt(sums[1] * sums[2])
     raw = np.nan_to_num(raw, nan=0.0)
-    smooth = uniform_filter1d(raw, size=max(1, smoothing_rings), mode="nearest")
+    # Ring 0 is the mean alone (FRC 1 for any two positive images): kept out of the smoothing,
+    # where it would lift the first rings above 1/7 for halves that share nothing.
+    smooth = raw.copy()
+    smooth[1:] = uniform_filter1d(raw[1:], size=max(1, smoothing_rings), mode="nearest")
     frequency = np.arange(n_rings) / (n * pixel_size_nm)
-    return FRCResult(frequency, smooth, raw, _crossing(frequency, smooth))
+    resolution = float("nan") if _uncorrelated(raw) else _crossing(frequency, smooth)
+    return FRCResult(frequency, smooth, raw, resolution)
+
+
+_LOW_RINGS = slice(1, 4)
+"""The lowest rings beyond the mean: below 1/7 on average, the halves share no structure."""
+
+
+def _uncorrelated(raw: np.ndarray) -> bool:
+    low = raw[_LOW_RINGS]
+    return low.size == 0 or float(np.mean(low)) < FRC_THRESHOLD
 
 
 def _crossing(frequency: np.ndarray, curve: np.ndarray) -> float:
@@ -171,7 +186,7 @@ def plot_frc(result: FRCResult, path: str | os.PathLike) -> Path:
     if np.isfinite(result.resolution_nm):
         ax.axvline(1000 / result.resolution_nm, color="tab:red", lw=0.8)
         ax.set_title(f"FRC resolution {result.resolution_nm:.1f} nm")
-    elif result.frc[1:2].size and result.frc[1] < FRC_THRESHOLD:
+    elif _uncorrelated(result.frc_raw):
         ax.set_title("the halves do not correlate: no FRC resolution")
     else:
         ax.set_title("FRC never drops below 1/7: render at a finer pixel")

@@ -210,15 +210,16 @@ class BeadCalibration:
     Attributes
     ----------
     psf : CubicSplinePSF
-        The calibrated PSF (z = 0 at :attr:`reference_slice`).
+        The calibrated PSF (z = 0 at :attr:`reference_slice` of the stack).
     measured : ndarray of shape (T, S, S)
         Registered, normalised average of the beads (before smoothing along z): plane ``t``
         is the fraction of an emitter's photons per pixel at ``z_nm[t]``, emitter at the centre
-        of the central pixel.
+        of the central pixel. The planes are in rising z: for a negative ``z_step_nm``, in
+        the reverse order of the stack's slices.
     model : ndarray of shape (T, S, S)
         The spline evaluated on the same grid.
     z_nm : ndarray of shape (T,)
-        Axial position of each plane, nm.
+        Axial position of each plane, nm (rising).
     encircled_fraction : ndarray of shape (T,)
         Sum of each plane of :attr:`measured`: the fraction of the photons inside the ROI.
     beads : list of Bead
@@ -233,9 +234,9 @@ class BeadCalibration:
     astigmatic : AstigmaticFit or None
         Huang fit of the widths, or None where it failed (then see :attr:`notes`).
     z_step_nm, pixel_size_nm : float
-        Axial step and pixel size, nm.
+        Axial step (signed, as given) and pixel size, nm.
     reference_slice : float
-        Slice index of z = 0.
+        Slice index of z = 0 in the stack as given.
     normalisation : str
         ``"encircled fraction (window N px, K beads)"`` or ``"unit energy in the ROI"``.
     source : str or None
@@ -608,7 +609,7 @@ def calibrate_beads(
     psf = CubicSplinePSF.from_stack(
         smoothed,
         z_step_nm,
-        ref,
+        ref_rising,
         pixel_size_nm=pixel_size_nm,
         source=name,
     )

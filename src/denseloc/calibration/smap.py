@@ -201,6 +201,9 @@ def read_smap_3dcal(path: str | os.PathLike, *, index: int = 0) -> CubicSplinePS
     return psf
 
 
+_CHECKED: set[tuple[str, int]] = set()
+
+
 def _check_light(psf: CubicSplinePSF, path: Path) -> None:
     """Warn when some plane holds more than all of an emitter's light.
 
@@ -210,6 +213,10 @@ def _check_light(psf: CubicSplinePSF, path: Path) -> None:
     above 1 makes simulated frames brighter than the ground truth says, and photon estimates
     depend on z.
     """
+    key = (str(path.resolve()), path.stat().st_mtime_ns)
+    if key in _CHECKED:  # once per file: a PSF is loaded by every simulation and fit
+        return
+    _CHECKED.add(key)
     nz, ny, nx = psf.shape
     lo, hi = psf.z_range_nm
     z = torch.linspace(lo, hi, 2 * nz + 1, dtype=torch.float64)

@@ -508,7 +508,9 @@ def _frame_bounds(
     cov, singular = torch.linalg.inv_ex(info)
     if singular.item() or not torch.isfinite(cov).all():
         return None
-    std = cov.diagonal().clamp_min(0).sqrt()[:-1].reshape(n, n_par)
+    var = cov.diagonal()
+    # rounding makes a nearly singular information's variances <= 0: no bound, not 0 nm
+    std = torch.where(var > 0, var.clamp_min(0).sqrt(), torch.nan)[:-1].reshape(n, n_par)
     # The photons' variance with the emitter's own position known: conditioning the joint
     # covariance on it (its Schur complement) is the inverse of the information without it.
     first = torch.arange(n) * n_par

@@ -5,12 +5,15 @@ each localization to the nearest one of an open group in the previous frame(s) w
 lateral radius (and an axial one), one-to-one, nearest pairs first; each group becomes one
 localization whose position is the inverse-variance (sigma^-2) weighted mean per axis.
 
-The merged sigma depends on how the frames' errors are correlated. Fitted frame by frame,
-they are independent and the sigma shrinks as ``1 / sqrt(sum sigma_i^-2)``. A network that
+The merged sigma depends on how the frames' errors are correlated. Independent errors give
+``1 / sqrt(sum sigma_i^-2)``; a fitter that reads each frame alone has independent noise,
+though biases shared by an emitter's frames (its z, its place within the pixel) still
+correlate its errors. A network that
 reads neighbouring frames as context has seen most of an emitter's light in every one of
-its frames: the bundled model's errors in consecutive frames correlate with rho 0.87-0.91
-(``benchmarks/results/grouping_bundled.md``), so grouping improves its precision little, and
-the independent formula made merged sigmas 1.6-1.8 times too small. With a correlation rho
+its frames: the bundled model's errors in consecutive frames correlate with rho of about 0.9
+in x, y and z (``benchmarks/results/grouping_bundled.md``), so grouping improves its
+precision little, and the independent formula made merged sigmas about 1.5-1.7 times too
+small. With a correlation rho
 between every two frames of a group, the weighted mean has the variance
 ``(1 - rho) / W + rho (sum sigma_i^-1)^2 / W^2`` with ``W = sum sigma_i^-2`` (the first term
 alone for rho = 0, the weighted mean of the sigmas, squared, for rho = 1).
@@ -148,8 +151,8 @@ def group_consecutive(
 
     `error_correlation` is the correlation of the errors of one emitter's localizations in
     two frames of a group, 0 (independent, the default) to 1: one number, or one per axis
-    (``x``, ``y``, ``z``, ``photons``; missing axes 0). Network models record theirs as
-    ``frame_error_correlation``. See :func:`link_consecutive` for the other parameters.
+    (``x``, ``y``, ``z``, ``photons``; missing axes 0). Network models record theirs, per
+    readout, as ``frame_error_correlation``. See :func:`link_consecutive` for the other parameters.
     """
     from denseloc.table import validate
 

@@ -337,7 +337,7 @@ def localize_movie_network(
         "threshold": model.threshold if threshold is None else threshold,
         "readout": readout,
         "sigma_scale": dict(model.sigma_scale.get(readout, {})),
-        "frame_error_correlation": dict(model.frame_error_correlation),
+        "frame_error_correlation": dict(model.frame_error_correlation.get(readout, {})),
     })
     logger.info("%d localizations in %d frames", len(table), len(frames))
     return table

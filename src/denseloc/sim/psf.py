@@ -86,8 +86,7 @@ def axis_profile(
     Returns the fractions (N, size), their derivative with respect to the emitter position,
     and with respect to sigma (both None unless `derivatives`).
     """
-    half = size // 2
-    pix = torch.arange(-half, half + 1, dtype=d_px.dtype, device=d_px.device)
+    pix = torch.arange(size, dtype=d_px.dtype, device=d_px.device) - size // 2
     sigma = sigma_px[:, None]
     upper = (pix + 0.5 - d_px[:, None]) / sigma
     lower = (pix - 0.5 - d_px[:, None]) / sigma

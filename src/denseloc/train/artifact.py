@@ -60,9 +60,9 @@ class TrainedModel:
     """Per readout (``mixture``, ``max``), the factors by axis (``photons``, ``x``, ``y``,
     ``z``) that calibrate the predicted sigmas, fitted on validation data by
     :meth:`~denseloc.train.trainer.Trainer.finish`; empty (factors 1) for older models."""
-    frame_error_correlation: dict[str, float] = field(default_factory=dict)
-    """Correlation of the errors of one emitter's localizations in consecutive frames, by
-    axis (``x``, ``y``, ``z``, ``photons``), for grouping
+    frame_error_correlation: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per readout, the correlation of the errors / sigma of one emitter's localizations in
+    consecutive frames, by axis (``x``, ``y``, ``z``, ``photons``), for grouping
     (:func:`~denseloc.localize.grouping.group_consecutive`); measured on simulated movies by
     ``benchmarks/bench_grouping.py --record``; empty when not measured."""
 
@@ -125,10 +125,10 @@ class TrainedModel:
             scaling = Scaling(**meta["scaling"])
             threshold = float(meta["threshold"])
             sigma_scale = _sigma_scale(meta.get("sigma_scale") or {})
-            correlation = _correlation(meta.get("frame_error_correlation") or {})
             readout = meta.get("readout", "mixture")
             if readout not in get_args(Readout):
                 raise ValueError(f"unknown readout {readout!r}")
+            correlation = _correlation(meta.get("frame_error_correlation") or {}, readout)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputFileError(meta_path, f"incomplete or damaged ({exc!r})") from None
         try:
@@ -159,14 +159,21 @@ _DIGESTED = ("weights.pt",)
 paths may be edited by hand when a model moves to another machine)."""
 
 
-def _correlation(raw: dict) -> dict[str, float]:
-    """model.yaml's frame error correlations, checked: in [0, 1], for known axes."""
+def _correlation(raw: dict, default_readout: str) -> dict[str, dict[str, float]]:
+    """model.yaml's frame error correlations, checked: in [0, 1], for known readouts and
+    axes; a mapping by axis alone (as first recorded) is the default readout's."""
+    if raw and all(not isinstance(v, dict) for v in raw.values()):
+        raw = {default_readout: raw}
     out = {}
-    for axis, value in raw.items():
-        if (axis not in SIGMA_AXES or isinstance(value, bool)
-                or not isinstance(value, (int, float)) or not 0 <= value <= 1):
-            raise ValueError(f"frame_error_correlation.{axis} = {value!r}")
-        out[axis] = float(value)
+    for readout, values in raw.items():
+        if readout not in get_args(Readout) or not isinstance(values, dict):
+            raise ValueError(f"frame_error_correlation for unknown readout {readout!r}")
+        out[readout] = {}
+        for axis, value in values.items():
+            if (axis not in SIGMA_AXES or isinstance(value, bool)
+                    or not isinstance(value, (int, float)) or not 0 <= value <= 1):
+                raise ValueError(f"frame_error_correlation.{readout}.{axis} = {value!r}")
+            out[readout][axis] = float(value)
     return out
 
 
