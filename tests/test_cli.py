@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from denseloc.cli import app, resolve_config
 from denseloc.config import Config, ConfigError, load_config
+from denseloc.errors import DenselocError
 
 runner = CliRunner()
 
@@ -363,6 +364,15 @@ def test_the_demo_leaves_out_a_chips_maps() -> None:
     demo = demo_config(scmos.model_copy(update={"camera": camera}))
     assert not demo.camera.has_maps and demo.camera.roi_origin_px is None
     assert demo.camera == scmos.camera  # the scalar settings stay
+
+
+def test_camera_flags_alone_pick_a_preset_by_em_gain() -> None:
+    from denseloc.cli import _camera_config
+
+    assert _camera_config(None, {"em_gain": 100.0}).kind == "emccd"
+    assert _camera_config(None, {"em_gain": 1.0, "baseline_adu": 90.0}).kind == "scmos"
+    with pytest.raises(DenselocError, match=r"--em-gain 1\.5: an EMCCD is modelled at EM gain"):
+        _camera_config(None, {"em_gain": 1.5})
 
 
 def test_camera_flags_adjust_the_models_camera() -> None:

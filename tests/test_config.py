@@ -39,6 +39,7 @@ def test_partial_yaml_fills_defaults(tmp_path) -> None:
         ("image: {pixel_size_nm: -100}", r"image\.pixel_size_nm: .*greater than or equal to 10"),
         ("image: {pixel_size_nm: 6500}", r"image\.pixel_size_nm: .*less than or equal to 1000"),
         ("camera: {em_gain: 1}", r"em_gain 1 is EM gain off: use kind: scmos"),
+        ("camera: {kind: [scmos]}", r"camera\.kind"),
         ("camera: {baseline_adu: 70000}", r"baseline_adu 70000 must be below adc_max_adu 65535"),
         ("emitters: {density_per_um2: -1}", r"emitters\.density_per_um2"),
         ("psf: {kind: spline}", r"psf\.kind"),

@@ -483,7 +483,9 @@ class Trainer:
         epochs : int, optional
             Number of epochs (total, counting epochs before a resume).
         minutes : float, optional
-            Training time budget (total wall time of training steps and validations).
+            Training time budget (total wall time of training steps and validations). After
+            an interruption, `resume` continues from the last epoch's checkpoint; the time
+            spent on the lost part of an epoch is not counted.
         resume : bool
             Continue from the checkpoint in the model folder.
         progress : callable(dict), optional
