@@ -17,7 +17,11 @@ and the groups of two or more whose members all matched one emitter are scored:
 - ``frame_err_over_sigma``: RMS(error / sigma) of their single-frame localizations;
 - ``rho``, ``rho_lag2``: the uncentred correlation ``E[z_t z_t+k] / sqrt(E[z_t^2] E[z_t+k^2])``
   of the normalised errors z = error / sigma of one emitter's localizations k = 1 and 2
-  frames apart (uncentred: a bias shared by the frames counts, as it does in their mean);
+  frames apart within these groups (uncentred: a bias shared by the frames counts, as it
+  does in their mean);
+- ``rho_all``: the same at k = 1 over every emitter matched in two consecutive frames,
+  linked or not (:func:`denseloc.evaluate.frame_error_correlation`, as training measures
+  it); this is what ``--record`` writes;
 - ``grouped_err_over_sigma``: RMS(error / sigma) of the merged localizations against the
   truth (the emitter's position; for photons, the sum over the group's frames); 1 when the
   merged sigmas are right.
@@ -39,7 +43,7 @@ import pandas as pd
 from _common import model_on_test_movies_args, write_results
 from bench_training import test_movie
 from denseloc.classic.mle import localize_mle
-from denseloc.evaluate import evaluate
+from denseloc.evaluate import evaluate, frame_error_correlation
 from denseloc.localize.grouping import group_consecutive, link_consecutive
 from denseloc.localize.network import predict_frames
 from denseloc.sim.simulator import psf_from_config
@@ -85,6 +89,8 @@ def _uncentred(a: np.ndarray, b: np.ndarray) -> float:
 def measure(pred: pd.DataFrame, truth: pd.DataFrame,
             correlation: dict[str, float] | None = None) -> list[dict[str, object]]:
     """Scores per axis; `correlation` is passed to the grouping (None: independent frames)."""
+    _, pairs = evaluate(pred, truth)
+    rho_all = frame_error_correlation(pairs, truth)
     linked = link_consecutive(pred.reset_index(drop=True), radius_nm=RADIUS_NM)
     several = int((np.bincount(linked) >= 2).sum())
     members = clean_groups(pred, truth)
@@ -116,6 +122,7 @@ def measure(pred: pd.DataFrame, truth: pd.DataFrame,
             "frame_err_over_sigma": float(np.sqrt(np.mean(z_score**2))),
             "rho": rho[1],
             "rho_lag2": rho[2],
+            "rho_all": rho_all.get(axis),
             "grouped_err_over_sigma": float(np.sqrt(np.mean(grouped**2))),
         })
     return rows
@@ -160,7 +167,7 @@ def main() -> None:
                          "grouping": "independent", **row})
             print(rows[-1], flush=True)
     measured = {readout: {axis: float(np.mean([
-        r["rho"] for r in rows if r["movies"] == "measure"
+        r["rho_all"] for r in rows if r["movies"] == "measure"
         and r["method"] == f"network, {readout}" and r["axis"] == axis])) for axis in AXES}
         for readout in READOUTS}
     if args.record:

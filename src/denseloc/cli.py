@@ -442,7 +442,7 @@ def localize(
         if method == "network" and group_correlation is None and not correlation:
             typer.secho("warning: this model has no measured frame_error_correlation for this "
                         "readout; grouped sigmas assume independent frames and are likely too "
-                        "small (1.5-1.7 times for the bundled model before it was measured; "
+                        "small (1.5-1.8 times for the bundled model before it was measured; "
                         "see benchmarks/bench_grouping.py --record, or give "
                         "--group-correlation)", fg=typer.colors.YELLOW,
                         err=True)

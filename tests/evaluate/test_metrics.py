@@ -15,6 +15,7 @@ import pytest
 from denseloc.evaluate import (
     Metrics,
     evaluate,
+    frame_error_correlation,
     has_z,
     metrics_from_pairs,
     pairs_have_z,
@@ -452,3 +453,32 @@ def test_optional_ground_truth_keeps_the_prediction_it_explains() -> None:
     # Without the dim emitter in the ground truth the prediction is the bright one's.
     alone, _ = evaluate(pred, gt.iloc[[1]], min_photons=100.0)
     assert (alone.tp, alone.fp, alone.fn) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.6, 0.9])
+def test_frame_error_correlation_recovers_the_correlation_of_an_emitters_errors(rho) -> None:
+    # 800 emitters 2 um apart, each on for 1-6 frames; errors / sigma of one emitter's frames
+    # correlate with rho (a shared part and a part of each frame).
+    rng = np.random.default_rng(11)
+    truth_rows, pred_rows = [], []
+    for i in range(800):
+        x, y, z = (i % 40) * 2000.0 + 500, (i // 40) * 2000.0 + 500, rng.uniform(-300, 300)
+        shared = rng.standard_normal(4)
+        for frame in range(int(rng.integers(0, 30)), int(rng.integers(31, 37))):
+            sigma = rng.uniform(5, 30, 4) * [1, 1, 2, 10]
+            err = sigma * (np.sqrt(rho) * shared + np.sqrt(1 - rho) * rng.standard_normal(4))
+            truth_rows.append({"frame": frame, "id": i, "x_nm": x, "y_nm": y, "z_nm": z,
+                               "photons": 1000.0})
+            pred_rows.append({"frame": frame, "x_nm": x + err[0], "y_nm": y + err[1],
+                              "z_nm": z + err[2], "photons": 1000.0 + err[3],
+                              "sigma_x_nm": sigma[0], "sigma_y_nm": sigma[1],
+                              "sigma_z_nm": sigma[2], "sigma_photons": sigma[3]})
+    truth, pred = pd.DataFrame(truth_rows), pd.DataFrame(pred_rows)
+    _, pairs = evaluate(pred, truth)
+    measured = frame_error_correlation(pairs, truth)
+    assert set(measured) == {"x", "y", "z", "photons"}
+    for value in measured.values():
+        assert value == pytest.approx(rho, abs=0.05)
+    # an emitter's frames must be consecutive: shuffling the ids breaks every pair
+    scrambled = truth.assign(id=rng.permutation(len(truth)))
+    assert frame_error_correlation(pairs, scrambled) == {}

@@ -59,6 +59,13 @@ def test_the_model_folder_records_the_factors_that_calibrate_its_sigmas(tmp_path
     for axis in axes - {"photons"}:
         assert model.sigma_scale["mixture"][axis] == pytest.approx(
             validation[f"z_score_rms_{axis}"], rel=1e-3)
+    # ... and how its errors correlate across frames, for grouping (values of a barely
+    # trained network: only their presence and range are checked here)
+    assert loaded.frame_error_correlation == model.frame_error_correlation
+    assert set(model.frame_error_correlation) <= {"mixture", "max"}
+    assert model.frame_error_correlation
+    for values in model.frame_error_correlation.values():
+        assert set(values) <= axes and all(0 <= v <= 1 for v in values.values())
 
 
 @pytest.mark.parametrize(("max_over_mixture", "chosen"), [(0.9, "max"), (0.97, "mixture"),
@@ -518,7 +525,8 @@ def test_training_steps_follow_the_channels_last_setting(
     real_from_features = trainer_module.DecodeNet.from_features
 
     def recording_context(self, features):
-        context_layouts.append(features.is_contiguous(memory_format=torch.channels_last))
+        if torch.is_grad_enabled():  # training steps, not validation or inference
+            context_layouts.append(features.is_contiguous(memory_format=torch.channels_last))
         return real_from_features(self, features)
 
     monkeypatch.setattr(trainer_module.DecodeNet, "from_features", recording_context)
@@ -526,10 +534,8 @@ def test_training_steps_follow_the_channels_last_setting(
     config.train.channels_last = channels_last
     Trainer(config, tmp_path / "m", device="cpu").fit(epochs=1)
     assert seen and set(seen) == {channels_last}
-    # the context U-Net gets the layout asked for (training steps; validation uses forward)
-    assert channels_last in context_layouts
-    if not channels_last:
-        assert set(context_layouts) == {False}
+    # the context U-Net gets the layout asked for in the training steps
+    assert context_layouts and set(context_layouts) == {channels_last}
 
 
 def test_fit_readouts_measures_the_factors_of_a_2d_network_from_its_maps() -> None:

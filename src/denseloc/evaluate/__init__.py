@@ -9,6 +9,7 @@ from denseloc.evaluate.match import Matching, MatchMethod, match
 from denseloc.evaluate.metrics import (
     Metrics,
     evaluate,
+    frame_error_correlation,
     has_z,
     metrics_from_pairs,
     pairs_have_z,
@@ -21,6 +22,7 @@ __all__ = [
     "Matching",
     "Metrics",
     "evaluate",
+    "frame_error_correlation",
     "has_z",
     "match",
     "metrics_from_pairs",

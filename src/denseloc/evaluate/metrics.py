@@ -40,7 +40,8 @@ import pandas as pd
 from denseloc.evaluate.match import Matching, MatchMethod, _as_table, _check_args, match
 
 __all__ = [
-    "Metrics", "evaluate", "has_z", "metrics_from_pairs", "pairs_have_z", "sigma_scale"
+    "Metrics", "evaluate", "frame_error_correlation", "has_z", "metrics_from_pairs",
+    "pairs_have_z", "sigma_scale",
 ]
 
 _AXES = ("x", "y", "z")
@@ -361,6 +362,61 @@ def sigma_scale(
             z_rms = _calibration(error, pairs, columns[-1])[1]
         factors[axis] = z_rms if z_rms is not None and 0 < z_rms < math.inf else 1.0
     return factors
+
+
+def frame_error_correlation(
+    pairs: pd.DataFrame, truth: pd.DataFrame, *, min_pairs: int = 30
+) -> dict[str, float]:
+    """How one emitter's errors in consecutive frames correlate, per axis.
+
+    For every emitter matched in two consecutive frames, the normalised errors
+    ``z = error / sigma`` of the two localizations; the result is the uncentred correlation
+    ``E[z_t z_t+1] / sqrt(E[z_t^2] E[z_t+1^2])`` (a bias shared by an emitter's frames counts,
+    as it does in their mean), clipped to [0, 1]. It is what
+    :func:`denseloc.localize.grouping.group_consecutive` needs to merge sigmas.
+
+    Parameters
+    ----------
+    pairs : DataFrame
+        Matched pairs from :func:`evaluate`, with ``sigma_*`` columns.
+    truth : DataFrame
+        The ground truth given to :func:`evaluate`, with emitter ``id`` (constant over the
+        frames of one emitter).
+    min_pairs : int
+        Axes with fewer pairs of consecutive frames are left out.
+
+    Returns
+    -------
+    dict
+        Correlation by axis (``x``, ``y``, ``z``, ``photons``) for the axes with sigmas.
+    """
+    ids = truth["id"].to_numpy()[pairs["gt_index"].to_numpy()]
+    frames = pairs["frame"].to_numpy()
+    order = np.lexsort((frames, ids))
+    ids, frames = ids[order], frames[order]
+    follows = (ids[1:] == ids[:-1]) & (frames[1:] == frames[:-1] + 1)
+    out = {}
+    for axis in ("x", "y", "z", "photons"):
+        if axis == "photons":
+            if not {"photons_pred", "photons_gt", "sigma_photons"} <= set(pairs.columns):
+                continue
+            error = pairs["photons_pred"].to_numpy(float) - pairs["photons_gt"].to_numpy(float)
+            sigma = pairs["sigma_photons"].to_numpy(float)
+        else:
+            if f"sigma_{axis}_nm" not in pairs.columns:
+                continue
+            error = pairs[f"d{axis}_nm"].to_numpy(float)
+            sigma = pairs[f"sigma_{axis}_nm"].to_numpy(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = (error / sigma)[order]
+        a, b = z[:-1][follows], z[1:][follows]
+        ok = np.isfinite(a) & np.isfinite(b)
+        if ok.sum() < min_pairs:
+            continue
+        a, b = a[ok], b[ok]
+        rho = float(np.mean(a * b) / math.sqrt(float(np.mean(a**2)) * float(np.mean(b**2))))
+        out[axis] = min(max(rho, 0.0), 1.0)
+    return out
 
 
 def _pair_table(pred: pd.DataFrame, gt: pd.DataFrame, matching: Matching) -> pd.DataFrame:

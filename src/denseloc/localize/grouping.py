@@ -10,11 +10,10 @@ The merged sigma depends on how the frames' errors are correlated. Independent e
 though biases shared by an emitter's frames (its z, its place within the pixel) still
 correlate its errors. A network that
 reads neighbouring frames as context has seen most of an emitter's light in every one of
-its frames: the bundled model's errors in consecutive frames correlate with rho of about 0.9
+its frames: the bundled model's errors in consecutive frames correlate with rho 0.85-0.90
 in x, y and z (``benchmarks/results/grouping_bundled.md``), so grouping improves its
-precision little, and the independent formula made merged sigmas about 1.5-1.7 times too
-small. With a correlation rho
-between every two frames of a group, the weighted mean has the variance
+precision little, and the independent formula made merged sigmas 1.5-1.8 times too small.
+With a correlation rho between every two frames of a group, the weighted mean has the variance
 ``(1 - rho) / W + rho (sum sigma_i^-1)^2 / W^2`` with ``W = sum sigma_i^-2`` (the first term
 alone for rho = 0, the weighted mean of the sigmas, squared, for rho = 1).
 

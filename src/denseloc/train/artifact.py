@@ -63,8 +63,9 @@ class TrainedModel:
     frame_error_correlation: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per readout, the correlation of the errors / sigma of one emitter's localizations in
     consecutive frames, by axis (``x``, ``y``, ``z``, ``photons``), for grouping
-    (:func:`~denseloc.localize.grouping.group_consecutive`); measured on simulated movies by
-    ``benchmarks/bench_grouping.py --record``; empty when not measured."""
+    (:func:`~denseloc.localize.grouping.group_consecutive`); measured on simulated movies at
+    the end of training (:meth:`~denseloc.train.trainer.Trainer.measure_frame_correlation`)
+    or by ``benchmarks/bench_grouping.py --record``; empty in models saved before."""
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write config.yaml, model.yaml and weights.pt into `directory`.
