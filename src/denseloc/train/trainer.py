@@ -673,25 +673,27 @@ class Trainer:
     ) -> dict[str, dict[str, float]]:
         """Per readout, how `model`'s errors in consecutive frames correlate (for grouping).
 
-        Measured on `n_movies` fixed-seed movies of `n_frames` frames at the validation frame
-        size and the configuration's density (:func:`denseloc.evaluate.frame_error_correlation`
-        on every emitter matched in two consecutive frames); about a second on a CPU.
+        Measured on every interior frame of `n_movies` fixed-seed training-like movies of
+        `n_frames` frames (validation frame size, the training densities), at the model's
+        threshold: :func:`denseloc.evaluate.frame_error_correlation` over every emitter
+        matched in two consecutive frames. One batched pass of the network.
         """
-        from denseloc.evaluate import evaluate, frame_error_correlation
-        from denseloc.localize.network import predict_frames
+        from denseloc.evaluate import frame_error_correlation
 
-        sim = self.val_data.sim
-        px = self.val_data.config.image.pixel_size_nm
-        batch = sim.sample(n_movies, n_frames, sim.generator(30_000 + self.config.train.seed))
-        truth = batch.emitters.to_table(px)
-        photons = sim.camera.adu_to_photons(batch.adu).cpu()
+        per_movie = max(n_frames, self.val_data.context) - self.val_data.context + 1
+        generator = torch.Generator(device=self.device).manual_seed(
+            30_000 + self.config.train.seed)
+        batch = self.val_data.batch(n_movies * per_movie, generator, edge_windows=0.0,
+                                    frames_per_movie=n_frames)
+        # sample k of a movie is its frame k: consecutive samples are consecutive frames,
+        # and emitter ids differ between movies
+        truth = batch.emitters.to_table(self.val_data.config.image.pixel_size_nm)
+        outputs = predict_batches(model.net.to(self.device), [batch], self.channels_last)
+        model.net.cpu()
         out = {}
         for readout in model.sigma_scale or {model.readout: None}:
-            pred = pd.concat([
-                predict_frames(model, photons[m], pixel_size_nm=px, frame_offset=m * n_frames,
-                               readout=readout)
-                for m in range(n_movies)], ignore_index=True)
-            _, pairs = evaluate(pred, truth)
+            _, pairs = _validation_pairs(outputs, truth, self.val_data, model.threshold,
+                                         readout=readout)
             out[readout] = frame_error_correlation(pairs, truth)
         return {readout: values for readout, values in out.items() if values}
 
