@@ -194,7 +194,8 @@ def render_colored(
     saturation: float = 0.995,
     **kwargs,
 ) -> np.ndarray:
-    """RGB image (ny, nx, 3) in [0, 1]: hue from the mean of column `by`, brightness density.
+    """RGB image (ny, nx, 3), float32 in [0, 1]: hue from the mean of column `by`, brightness
+    from the density.
 
     `value_range` maps onto the colormap (default: the 1st-99th percentile of the column);
     brightness saturates at the `saturation` quantile of the non-empty pixels. Other keyword
@@ -210,9 +211,16 @@ def render_colored(
         warnings.simplefilter("ignore", DenselocWarning)
         weighted = render(table, weights=values, **kwargs)
     lo, hi = np.percentile(values, [1, 99]) if value_range is None else value_range
-    mean = np.divide(weighted, density, out=np.zeros_like(density), where=density > 0)
-    hue = colormaps[cmap](np.clip((mean - lo) / max(hi - lo, 1e-12), 0, 1))[..., :3]
-    return hue * _brightness(density, saturation)[..., None]
+    mean = np.divide(weighted, density, out=weighted, where=density > 0)
+    mean[density <= 0] = lo
+    del weighted
+    # The colormap's own 256 levels as a float32 table: an RGB image of 12 bytes per pixel
+    # rather than matplotlib's RGBA of 32.
+    colours = colormaps[cmap].resampled(256)(np.arange(256))[:, :3].astype(np.float32)
+    level = np.clip((mean - lo) / max(hi - lo, 1e-12), 0, 1) * 256  # as matplotlib bins it
+    rgb = colours[np.minimum(level, 255).astype(np.uint8)]
+    rgb *= _brightness(density, saturation).astype(np.float32)[..., None]
+    return rgb
 
 
 def _brightness(image: np.ndarray, saturation: float) -> np.ndarray:
