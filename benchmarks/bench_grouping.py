@@ -44,6 +44,7 @@ from _common import model_on_test_movies_args, write_results
 from bench_training import test_movie
 from denseloc.classic.mle import localize_mle
 from denseloc.evaluate import evaluate, frame_error_correlation
+from denseloc.evaluate.crlb import NoiseModel
 from denseloc.localize.grouping import group_consecutive, link_consecutive
 from denseloc.localize.network import predict_frames
 from denseloc.sim.simulator import psf_from_config
@@ -159,7 +160,8 @@ def main() -> None:
                 pred = predict_frames(model, photons, pixel_size_nm=px, readout=readout)
                 runs.append((role, density, f"network, {readout}", readout, pred, truth))
             if role == "measure":
-                pred = localize_mle(photons, psf, pixel_size_nm=px, z_range_nm=(-700.0, 700.0))
+                pred = localize_mle(photons, psf, pixel_size_nm=px, z_range_nm=(-700.0, 700.0),
+                                    noise=NoiseModel.from_camera(cfg.camera))
                 runs.append((role, density, "mle", None, pred, truth))
     for role, density, method, _, pred, truth in runs:
         for row in measure(pred, truth):
