@@ -30,8 +30,7 @@ def new_figure(width: float, height: float) -> Figure:
 
 def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = 110) -> Path:
     """Write `fig` as PNG to `path` atomically (creating its folder) and return the path."""
-    path = check_writable(path, (".png",))
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_writable(path, (".png",))  # atomic_path makes a missing folder
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi)
     return path

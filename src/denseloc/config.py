@@ -147,7 +147,7 @@ class CameraConfig(_Model):
         """Fields left out take the preset of the camera's kind, not the EMCCD's defaults."""
         kind = data.get("kind") if isinstance(data, dict) else None
         if isinstance(kind, str) and kind in CAMERA_PRESETS:
-            return {**CAMERA_PRESETS[data["kind"]], **data}
+            return {**CAMERA_PRESETS[kind], **data}
         return data
 
     @model_validator(mode="after")

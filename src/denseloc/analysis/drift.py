@@ -87,7 +87,7 @@ def estimate_drift(
     from scipy.ndimage import gaussian_filter
 
     from denseloc._runtime import available_cores
-    from denseloc.analysis.render import data_extent, render
+    from denseloc.analysis.render import data_extent, image_shape, render
 
     if n_segments < 3:
         raise DenselocError(
@@ -110,8 +110,7 @@ def estimate_drift(
             f"a drift segment holds only {counts.min()} localizations; use fewer segments"
         )
     extent = data_extent(table, pixel_size_nm)  # around the data, not from the camera origin
-    shape = (round((extent[3] - extent[2]) / pixel_size_nm),
-             round((extent[1] - extent[0]) / pixel_size_nm))
+    shape = image_shape(extent, pixel_size_nm)
     spectrum_bytes = n_segments * shape[0] * (shape[1] // 2 + 1) * 8
     if spectrum_bytes > _MAX_SPECTRA_BYTES:
         raise DenselocError(
@@ -124,7 +123,6 @@ def estimate_drift(
         image = render(table[block == b], pixel_size_nm=pixel_size_nm, extent_nm=extent)
         image = gaussian_filter(image.astype(np.float32), smoothing_px)
         spectra.append(fft.rfft2(image, workers=available_cores()))  # complex64
-    shape = image.shape
     reach = int(np.ceil(max_shift_nm / pixel_size_nm))
     pairs, shifts = [], []
     for i in range(n_segments):

@@ -55,14 +55,8 @@ def check_pixel_size(pixel_size_nm: float) -> None:
 
 def render_extent(table: pd.DataFrame, pixel_size_nm: float) -> Extent:
     """The default extent: from the camera origin (0, 0) to past the largest x and y."""
-    check_pixel_size(pixel_size_nm)
-    if table.empty:
-        raise DenselocError("cannot render an empty localization table")
-    x1 = (math.floor(table["x_nm"].max() / pixel_size_nm) + 1) * pixel_size_nm
-    y1 = (math.floor(table["y_nm"].max() / pixel_size_nm) + 1) * pixel_size_nm
-    x0 = min(0.0, math.floor(table["x_nm"].min() / pixel_size_nm) * pixel_size_nm)
-    y0 = min(0.0, math.floor(table["y_nm"].min() / pixel_size_nm) * pixel_size_nm)
-    return (x0, x1, y0, y1)
+    x0, x1, y0, y1 = data_extent(table, pixel_size_nm)
+    return (min(0.0, x0), x1, min(0.0, y0), y1)
 
 
 def data_extent(table: pd.DataFrame, pixel_size_nm: float) -> Extent:
@@ -77,7 +71,8 @@ def data_extent(table: pd.DataFrame, pixel_size_nm: float) -> Extent:
     return (x0, x1, y0, y1)
 
 
-def _shape(extent: Extent, pixel_size_nm: float) -> tuple[int, int]:
+def image_shape(extent: Extent, pixel_size_nm: float) -> tuple[int, int]:
+    """(ny, nx) of an image of `extent` at `pixel_size_nm`; refused beyond _MAX_PIXELS."""
     x0, x1, y0, y1 = extent
     if not (x1 > x0 and y1 > y0):
         raise DenselocError(f"empty render extent {extent} (x0, x1, y0, y1 in nm)")
@@ -119,7 +114,7 @@ def render(
     """
     check_pixel_size(pixel_size_nm)
     extent = render_extent(table, pixel_size_nm) if extent_nm is None else extent_nm
-    ny, nx = _shape(extent, pixel_size_nm)
+    ny, nx = image_shape(extent, pixel_size_nm)
     x0, _, y0, _ = extent
     u = (table["x_nm"].to_numpy(dtype=float) - x0) / pixel_size_nm
     v = (table["y_nm"].to_numpy(dtype=float) - y0) / pixel_size_nm
@@ -254,7 +249,6 @@ def save_image(
     path = check_writable(path, IMAGE_SUFFIXES)
     suffix = path.suffix.lower()
     rgb = image.ndim == 3
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         if suffix == ".png":
             from PIL import Image

@@ -221,6 +221,12 @@ def information_from_jacobian(
     return torch.einsum("npk,nqk,nk->npq", jac, jac, weight)
 
 
+def _bound_from_variance(var: torch.Tensor) -> torch.Tensor:
+    """Standard deviations; NaN, not 0, where rounding made a variance <= 0 (a nearly
+    singular information matrix)."""
+    return torch.where(var > 0, var.clamp_min(0).sqrt(), torch.full_like(var, float("nan")))
+
+
 def std_from_information(info: torch.Tensor, is_3d: bool) -> torch.Tensor:
     """Standard deviations (N, 5) of (x, y, z, photons, bg); z is NaN for 2D models.
 
@@ -229,8 +235,7 @@ def std_from_information(info: torch.Tensor, is_3d: bool) -> torch.Tensor:
     never a bound of 0 nm.
     """
     inverse, singular = torch.linalg.inv_ex(info)
-    var = inverse.diagonal(dim1=1, dim2=2)
-    std = torch.where(var > 0, var.clamp_min(0).sqrt(), torch.full_like(var, float("nan")))
+    std = _bound_from_variance(inverse.diagonal(dim1=1, dim2=2))
     std = torch.where((singular == 0)[:, None], std, torch.full_like(std, float("nan")))
     if not is_3d:
         nan = torch.full_like(std[:, :1], float("nan"))
@@ -508,9 +513,7 @@ def _frame_bounds(
     cov, singular = torch.linalg.inv_ex(info)
     if singular.item() or not torch.isfinite(cov).all():
         return None
-    var = cov.diagonal()
-    # rounding makes a nearly singular information's variances <= 0: no bound, not 0 nm
-    std = torch.where(var > 0, var.clamp_min(0).sqrt(), torch.nan)[:-1].reshape(n, n_par)
+    std = _bound_from_variance(cov.diagonal())[:-1].reshape(n, n_par)
     # The photons' variance with the emitter's own position known: conditioning the joint
     # covariance on it (its Schur complement) is the inverse of the information without it.
     first = torch.arange(n) * n_par

@@ -1051,10 +1051,7 @@ def writable_format(path: PathLike, format: str | None = None) -> str:
         If the extension (or `format`) names no writable format, `path` is a folder, or the
         nearest existing folder on its way is not writable.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise DenselocError(f"{path} is a folder; give a file name, e.g. {path / 'locs.csv'}")
-    check_writable(path)
+    path = check_writable(path)
     if format is None:
         names = _formats_for_suffix(path)
         if not names:

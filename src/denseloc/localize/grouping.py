@@ -36,9 +36,11 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from denseloc.localize.postprocess import SIGMA_AXES
+
 __all__ = ["group_consecutive", "link_consecutive"]
 
-CORRELATED_AXES = ("x", "y", "z", "photons")
+CORRELATED_AXES = SIGMA_AXES
 
 
 def _correlations(value: float | Mapping[str, float]) -> dict[str, float]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args
@@ -165,29 +166,27 @@ def _correlation(raw: dict, default_readout: str) -> dict[str, dict[str, float]]
     axes; a mapping by axis alone (as first recorded) is the default readout's."""
     if raw and all(not isinstance(v, dict) for v in raw.values()):
         raw = {default_readout: raw}
-    out = {}
-    for readout, values in raw.items():
-        if readout not in get_args(Readout) or not isinstance(values, dict):
-            raise ValueError(f"frame_error_correlation for unknown readout {readout!r}")
-        out[readout] = {}
-        for axis, value in values.items():
-            if (axis not in SIGMA_AXES or isinstance(value, bool)
-                    or not isinstance(value, (int, float)) or not 0 <= value <= 1):
-                raise ValueError(f"frame_error_correlation.{readout}.{axis} = {value!r}")
-            out[readout][axis] = float(value)
-    return out
+    return _per_readout(raw, "frame_error_correlation", lambda value: 0 <= value <= 1)
 
 
 def _sigma_scale(raw: dict) -> dict[str, dict[str, float]]:
     """model.yaml's sigma factors, checked: finite and positive, for known axes."""
+    return _per_readout(raw, "sigma_scale", lambda value: 0 < value < math.inf)
+
+
+def _per_readout(
+    raw: dict, name: str, valid: Callable[[float], bool]
+) -> dict[str, dict[str, float]]:
+    """A model.yaml mapping readout -> axis -> number, checked: known readouts and axes,
+    numbers (not booleans) for which `valid` holds."""
     out = {}
-    for readout, factors in raw.items():
-        if readout not in get_args(Readout):
-            raise ValueError(f"sigma_scale for unknown readout {readout!r}")
+    for readout, values in raw.items():
+        if readout not in get_args(Readout) or not isinstance(values, dict):
+            raise ValueError(f"{name} for unknown readout {readout!r}")
         out[readout] = {}
-        for axis, value in factors.items():
+        for axis, value in values.items():
             if (axis not in SIGMA_AXES or isinstance(value, bool)
-                    or not isinstance(value, (int, float)) or not 0 < value < math.inf):
-                raise ValueError(f"sigma_scale.{readout}.{axis} = {value!r}")
+                    or not isinstance(value, (int, float)) or not valid(value)):
+                raise ValueError(f"{name}.{readout}.{axis} = {value!r}")
             out[readout][axis] = float(value)
     return out
