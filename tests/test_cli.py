@@ -300,6 +300,7 @@ def test_calibrate_real_beads_and_simulate_with_the_result(shared_data, tmp_path
                  "--out", str(psf), "--astigmatic", str(tmp_path / "astig.yaml"))
     assert result.exit_code == 0, result.output
     assert "6 beads used" in result.output and "relative residual" in result.output
+    assert "smoothing along z: 150 nm (leave-one-bead-out" in result.output
     result = run("simulate", "--out", str(tmp_path / "sim_h5"), "--frames", "2", "--psf", str(psf))
     assert result.exit_code == 0, result.output
     assert load_config(tmp_path / "sim_h5" / "config.yaml").psf.kind == "file"
@@ -314,6 +315,22 @@ def test_calibrate_real_beads_and_simulate_with_the_result(shared_data, tmp_path
                  "--psf", str(astig))
     assert result.exit_code == 0, result.output
     assert load_config(tmp_path / "sim_yaml" / "config.yaml").psf.kind == "file"
+
+
+def test_calibrate_takes_a_fixed_smoothing_along_z(shared_data, tmp_path) -> None:
+    from denseloc.calibration import load_psf
+
+    psf = tmp_path / "psf.h5"
+    result = run("calibrate", str(shared_data / "beads_epfl2016" / "beads_as.tif"),
+                 "--z-step-nm", "10", "--pixel-size-nm", "100", "--camera", "emccd",
+                 "--z-smoothing-nm", "0", "--out", str(psf))
+    assert result.exit_code == 0, result.output
+    assert "smoothing along z: 0 nm\n" in result.output
+    assert load_psf(psf).metadata["z_smoothing_nm"] == 0.0
+    result = run("calibrate", str(shared_data / "beads_epfl2016" / "beads_as.tif"),
+                 "--z-step-nm", "10", "--pixel-size-nm", "100", "--camera", "emccd",
+                 "--z-smoothing-nm", "-5", "--out", str(psf))
+    assert result.exit_code == 2 and "`z_smoothing_nm` must be >= 0 nm" in result.output
 
 
 def test_calibrate_needs_camera_and_a_stack(tmp_path) -> None:

@@ -578,6 +578,11 @@ def calibrate(
     reference_slice: Annotated[
         float | None, typer.Option(help="Slice at z = 0 (default: the middle slice).")
     ] = None,
+    z_smoothing_nm: Annotated[
+        float | None,
+        typer.Option(help="Smoothing along z before the spline fit, nm (0: none). Default: "
+                     "chosen by leaving each bead out in turn (needs 2 or more beads)."),
+    ] = None,
     report: Annotated[Path | None, typer.Option(help="Write diagnostic PNGs here.")] = None,
     astigmatic: Annotated[
         Path | None, typer.Option(help="Also write the astigmatic Gaussian fit (.yaml).")
@@ -592,8 +597,8 @@ def calibrate(
         raise DenselocError(_NO_CAMERA)
     result = calibrate_bead_file(
         beads, out, z_step_nm=z_step_nm, pixel_size_nm=pixel_size_nm, camera=cam,
-        roi_size_px=roi_size_px, reference_slice=reference_slice, report_dir=report,
-        astigmatic_path=astigmatic,
+        roi_size_px=roi_size_px, reference_slice=reference_slice,
+        z_smoothing_nm=z_smoothing_nm, report_dir=report, astigmatic_path=astigmatic,
     )
     typer.echo(result.summary())
     typer.echo(f"model reproduces the measured average PSF to a relative residual of "

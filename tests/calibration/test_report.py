@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from denseloc.calibration.beads import BeadCalibration
-from denseloc.calibration.report import write_report
+from denseloc.calibration.report import _widths_figure, write_report
 from denseloc.calibration.spline import CubicSplinePSF, psf_stack_from_model
 from denseloc.errors import DenselocError
 from denseloc.sim.psf import AstigmaticPSF
@@ -36,6 +37,7 @@ def _calibration() -> BeadCalibration:
         pixel_size_nm=100.0,
         reference_slice=6.0,
         normalisation="unit energy in the ROI",
+        z_smoothing_nm=0.0,
         source="model",
     )
 
@@ -47,6 +49,14 @@ def test_report_writes_pngs_atomically(tmp_path: Path) -> None:
     for path in written:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)
+    # with the cross-validation's errors of each smoothing length along z
+    chosen = dataclasses.replace(
+        _calibration(), z_smoothing_nm=150.0, z_smoothing_scores={0.0: 1.0, 150.0: 0.9}
+    )
+    axes = _widths_figure(chosen).axes[2]
+    np.testing.assert_array_equal(axes.lines[0].get_xdata(), [0.0, 150.0])
+    np.testing.assert_array_equal(axes.lines[0].get_ydata(), [1.0, 0.9])
+    assert axes.lines[1].get_xdata()[0] == 150.0 and "150 nm" in axes.get_title()
 
 
 def test_report_refuses_a_file_as_folder(tmp_path: Path) -> None:

@@ -48,9 +48,10 @@ in z: with the wrong one, every z is reported with the wrong sign.
    z-projected average (the exact centre for any PSF symmetric under a 180 degree rotation,
    e.g. astigmatism). On simulated beads this recovers positions to < 0.01 px and z offsets to
    about 2 nm.
-6. **Normalisation** (see below), **averaging** over beads, a light Savitzky-Golay smoothing
-   along z (``z_smoothing_nm``; none laterally), and the spline fit
-   (:meth:`CubicSplinePSF.from_stack`) with z = 0 at the reference slice.
+6. **Normalisation** (see below), **averaging** over beads, a Savitzky-Golay smoothing
+   along z (none laterally; its length chosen by leave-one-bead-out cross-validation, see
+   below) and the spline fit (:meth:`CubicSplinePSF.from_stack`) with z = 0 at the
+   reference slice.
 7. **Report**: the measured (unsmoothed) average, the model (the spline evaluated on the same
    grid), the relative residual ``||measured - model|| / ||measured||``, the beads used and
    rejected, and a Huang fit of the widths (:mod:`denseloc.calibration.astigmatic`).
@@ -93,6 +94,28 @@ every k-th slice, 0.1 at 50 nm, 0.2-0.24 at 100 nm, 0.42-0.48 at 200 nm and 0.57
 slices. A fitted focal depth outside 100-2000 nm is reported as a
 :class:`~denseloc.errors.DenselocWarning` (a wrong unit or step is the usual cause).
 
+Smoothing along z
+-----------------
+The average of a few beads still holds noise that varies from plane to plane. A spline
+through it follows that noise, and its z derivative, which is what z is estimated from, is
+rough. A rough PSF promises z information at scales finer than any fit resolves: its
+Cramer-Rao bound in z is too small, no estimator reaches it, and a network trained on it
+learns features of the calibration's noise. On the EPFL 2016 astigmatic stack with the fixed
+60 nm of this module until 2026-12-03 (``benchmarks/results/psf_smoothing.md``), the bound's
+RMS wiggle about its 100 nm running mean was 0.084 in log, and the maximum-likelihood
+fitter's z errors were 1.26-1.36 times it from -200 to 400 nm on data simulated from that
+very PSF. Too much smoothing instead erases real structure.
+
+``z_smoothing_nm=None`` (the default) chooses the length by leaving each bead out in turn:
+the smoothed mean of the other beads predicts the left-out bead, and the length with the
+smallest error over all beads wins. The beads' own noise is independent from bead to bead,
+so this finds the length that best estimates their common PSF from one bead fewer. (Not
+quite independent: the per-slice background and the encircled fraction are estimated from
+all beads at once; planes no other bead has are copied from the nearest one they have, not
+taken from the bead left out.) A single bead leaves nothing to predict:
+:data:`FALLBACK_Z_SMOOTHING_NM`. :attr:`BeadCalibration.z_smoothing_nm` is the length used
+and :attr:`BeadCalibration.z_smoothing_scores` the prediction errors.
+
 The residual
 ------------
 :attr:`BeadCalibration.relative_residual` is ``||measured - model|| / ||measured||`` between the
@@ -109,7 +132,7 @@ import math
 import os
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +177,10 @@ _FLAT_TOP_PIXELS = 4  # a bead whose maximum ADU occurs this often has a clipped
 _MIN_BACKGROUND_PIXELS = 200
 _Z_REGISTRATION_SMOOTHING = 1.5  # Gaussian sigma along z before axial registration, planes
 _DEPTH_PLAUSIBLE_NM = (100.0, 2000.0)
+_Z_SMOOTHING_MAX_NM = 1000.0  # longest smoothing along z cross-validation considers
+FALLBACK_Z_SMOOTHING_NM = 150.0
+"""Smoothing along z (nm) of a single bead, which leaves none out for cross-validation: the
+length the six beads of the EPFL 2016 astigmatic stack choose."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,6 +266,12 @@ class BeadCalibration:
         Slice index of z = 0 in the stack as given.
     normalisation : str
         ``"encircled fraction (window N px, K beads)"`` or ``"unit energy in the ROI"``.
+    z_smoothing_nm : float
+        Length of the smoothing along z, nm (see Smoothing along z).
+    z_smoothing_scores : dict of float to float
+        Candidate length (nm) -> leave-one-bead-out prediction error, relative to that of no
+        smoothing (the smallest was used); empty when the length was given or not
+        cross-validated.
     source : str or None
         Where the stack came from.
     notes : list of str
@@ -259,6 +292,8 @@ class BeadCalibration:
     pixel_size_nm: float
     reference_slice: float
     normalisation: str
+    z_smoothing_nm: float
+    z_smoothing_scores: dict[float, float] = field(default_factory=dict)
     source: str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -297,6 +332,8 @@ class BeadCalibration:
             f"{self.relative_residual:.4f} (single beads vs the others: {self.bead_residual:.3f})",
             f"  normalisation: {self.normalisation}; photons in the ROI "
             f"{self.encircled_fraction.min():.3f}..{self.encircled_fraction.max():.3f}",
+            f"  smoothing along z: {self.z_smoothing_nm:g} nm"
+            + (" (leave-one-bead-out cross-validation)" if self.z_smoothing_scores else ""),
         ]
         if self.astigmatic is not None:
             c = self.astigmatic.config
@@ -324,6 +361,7 @@ class BeadCalibration:
             "bead_residual": self.bead_residual,
             "normalisation": self.normalisation,
             "encircled_fraction": self.encircled_fraction,
+            "z_smoothing_nm": self.z_smoothing_nm,
         }
         if self.beads:
             meta["bead_xyz"] = np.array(
@@ -361,6 +399,7 @@ def calibrate_bead_file(
     roi_size_px: int = 25,
     z_range_nm: tuple[float, float] | None = None,
     reference_slice: float | None = None,
+    z_smoothing_nm: float | None = None,
     report_dir: str | os.PathLike | None = None,
     astigmatic_path: str | os.PathLike | None = None,
     progress: Callable[[str], None] | None = None,
@@ -373,7 +412,7 @@ def calibrate_bead_file(
         Bead z-stack, anything :func:`denseloc.io.open_movie` reads, shape (T, H, W), in ADU.
     out_path : path-like
         Spline PSF to write (``.h5``), readable by :func:`denseloc.calibration.load_psf`.
-    z_step_nm, pixel_size_nm, camera, roi_size_px, z_range_nm, reference_slice
+    z_step_nm, pixel_size_nm, camera, roi_size_px, z_range_nm, reference_slice, z_smoothing_nm
         See :func:`calibrate_beads`.
     report_dir : path-like, optional
         Folder for the diagnostic PNGs (:func:`denseloc.calibration.report.write_report`).
@@ -400,6 +439,7 @@ def calibrate_bead_file(
         roi_size_px=roi_size_px,
         z_range_nm=z_range_nm,
         reference_slice=reference_slice,
+        z_smoothing_nm=z_smoothing_nm,
         progress=progress,
     )
     calibration.save(out_path)
@@ -438,7 +478,7 @@ def calibrate_beads(
     max_residual_ratio: float = 3.0,
     max_z_offset_nm: float = 300.0,
     registration_iterations: int = 3,
-    z_smoothing_nm: float = 60.0,
+    z_smoothing_nm: float | None = None,
     max_plane_change: float = 0.5,
     source: str | None = None,
     progress: Callable[[str], None] | None = None,
@@ -480,9 +520,10 @@ def calibrate_beads(
         Largest axial offset of a bead from the others searched by the registration, nm.
     registration_iterations : int
         Rounds of registration against the average of the other beads.
-    z_smoothing_nm : float
+    z_smoothing_nm : float or None, optional
         Length of the Savitzky-Golay (cubic) smoothing along z before the spline fit, nm;
-        0 (or less than 5 slices) for none.
+        0 (or less than 5 slices) for none; None (default) to choose it by leave-one-bead-out
+        cross-validation (see Smoothing along z).
     max_plane_change : float
         Largest acceptable median relative change between adjacent planes (z sampling).
     source : str, optional
@@ -521,6 +562,7 @@ def calibrate_beads(
         pixel_size_nm=pixel_size_nm,
         roi_size_px=roi_size_px,
         norm_size_px=norm_size_px,
+        z_smoothing_nm=z_smoothing_nm,
         height=height,
         width=width,
         fail=fail,
@@ -604,6 +646,16 @@ def calibrate_beads(
         )
     measured = reg.average * fraction[:, None, None]
 
+    if z_smoothing_nm is None:
+        say("choosing the smoothing along z")
+        z_smoothing_nm, scores = _choose_z_smoothing(reg.unit, reg.valid, fraction, z_step_nm)
+        if not scores:
+            why = "a single bead" if len(reg.beads) < 2 else "too few slices"
+            notes.append(
+                f"{why}: smoothing along z {z_smoothing_nm:g} nm, not cross-validated"
+            )
+    else:
+        scores = {}
     say("fitting the spline")
     smoothed = _smooth_z(measured, z_smoothing_nm, z_step_nm)
     psf = CubicSplinePSF.from_stack(
@@ -647,6 +699,8 @@ def calibrate_beads(
         pixel_size_nm=float(pixel_size_nm),
         reference_slice=float(ref),
         normalisation=normalisation,
+        z_smoothing_nm=float(z_smoothing_nm),
+        z_smoothing_scores=scores,
         source=name,
         notes=notes,
     )
@@ -696,10 +750,16 @@ def _check_parameters(
     pixel_size_nm: float,
     roi_size_px: int,
     norm_size_px: int | None,
+    z_smoothing_nm: float | None,
     height: int,
     width: int,
     fail: Callable[[str], DenselocError],
 ) -> int:
+    if z_smoothing_nm is not None and not (math.isfinite(z_smoothing_nm) and z_smoothing_nm >= 0):
+        raise DenselocError(
+            f"`z_smoothing_nm` must be >= 0 nm (0: none), got {z_smoothing_nm}; leave it out "
+            "to choose it by cross-validation"
+        )
     if not (math.isfinite(z_step_nm) and z_step_nm != 0):
         raise DenselocError(
             f"`z_step_nm` must be a non-zero number, got {z_step_nm} (negative when the focus "
@@ -1092,33 +1152,57 @@ def _average(unit: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarra
     each plane of the average, ``sum over pixels of var(beads) / count`` (T,), from the spread
     between beads (zero with a single bead).
     """
-    w = valid.astype(np.float64)[:, :, None, None]
-    total = (unit * w).sum(axis=0)
-    count = w.sum(axis=0)
+    w, total, count = _bead_sums(unit, valid)
     average = total / np.maximum(count, 1)
     spread = (((unit - average) ** 2) * w).sum(axis=0)
     noise = (spread / np.maximum(count * (count - 1), 1)).sum(axis=(1, 2))
-    n = unit.shape[0]
-    residuals = np.zeros(n)
-    for i in range(n):
-        if n == 1:
-            break
-        others = (total - unit[i] * w[i]) / np.maximum(count - w[i], 1)
-        v = valid[i] & (count[:, 0, 0] - w[i, :, 0, 0] > 0)
+    residuals = np.zeros(unit.shape[0])
+    for i, (others, v) in enumerate(_leave_one_out(unit, valid)):
         diff = np.linalg.norm((unit[i] - others)[v])
         residuals[i] = diff / max(np.linalg.norm(others[v]), 1e-300)
     return average, residuals, noise
 
 
+def _bead_sums(unit: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Weights (n, T, 1, 1) of the valid planes, their sum over beads (T, S, S) and their
+    count per plane (T, 1, 1)."""
+    w = valid.astype(np.float64)[:, :, None, None]
+    return w, (unit * w).sum(axis=0), w.sum(axis=0)
+
+
+def _leave_one_out(
+    unit: np.ndarray, valid: np.ndarray
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """For each bead in turn, the mean of the other beads' valid planes (T, S, S) and the
+    planes (T,) both the bead and the others have (none when no other bead has a plane).
+
+    Planes no other bead has are copies of the nearest plane they have, never the bead's own
+    (smoothing along z would carry it into the prediction of the bead's other planes).
+    """
+    w, total, count = _bead_sums(unit, valid)
+    planes = np.arange(unit.shape[1])
+    for i in range(len(unit)):
+        rest = (count - w[i])[:, 0, 0]
+        have = planes[rest > 0]
+        if have.size == 0:
+            yield np.zeros_like(total), np.zeros_like(valid[i])
+            continue
+        others = (total - unit[i] * w[i])[have] / rest[have, None, None]
+        nearest = np.abs(planes[:, None] - have[None, :]).argmin(axis=1)
+        yield others[nearest], valid[i] & (rest > 0)
+
+
 @dataclass
 class _Registration:
     """Registered beads: positions (y, x) of the crops, shifts (n, 3) = (z, y, x) in voxels,
-    aligned ROIs (n, T, S, S) in photons, valid planes (n, T), the unit-energy average
-    (T, S, S), its noise energy per plane (T,) and each bead's leave-one-out residual (n,)."""
+    aligned ROIs (n, T, S, S) in photons, the same with every plane divided by its sum
+    (``unit``), valid planes (n, T), the unit-energy average (T, S, S), its noise energy per
+    plane (T,) and each bead's leave-one-out residual (n,)."""
 
     beads: list[tuple[int, int]]
     shifts: np.ndarray
     aligned: np.ndarray
+    unit: np.ndarray
     valid: np.ndarray
     average: np.ndarray
     noise: np.ndarray
@@ -1147,7 +1231,10 @@ def _register_beads(
         keep = _typical(unit, valid, max_residual_ratio)
         if keep.all():
             average, residuals, noise = _average(unit, valid)
-            return _Registration(beads, shifts, aligned, valid, average, noise, residuals), dropped
+            registration = _Registration(
+                beads, shifts, aligned, unit, valid, average, noise, residuals
+            )
+            return registration, dropped
         dropped += [b for b, k in zip(beads, keep, strict=True) if not k]
         beads = [b for b, k in zip(beads, keep, strict=True) if k]
         crops = crops[keep]
@@ -1223,12 +1310,70 @@ def _plane_change(average: np.ndarray, noise: np.ndarray) -> float:
 
 def _smooth_z(stack: np.ndarray, length_nm: float, z_step_nm: float) -> np.ndarray:
     """Savitzky-Golay (cubic) smoothing along z over about `length_nm`; none below 5 slices."""
+    return _savgol_z(stack, _z_window(length_nm, z_step_nm, stack.shape[0]))
+
+
+def _z_window(length_nm: float, z_step_nm: float, n_slices: int) -> int:
+    """Odd number of slices spanning about `length_nm`, at most the stack's (odd) length."""
+    if not z_step_nm > 0:
+        raise ValueError(f"z_step_nm must be positive here (rising z), got {z_step_nm}")
     window = round(length_nm / z_step_nm)
-    window += 1 - window % 2
-    window = min(window, stack.shape[0] - (1 - stack.shape[0] % 2))
+    return min(window + 1 - window % 2, n_slices - 1 + n_slices % 2)
+
+
+def _savgol_z(stack: np.ndarray, window: int) -> np.ndarray:
+    """Cubic Savitzky-Golay smoothing over `window` slices along axis 0; none below 5."""
     if window < 5:
         return stack.copy()
     return savgol_filter(stack, window, 3, axis=0, mode="interp")
+
+
+def _choose_z_smoothing(
+    unit: np.ndarray, valid: np.ndarray, fraction: np.ndarray, z_step_nm: float
+) -> tuple[float, dict[float, float]]:
+    """Smoothing length (nm) along z that best predicts each bead from the others.
+
+    Parameters
+    ----------
+    unit : ndarray of shape (n, T, S, S)
+        The registered beads, every plane divided by its sum.
+    valid : ndarray of shape (n, T), bool
+        Their valid planes.
+    fraction : ndarray of shape (T,)
+        The encircled fraction, which scales the average as in :func:`calibrate_beads`.
+    z_step_nm : float
+        Positive step between planes, nm.
+
+    Returns
+    -------
+    float
+        The length with the smallest summed squared error, over all beads and the planes
+        they share with the others, between a bead and the smoothed mean of the others.
+    dict of float to float
+        Each candidate length -> its error relative to no smoothing's. Empty, with
+        :data:`FALLBACK_Z_SMOOTHING_NM` as the length, for a single bead; empty, with 0, for
+        a stack too short to smooth.
+    """
+    n, n_slices = valid.shape
+    if n < 2:
+        return FALLBACK_Z_SMOOTHING_NM, {}
+    longest = _z_window(_Z_SMOOTHING_MAX_NM, z_step_nm, n_slices)
+    if longest < 5:
+        return 0.0, {}
+    sizes = np.minimum(np.geomspace(5, longest, 16).round().astype(int) | 1, longest)
+    windows = [0, *sorted({int(size) for size in sizes})]
+    errors = np.zeros(len(windows))
+    scale = fraction[:, None, None]
+    for i, (others, scored) in enumerate(_leave_one_out(unit, valid)):
+        target = (unit[i] * scale)[scored]
+        predicted = others * scale
+        for k, window in enumerate(windows):
+            errors[k] += ((_savgol_z(predicted, window)[scored] - target) ** 2).sum()
+    scores = {
+        float(window * z_step_nm): float(e / max(errors[0], 1e-300))
+        for window, e in zip(windows, errors, strict=True)
+    }
+    return float(windows[int(np.argmin(errors))] * z_step_nm), scores
 
 
 def _fit_widths(measured: np.ndarray, z_nm: np.ndarray, notes: list[str]) -> AstigmaticFit | None:

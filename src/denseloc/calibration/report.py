@@ -9,7 +9,8 @@
     Measured and model planes at a few z positions, with their difference.
 ``psf_widths.png``
     Gaussian widths sigma_x(z), sigma_y(z) measured per plane (filled: used by the Huang fit)
-    with the fitted Huang curves, and the fraction of the photons inside the ROI per plane.
+    with the fitted Huang curves, the fraction of the photons inside the ROI per plane, and
+    the leave-one-bead-out error of each smoothing length along z (when it was chosen so).
 
 Figures are built with :class:`matplotlib.figure.Figure` and the Agg canvas, so the global
 matplotlib backend is left alone.
@@ -139,8 +140,8 @@ def _planes_figure(calibration: BeadCalibration) -> Figure:
 
 
 def _widths_figure(calibration: BeadCalibration) -> Figure:
-    fig = new_figure(10, 4.2)
-    ax_w, ax_f = fig.subplots(1, 2, width_ratios=(2, 1))
+    fig = new_figure(14, 4.2)
+    ax_w, ax_f, ax_s = fig.subplots(1, 3, width_ratios=(2, 1, 1))
     fit = calibration.astigmatic
     if fit is None:
         ax_w.text(0.5, 0.5, "Huang fit failed", ha="center", va="center", transform=ax_w.transAxes)
@@ -179,5 +180,21 @@ def _widths_figure(calibration: BeadCalibration) -> Figure:
     ax_f.set_xlabel("z (nm)")
     ax_f.set_ylabel("fraction of photons in the ROI")
     ax_f.set_title(calibration.normalisation, fontsize=9)
+    _smoothing_axes(ax_s, calibration)
     fig.suptitle(_title(calibration), fontsize=11)
     return fig
+
+
+def _smoothing_axes(ax, calibration: BeadCalibration) -> None:
+    scores = calibration.z_smoothing_scores
+    ax.set_title(f"smoothing along z: {calibration.z_smoothing_nm:g} nm", fontsize=9)
+    if not scores:
+        ax.text(0.5, 0.5, "not cross-validated", ha="center", va="center",
+                transform=ax.transAxes)
+        return
+    lengths = np.array(list(scores))
+    ax.plot(lengths, list(scores.values()), "o-", ms=3, color="k")
+    ax.axvline(calibration.z_smoothing_nm, color="tab:green", label="used")
+    ax.set_xlabel("smoothing length (nm)")
+    ax.set_ylabel("left-out beads' error (1 = none)")
+    ax.legend(fontsize=8)
