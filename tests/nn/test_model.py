@@ -35,6 +35,11 @@ def test_channels_last_gives_the_same_output() -> None:
     fast = net.to(memory_format=torch.channels_last)(x.contiguous(
         memory_format=torch.channels_last))
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+    # The forward pass reads each window's frame features concatenated in time order.
+    by_hand = net.from_features(
+        torch.cat([net.frame_features(x[:, t : t + 1]) for t in range(3)], dim=1)
+    )
+    torch.testing.assert_close(ref, by_hand, rtol=1e-4, atol=1e-5)
     # Windows over shared frames: the same outputs in either layout, and as the plain forward.
     frames = torch.randn(4, 16, 16)
     windows = torch.tensor([[0, 1, 2], [1, 2, 3]])

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from denseloc.localize.postprocess import Readout, maps_to_table
 from denseloc.train.artifact import TrainedModel
@@ -133,7 +132,6 @@ def iter_network_outputs(
     """
     net = model.net
     device = next(net.parameters()).device
-    channels_last = device.type == "cpu"
     n, height, width = photons.shape
     batch_size = batch_size or auto_batch_size(height, width)
     ctx = net.context_frames
@@ -150,26 +148,19 @@ def iter_network_outputs(
         last = torch.cat([photons[-1:], after])[-1:]
         frames = torch.cat([first.expand(half - len(before), -1, -1), before, photons, after,
                             last.expand(half - len(after), -1, -1)])
-    pad_h, pad_w = (-height) % net.multiple, (-width) % net.multiple
 
     def features_of(a: int, b: int) -> torch.Tensor:
         x = scale_frames(frames[a:b].to(device=device, dtype=torch.float32), model.scaling)
-        if pad_h or pad_w:
-            x = F.pad(x[None], (0, pad_w, 0, pad_h), mode="replicate")[0]
-        x = x[:, None]
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return net.frame_features(x)
+        return net.padded_features(x)
 
+    offsets = torch.arange(ctx, device=device)
     cached = features_of(0, ctx - 1) if ctx > 1 else None  # features of frames[start:start+ctx-1]
     for start in range(0, n, batch_size):
         stop = min(start + batch_size, n)
         fresh = features_of(start + ctx - 1, stop + ctx - 1)
         features = fresh if cached is None else torch.cat([cached, fresh])
-        windows = torch.stack([features[t : t + ctx] for t in range(stop - start)]).flatten(1, 2)
-        if channels_last:
-            windows = windows.contiguous(memory_format=torch.channels_last)
-        yield start, net.from_features(windows)[:, :, :height, :width].float().cpu()
+        windows = torch.arange(stop - start, device=device)[:, None] + offsets
+        yield start, net.from_windows(features, windows, (height, width)).float().cpu()
         cached = features[len(features) - (ctx - 1) :] if ctx > 1 else None
 
 

@@ -154,18 +154,12 @@ class DecodeNet(nn.Module):
                 f"got {tuple(frames.shape)}"
             )
         batch, n_ctx, height, width = frames.shape
-        pad_h = (-height) % self.multiple
-        pad_w = (-width) % self.multiple
-        if pad_h or pad_w:
-            frames = F.pad(frames, (0, pad_w, 0, pad_h), mode="replicate")
-        h, w = frames.shape[-2:]
-        single = frames.reshape(batch * n_ctx, 1, h, w)
-        if frames.is_contiguous(memory_format=torch.channels_last):
-            single = single.contiguous(memory_format=torch.channels_last)
-        features = self.frame_features(single)
-        features = features.reshape(batch, n_ctx * self.filters, h, w)
-        out = self.from_features(features)
-        return out[:, :, :height, :width]
+        windows = torch.arange(batch * n_ctx, device=frames.device).view(batch, n_ctx)
+        return self.forward_windows(
+            frames.reshape(batch * n_ctx, height, width),
+            windows,
+            channels_last=frames.is_contiguous(memory_format=torch.channels_last),
+        )
 
     def forward_windows(self, frames: torch.Tensor, windows: torch.Tensor, *,
                         channels_last: bool | None = None) -> torch.Tensor:
@@ -187,6 +181,14 @@ class DecodeNet(nn.Module):
         if windows.ndim != 2 or windows.shape[1] != self.context_frames:
             raise ValueError(f"expected windows of shape (B, {self.context_frames}), "
                              f"got {tuple(windows.shape)}")
+        features = self.padded_features(frames, channels_last=channels_last)
+        return self.from_windows(features, windows, frames.shape[-2:], channels_last=channels_last)
+
+    def padded_features(self, frames: torch.Tensor, *,
+                        channels_last: bool | None = None) -> torch.Tensor:
+        """Frame-analysis features (N, F, H', W') of scaled frames (N, H, W), the frames padded
+        (replicating their edges) to a multiple of :attr:`multiple`; `channels_last` as in
+        :meth:`forward_windows`."""
         _, height, width = frames.shape
         pad_h = (-height) % self.multiple
         pad_w = (-width) % self.multiple
@@ -197,12 +199,21 @@ class DecodeNet(nn.Module):
             channels_last = frames.device.type == "cpu"
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        features = self.frame_features(x)
+        return self.frame_features(x)
+
+    def from_windows(self, features: torch.Tensor, windows: torch.Tensor,
+                     shape: tuple[int, int], *, channels_last: bool | None = None) -> torch.Tensor:
+        """Outputs (B, 10, H, W) for windows (B, context_frames) of indices into the frame
+        features (N, F, H', W') of :meth:`padded_features`, cropped to the frames' `shape`
+        (H, W)."""
         stacked = features[windows.flatten()].reshape(
             len(windows), self.context_frames * self.filters, *features.shape[-2:]
         )
+        if channels_last is None:
+            channels_last = features.device.type == "cpu"
         if channels_last:  # (not x.is_contiguous: a one-channel tensor always is channels-last)
             stacked = stacked.contiguous(memory_format=torch.channels_last)
+        height, width = shape
         return self.from_features(stacked)[:, :, :height, :width]
 
     def config(self) -> dict[str, int | bool]:
