@@ -24,10 +24,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_simulator.py
 
-# The bundled PSF calibration (src/denseloc/data/): regenerate from the EPFL 2016 beads.
+# The bundled PSF calibration (src/denseloc/data/): regenerate from the EPFL 2016 beads, smoothed
+# along z as the beads choose. psf_epfl_beads_as.h5, the earlier calibration (a fixed 60 nm of
+# smoothing) that the bundled network was trained on, stays as it is.
 default-psf: $(STAMP)
 	$(BIN)/denseloc calibrate ../shared/data/beads_epfl2016/beads_as.tif --z-step-nm 10 \
-		--pixel-size-nm 100 --camera emccd --out src/denseloc/data/psf_epfl_beads_as.h5 \
+		--pixel-size-nm 100 --camera emccd --out src/denseloc/data/psf_epfl_beads_as_v2.h5 \
 		--astigmatic src/denseloc/data/psf_epfl_beads_as_astigmatic.yaml
 
 # The bundled network (src/denseloc/data/default_model/): 57 epochs (456,000 samples) of
@@ -37,6 +39,8 @@ default-psf: $(STAMP)
 # three-frame model it replaced reached 448,640 samples in its 60-minute budget. Score it with
 # benchmarks/finish_model.py (README, "Benchmarks"): training_default_ctx5_57ep*.md. The last
 # step measures how its errors correlate across frames, for --group (grouping_bundled.md).
+# The model bundled now was trained on psf_epfl_beads_as.h5; this target trains its successor on
+# psf_epfl_beads_as_v2.h5, which benchmarks/configs/epfl_as.yaml names since 2026-12-03.
 MODEL_FILES := config.yaml model.yaml weights.pt training_log.csv curves.png
 default-model: $(STAMP)
 	$(BIN)/denseloc train benchmarks/configs/epfl_as.yaml --out build/default_model \

@@ -69,10 +69,23 @@ def model_on_test_movies_args(doc: str, name: str, frames: int = 100,
     for flag, keywords in extra.items():
         parser.add_argument(flag, **keywords)
     args = parser.parse_args()
-    args.config = load_config(args.config)
     args.model_dir = Path(resolve_builtin(str(args.model or "denseloc:default_model")))
     args.model = TrainedModel.load(args.model_dir)
+    args.config = load_config(args.config)
+    require_models_psf(args.config, args.model, args.model_dir)
     return args
+
+
+def require_models_psf(config, model, model_dir: Path) -> None:
+    """Stop unless `config` simulates with the PSF `model` was trained on: scored on another
+    PSF's movies, a model's errors mix its own with the mismatch."""
+    from denseloc.config import config_differences
+
+    changed = config_differences(model.config.psf.model_dump(mode="json"),
+                                 config.psf.model_dump(mode="json"), prefix="psf.")
+    if changed:
+        raise SystemExit(f"{model_dir} was trained on another PSF than the configuration's "
+                         f"({'; '.join(changed)}): pass its own {model_dir / 'config.yaml'}")
 
 
 def _fmt(value: object) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from _common import write_results
+from _common import require_models_psf, write_results
 from bench_training import DENSITIES, score, test_movie
 from denseloc.calibration import resolve_builtin
 from denseloc.cli import DEFAULT_MODEL
@@ -77,7 +77,9 @@ def main() -> None:
         parser.error("--frames too small: the unrelated neighbours would wrap around onto "
                      "a frame's real ones")
     config = load_config(args.config)
-    model = TrainedModel.load(resolve_builtin(args.model))
+    model_dir = resolve_builtin(args.model)
+    model = TrainedModel.load(model_dir)
+    require_models_psf(config, model, model_dir)
     rows = []
     for i, (density, value) in enumerate(DENSITIES.items()):
         cfg, photons, truth = test_movie(config, value, args.frames, seed=100 + i)

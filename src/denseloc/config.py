@@ -244,7 +244,8 @@ class PSFConfig(_Model):
     path: Path | None = Field(
         None,
         description="PSF calibration file (kind: file), e.g. from `denseloc calibrate`; "
-        "denseloc:psf_epfl_beads_as.h5 is the bundled EPFL astigmatic calibration",
+        "denseloc:psf_epfl_beads_as_v2.h5 is the bundled EPFL astigmatic calibration "
+        "(denseloc:psf_epfl_beads_as.h5 the earlier one, less smoothed along z)",
     )
 
     @property

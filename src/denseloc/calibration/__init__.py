@@ -27,9 +27,11 @@ BUILTIN_PREFIX = "denseloc:"
 def resolve_builtin(path: str | os.PathLike) -> Path:
     """Map ``denseloc:NAME`` to the bundled data file NAME; other paths are returned as is.
 
-    The bundled files: ``psf_epfl_beads_as.h5`` (spline PSF calibrated from the EPFL 2016
-    astigmatic beads with ``make default-psf``) and its astigmatic Gaussian fit
-    ``psf_epfl_beads_as_astigmatic.yaml``.
+    The bundled files: ``psf_epfl_beads_as_v2.h5`` (spline PSF calibrated from the EPFL 2016
+    astigmatic beads with ``make default-psf``), ``psf_epfl_beads_as.h5`` (the earlier
+    calibration of the same beads, with a fixed 60 nm of smoothing along z; the bundled
+    network was trained on it), the astigmatic Gaussian fit
+    ``psf_epfl_beads_as_astigmatic.yaml`` and the bundled network's folder ``default_model``.
     """
     text = str(path)
     if not text.startswith(BUILTIN_PREFIX):
