@@ -174,8 +174,7 @@ def test_cross_validated_z_smoothing_recovers_the_z_derivative(
     errors = {length: _z_derivative_error(refit(length)) for length in (0.0, 60.0, 1000.0)}
     chosen = _z_derivative_error(cal.psf)
     # measured: 450 nm chosen, error 0.077; none 2.1, 60 nm 0.64, 1000 nm 0.17
-    assert chosen < 0.5 * errors[60.0] and chosen < 0.1 * errors[0.0]
-    assert chosen < errors[1000.0]
+    assert chosen < 0.15 and chosen < 0.5 * errors[60.0] and chosen < errors[1000.0]
 
 
 def _noisy_beads(truth: np.ndarray, n: int, noise: float, seed: int) -> np.ndarray:
@@ -189,15 +188,16 @@ def test_the_smoothing_follows_how_fast_the_psf_changes_with_z() -> None:
     t = np.arange(101)[:, None, None]
     c = np.arange(7)[None, None, :] - 3
     still = np.exp(-(c**2) / 4.0) * np.exp(-(c.transpose(0, 2, 1) ** 2) / 4.0) + 0 * t
-    wobbly = still * (1 + 0.5 * np.sin(2 * np.pi * t / 6.0))  # a period of 6 planes
+    width = 4.0 * (1 + 0.5 * np.sin(2 * np.pi * t / 6.0))  # a period of 6 planes
+    wobbly = np.exp(-(c**2 + c.transpose(0, 2, 1) ** 2) / width)
     valid = np.ones((5, 101), dtype=bool)
     fraction = np.ones(101)
-    length, scores = _choose_z_smoothing(
+    still_length, scores = _choose_z_smoothing(
         _noisy_beads(still, 5, 0.02, seed=0), valid, fraction, 10.0
     )
-    assert length == max(scores) > 900.0  # a PSF constant in z: smooth all noise away
-    length, _ = _choose_z_smoothing(_noisy_beads(wobbly, 5, 0.0, seed=0), valid, fraction, 10.0)
-    assert length == 0.0  # noise-free beads: any smoothing only blurs the structure
+    assert still_length == max(scores) > 900.0  # constant in z: smooth all the noise away
+    length, _ = _choose_z_smoothing(_noisy_beads(wobbly, 5, 0.02, seed=0), valid, fraction, 10.0)
+    assert length <= 50.0  # the same noise, but structure on a 60 nm scale to keep
 
 
 def test_a_left_out_bead_never_predicts_itself() -> None:
@@ -437,6 +437,10 @@ def test_real_astigmatic_beads_calibrate(real_as: BeadCalibration) -> None:
     # the left-out beads' errors: a flat minimum at 110-210 nm, 0.873 of no smoothing's
     assert 100.0 <= cal.z_smoothing_nm <= 250.0  # measured 150
     assert cal.z_smoothing_scores[cal.z_smoothing_nm] < 0.9
+    # the bundled calibration is this one (make default-psf)
+    bundled = load_psf("denseloc:psf_epfl_beads_as_v2.h5")
+    np.testing.assert_allclose(bundled.coeff, cal.psf.coeff, rtol=0, atol=1e-12)
+    assert bundled.metadata["z_smoothing_nm"] == cal.z_smoothing_nm
     # light beyond the 25 px ROI: more when defocused (measured 0.77 at the ends, 0.93 at best)
     assert 0.6 < cal.encircled_fraction.min() < cal.encircled_fraction.max() < 1.0
     # the data's README: narrowest along x near slice 70 (z = -50 nm), along y near slice 100

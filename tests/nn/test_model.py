@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from denseloc.nn.loss import gmm_loss
 from denseloc.nn.model import CHANNELS, DecodeNet
@@ -40,6 +41,15 @@ def test_channels_last_gives_the_same_output() -> None:
         torch.cat([net.frame_features(x[:, t : t + 1]) for t in range(3)], dim=1)
     )
     torch.testing.assert_close(ref, by_hand, rtol=1e-4, atol=1e-5)
+    # ... also with five frames whose size needs padding (replicated edges), then cropped
+    net5 = DecodeNet(filters=4, context_frames=5)
+    x5 = torch.randn(2, 5, 21, 34)
+    pad = (0, (-34) % net5.multiple, 0, (-21) % net5.multiple)
+    assert any(pad)
+    features = [net5.frame_features(F.pad(x5[:, t : t + 1], pad, mode="replicate"))
+                for t in range(5)]
+    by_hand = net5.from_features(torch.cat(features, dim=1))[:, :, :21, :34]
+    torch.testing.assert_close(net5(x5), by_hand, rtol=1e-4, atol=1e-5)
     # Windows over shared frames: the same outputs in either layout, and as the plain forward.
     frames = torch.randn(4, 16, 16)
     windows = torch.tensor([[0, 1, 2], [1, 2, 3]])

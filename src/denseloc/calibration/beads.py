@@ -110,11 +110,12 @@ very PSF. Too much smoothing instead erases real structure.
 the smoothed mean of the other beads predicts the left-out bead, and the length with the
 smallest error over all beads wins. The beads' own noise is independent from bead to bead,
 so this finds the length that best estimates their common PSF from one bead fewer. (Not
-quite independent: the per-slice background and the encircled fraction are estimated from
-all beads at once; planes no other bead has are copied from the nearest one they have, not
-taken from the bead left out.) A single bead leaves nothing to predict:
-:data:`FALLBACK_Z_SMOOTHING_NM`. :attr:`BeadCalibration.z_smoothing_nm` is the length used
-and :attr:`BeadCalibration.z_smoothing_scores` the prediction errors.
+quite independent: each bead is registered against the others' average, and the per-slice
+background and the encircled fraction are estimated from all beads at once; planes no other
+bead has are copied from the nearest one they have, not taken from the bead left out.) A
+single bead leaves nothing to predict: :data:`FALLBACK_Z_SMOOTHING_NM`.
+:attr:`BeadCalibration.z_smoothing_nm` is the length used and
+:attr:`BeadCalibration.z_smoothing_scores` the prediction errors.
 
 The residual
 ------------
@@ -650,7 +651,7 @@ def calibrate_beads(
         say("choosing the smoothing along z")
         z_smoothing_nm, scores = _choose_z_smoothing(reg.unit, reg.valid, fraction, z_step_nm)
         if not scores:
-            why = "a single bead" if len(reg.beads) < 2 else "too few slices"
+            why = "a single bead" if len(reg.beads) < 2 else "too few slices for its z step"
             notes.append(
                 f"{why}: smoothing along z {z_smoothing_nm:g} nm, not cross-validated"
             )

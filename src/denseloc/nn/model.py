@@ -146,20 +146,24 @@ class DecodeNet(nn.Module):
             bg = torch.full_like(p_logit, float("nan"))  # not predicted: no number to report
         return torch.cat([p_logit, photons, offsets, sigma, bg], dim=1)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """Outputs (B, 10, H, W) for scaled input frames (B, context_frames, H, W)."""
+    def forward(self, frames: torch.Tensor, *, channels_last: bool | None = None) -> torch.Tensor:
+        """Outputs (B, 10, H, W) for scaled input frames (B, context_frames, H, W).
+
+        `channels_last` as in :meth:`forward_windows`; default: the input's memory format (a
+        single frame, whose two layouts coincide, counts as channels-last).
+        """
         if frames.ndim != 4 or frames.shape[1] != self.context_frames:
             raise ValueError(
                 f"expected input of shape (B, {self.context_frames}, H, W), "
                 f"got {tuple(frames.shape)}"
             )
         batch, n_ctx, height, width = frames.shape
-        windows = torch.arange(batch * n_ctx, device=frames.device).view(batch, n_ctx)
-        return self.forward_windows(
-            frames.reshape(batch * n_ctx, height, width),
-            windows,
-            channels_last=frames.is_contiguous(memory_format=torch.channels_last),
+        if channels_last is None:
+            channels_last = frames.is_contiguous(memory_format=torch.channels_last)
+        features = self.padded_features(
+            frames.reshape(batch * n_ctx, height, width), channels_last=channels_last
         )
+        return self.from_windows(features, None, (height, width), channels_last=channels_last)
 
     def forward_windows(self, frames: torch.Tensor, windows: torch.Tensor, *,
                         channels_last: bool | None = None) -> torch.Tensor:
@@ -201,17 +205,17 @@ class DecodeNet(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.frame_features(x)
 
-    def from_windows(self, features: torch.Tensor, windows: torch.Tensor,
+    def from_windows(self, features: torch.Tensor, windows: torch.Tensor | None,
                      shape: tuple[int, int], *, channels_last: bool | None = None) -> torch.Tensor:
         """Outputs (B, 10, H, W) for windows (B, context_frames) of indices into the frame
-        features (N, F, H', W') of :meth:`padded_features`, cropped to the frames' `shape`
-        (H, W)."""
-        stacked = features[windows.flatten()].reshape(
-            len(windows), self.context_frames * self.filters, *features.shape[-2:]
-        )
+        features (N, F, H', W') of :meth:`padded_features` (None: consecutive groups of
+        ``context_frames`` features, no copy), cropped to the frames' `shape` (H, W)."""
+        if windows is not None:
+            features = features[windows.flatten()]
+        stacked = features.reshape(-1, self.context_frames * self.filters, *features.shape[-2:])
         if channels_last is None:
             channels_last = features.device.type == "cpu"
-        if channels_last:  # (not x.is_contiguous: a one-channel tensor always is channels-last)
+        if channels_last:
             stacked = stacked.contiguous(memory_format=torch.channels_last)
         height, width = shape
         return self.from_features(stacked)[:, :, :height, :width]

@@ -119,10 +119,7 @@ def predict_batches(net: DecodeNet, batches: list[Batch], channels_last: bool) -
     net.eval()
     outs = []
     for batch in batches:
-        x = batch.inputs
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        outs.append(net(x).float())
+        outs.append(net(batch.inputs, channels_last=channels_last).float())
     net.train(was_training)
     return torch.cat(outs)
 
