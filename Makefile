@@ -33,11 +33,12 @@ default-psf: $(STAMP)
 		--astigmatic src/denseloc/data/psf_epfl_beads_as_astigmatic.yaml
 
 # The bundled network (src/denseloc/data/default_model/): 57 epochs (456,000 samples) of
-# training on the benchmark setting, five context frames; 1.5 to 2 hours on 2 cores. A fixed
-# number of epochs, not a time budget, so the same command gives the same model on any machine
-# (up to the order of floating-point sums in threads) and a busy machine only slows it. The
-# three-frame model it replaced reached 448,640 samples in its 60-minute budget. Score it with
-# benchmarks/finish_model.py (README, "Benchmarks"): training_default_ctx5_57ep*.md. The last
+# training on the benchmark setting (of its day: see below), five context frames; 1.5 to 2 hours
+# on 2 cores. A fixed number of epochs, not a time budget, so the same command gives the same
+# model on any machine (up to the order of floating-point sums in threads) and a busy machine
+# only slows it. The three-frame model it replaced reached 448,640 samples in its 60-minute
+# budget. Score it with benchmarks/finish_model.py (README, "Benchmarks"):
+# training_default_ctx5_57ep*.md. The last
 # step measures how its errors correlate across frames, for --group (grouping_bundled.md).
 # The model bundled now was trained on psf_epfl_beads_as.h5; this target trains its successor on
 # psf_epfl_beads_as_v2.h5, which benchmarks/configs/epfl_as.yaml names since 2026-12-03.
