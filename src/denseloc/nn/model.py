@@ -209,7 +209,7 @@ class DecodeNet(nn.Module):
                      shape: tuple[int, int], *, channels_last: bool | None = None) -> torch.Tensor:
         """Outputs (B, 10, H, W) for windows (B, context_frames) of indices into the frame
         features (N, F, H', W') of :meth:`padded_features` (None: consecutive groups of
-        ``context_frames`` features, no copy), cropped to the frames' `shape` (H, W)."""
+        ``context_frames`` features, no gather), cropped to the frames' `shape` (H, W)."""
         if windows is not None:
             features = features[windows.flatten()]
         stacked = features.reshape(-1, self.context_frames * self.filters, *features.shape[-2:])
