@@ -16,16 +16,10 @@ bench_training.py.
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 import pandas as pd
 
-from _common import require_models_psf, write_results
+from _common import model_on_test_movies_args, write_results
 from bench_training import DENSITIES, score, test_movie
-from denseloc.calibration import resolve_builtin
-from denseloc.cli import DEFAULT_MODEL
-from denseloc.config import load_config
 from denseloc.localize.network import predict_frames
 from denseloc.train.artifact import TrainedModel
 
@@ -66,20 +60,11 @@ def localize_as(model: TrainedModel, photons, context: str, pixel_size_nm: float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", type=Path)
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="model folder (default: bundled)")
-    parser.add_argument("--frames", type=int, default=100, help="frames per test movie")
-    parser.add_argument("--name", default="edge_frames_bundled", help="results file name")
-    args = parser.parse_args()
+    args = model_on_test_movies_args(__doc__, "edge_frames_bundled")
     if args.frames <= max(UNRELATED) + (MARGIN - 1) * UNRELATED_STEP + MARGIN:
-        parser.error("--frames too small: the unrelated neighbours would wrap around onto "
-                     "a frame's real ones")
-    config = load_config(args.config)
-    model_dir = resolve_builtin(args.model)
-    model = TrainedModel.load(model_dir)
-    require_models_psf(config, model, model_dir)
+        raise SystemExit("--frames too small: the unrelated neighbours would wrap around onto "
+                         "a frame's real ones")
+    config, model = args.config, args.model
     rows = []
     for i, (density, value) in enumerate(DENSITIES.items()):
         cfg, photons, truth = test_movie(config, value, args.frames, seed=100 + i)
@@ -90,8 +75,8 @@ def main() -> None:
             row = {"density": density, "context": context, **score(pred, truth)}
             print(row, flush=True)
             rows.append(row)
-    write_results(args.name, rows,
-                  f"Model {args.model}; frames {h} to {args.frames - 1 - h} of each test movie.")
+    write_results(args.name, rows, f"Model {args.model_dir}; frames {h} to "
+                  f"{args.frames - 1 - h} of each test movie.")
 
 
 if __name__ == "__main__":
