@@ -50,6 +50,16 @@ def test_photon_bound_without_background_is_poisson() -> None:
     assert bound[3].item() == pytest.approx(math.sqrt(4000), rel=0.01)
 
 
+def test_a_dark_pixel_of_a_noiseless_camera_carries_no_information_not_nan() -> None:
+    # With no background on an ideal camera, the patch's outer pixels expect exactly 0
+    # photons in float64 (erf rounds to 1 beyond ~8 sigma): variance 0, derivative 0.
+    dark = crlb(GaussianPSF(1.0), t(0), t(4000), t(0.0), size=31)[0]
+    nearly = crlb(GaussianPSF(1.0), t(0), t(4000), t(1e-6), size=31)[0]
+    assert torch.isfinite(dark[[0, 1, 3]]).all()
+    torch.testing.assert_close(dark[:2], nearly[:2], rtol=1e-3, atol=0)
+    assert dark[3].item() == pytest.approx(math.sqrt(4000), rel=0.01)
+
+
 def test_emccd_excess_noise_scales_bound_by_sqrt2_and_qe_by_inverse_sqrt() -> None:
     args = (AstigmaticPSF((1.1, 1.1), (-200.0, 200.0), (400.0, 400.0)), t(100), t(3000), t(50))
     base = crlb(*args)

@@ -217,7 +217,11 @@ def information_from_jacobian(
     :meth:`NoiseModel.patches`).
     """
     electrons = noise.qe * mu + noise.spurious_e
-    weight = noise.qe**2 / (noise.excess_noise * electrons + noise.read_var_e2)
+    var = noise.excess_noise * electrons + noise.read_var_e2
+    # A pixel expected to stay dark on a noiseless camera (no background, beyond the PSF's
+    # reach, or a spline's negative tail) has no variance to weigh by, and its derivatives
+    # vanish with its light: it carries no information, not an infinite weight (0 * inf).
+    weight = torch.where(var > 0, noise.qe**2 / var.clamp_min(1e-300), torch.zeros_like(var))
     return torch.einsum("npk,nqk,nk->npq", jac, jac, weight)
 
 
