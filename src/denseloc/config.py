@@ -316,6 +316,12 @@ class BackgroundConfig(_Model):
             raise ValueError(f"background must be >= 0, got {v}")
         return _ordered(v, "level_photons")
 
+    @property
+    def mean_photons(self) -> float:
+        """Mean background photons/px over movies: the middle of the level range plus half
+        the structured amplitude (the structured part's mean, :mod:`denseloc.sim.background`)."""
+        return 0.5 * sum(self.level_photons) + 0.5 * self.structured_amplitude_photons
+
 
 class SimulationConfig(_Model):
     """Length and seed of a simulated movie."""

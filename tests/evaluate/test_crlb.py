@@ -60,6 +60,18 @@ def test_a_dark_pixel_of_a_noiseless_camera_carries_no_information_not_nan() -> 
     assert dark[3].item() == pytest.approx(math.sqrt(4000), rel=0.01)
 
 
+def test_without_a_bg_column_the_bound_takes_the_mean_background_structure_included() -> None:
+    cfg = Config.model_validate({
+        "psf": {"kind": "gaussian"},
+        "background": {"level_photons": (90.0, 110.0), "structured_amplitude_photons": 60.0},
+    })
+    truth = pd.DataFrame({"frame": [0], "x_nm": [1000.0], "y_nm": [1000.0], "z_nm": [0.0],
+                          "photons": [2000.0]})
+    default = add_crlb_columns(truth, cfg)
+    explicit = add_crlb_columns(truth, cfg, bg_photons=130.0)
+    assert default["crlb_x_nm"].item() == pytest.approx(explicit["crlb_x_nm"].item(), rel=1e-12)
+
+
 def test_emccd_excess_noise_scales_bound_by_sqrt2_and_qe_by_inverse_sqrt() -> None:
     args = (AstigmaticPSF((1.1, 1.1), (-200.0, 200.0), (400.0, 400.0)), t(100), t(3000), t(50))
     base = crlb(*args)

@@ -241,3 +241,21 @@ def test_validation_bounds_use_the_chips_read_noise_not_the_crops_camera(tmp_pat
     np.testing.assert_allclose(truth["crlb_x_nm"], expected["crlb_x_nm"], rtol=1e-9)
     quiet = add_crlb_columns(plain, data.config, frame_shape=(16, 16))
     assert (truth["crlb_x_nm"] > 1.05 * quiet["crlb_x_nm"]).mean() > 0.5
+
+
+def test_validation_truth_takes_each_emitters_background_at_its_own_pixel() -> None:
+    from denseloc.train.trainer import _validation_truth
+
+    cfg = Config.model_validate({
+        "image": {"size_px": 32},
+        "psf": {"kind": "gaussian"},
+        "emitters": {"density_per_um2": 4.0},
+        "background": {"level_photons": (100.0, 100.0), "structured_amplitude_photons": 200.0,
+                       "structured_scale_nm": 800.0},
+        "train": {"frame_size_px": 32, "frames_per_movie": 3},
+    })
+    data = TrainingData(cfg)
+    truth = _validation_truth([data.batch(4, torch.Generator().manual_seed(2))], data)
+    assert truth["bg"].between(100.0, 300.0).all()
+    # A structured background varies within a crop: one mean per sample would not.
+    assert truth.groupby("frame")["bg"].std().min() > 5.0

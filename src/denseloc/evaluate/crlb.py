@@ -292,8 +292,8 @@ def add_crlb_columns(
         The simulation's configuration.
     bg_photons : float or array of shape (len(truth),), optional
         Background photons per pixel at each emitter; defaults to a ``bg`` column when
-        present (simulated movies have one), else the middle of
-        ``config.background.level_photons``.
+        present (simulated movies have one), else the configuration's mean background
+        (:attr:`~denseloc.config.BackgroundConfig.mean_photons`).
     frame_shape : (height, width), optional
         The frames' size in px: pixels outside the frame then carry no information, so an
         emitter near an edge gets the looser bound of the light that reaches the camera.
@@ -307,9 +307,8 @@ def add_crlb_columns(
 
     psf = psf_from_config(config.psf, config.emitters.z_range_nm)
     if bg_photons is None:
-        bg_photons = truth["bg"].to_numpy() if "bg" in truth else np.mean(
-            config.background.level_photons
-        )
+        bg_photons = (truth["bg"].to_numpy() if "bg" in truth
+                      else config.background.mean_photons)
     px = config.image.pixel_size_nm
     n = len(truth)
     as_t = lambda a: torch.as_tensor(np.broadcast_to(a, (n,)).copy(), dtype=torch.float64)  # noqa: E731
@@ -397,7 +396,7 @@ def add_crowded_bounds(
         Frame size, px.
     bg_photons : float, optional
         Background photons per pixel; the ``bg`` column's mean per frame if present, else the
-        middle of ``config.background.level_photons``.
+        configuration's mean background (level and structured part).
     noise : NoiseModel, optional
         As for :func:`add_crlb_columns`: one read noise for the chip by default, or a map of
         the frames.
@@ -426,7 +425,7 @@ def add_crowded_bounds(
         for name in ("crlb_crowded_x_nm", "crlb_crowded_y_nm", "crlb_crowded_z_nm",
                      "detection_snr", "detection_snr_known_neighbours")
     }
-    default_bg = float(np.mean(config.background.level_photons))
+    default_bg = config.background.mean_photons
     margin = 2 * psf.default_patch_size()  # place_patches renders into a padded stack
     singular: list[int] = []
     for _, rows in truth.groupby("frame").indices.items():

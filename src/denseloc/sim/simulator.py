@@ -203,14 +203,18 @@ class Simulator:
 
 def background_at(background: torch.Tensor, table: pd.DataFrame,
                   pixel_size_nm: float) -> np.ndarray:
-    """Background photons (H, W) at the pixel nearest each row's ``x_nm, y_nm`` (clipped to
-    the frame), in the table's order."""
+    """Background photons at the pixel nearest each row's ``x_nm, y_nm`` (clipped to the
+    frame), in the table's order: of one map (H, W), or of a stack (T, H, W) at each row's
+    ``frame``."""
     from denseloc.table import nm_to_px
 
-    height, width = background.shape
+    height, width = background.shape[-2:]
     rows = np.clip(np.round(nm_to_px(table["y_nm"].to_numpy(), pixel_size_nm)), 0, height - 1)
     cols = np.clip(np.round(nm_to_px(table["x_nm"].to_numpy(), pixel_size_nm)), 0, width - 1)
-    return background.double().cpu().numpy()[rows.astype(int), cols.astype(int)]
+    index = (rows.astype(int), cols.astype(int))
+    if background.dim() == 3:
+        index = (table["frame"].to_numpy(), *index)
+    return background.double().cpu().numpy()[index]
 
 
 def simulate_movie(

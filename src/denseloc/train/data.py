@@ -36,8 +36,6 @@ class Batch:
     emitters : Emitters
         All central-frame emitters (any brightness) with ``frame`` = sample index, in
         physical units, for evaluation.
-    background_photons : Tensor of shape (B,)
-        Mean background of each sample, photons/px.
     frames : Tensor of shape (N, H, W)
         The scaled frames the windows are cut from (all movies concatenated, without the
         frames after the last window).
@@ -50,7 +48,6 @@ class Batch:
     mask: torch.Tensor
     bg: torch.Tensor
     emitters: Emitters
-    background_photons: torch.Tensor
     frames: torch.Tensor
     windows: torch.Tensor
 
@@ -262,7 +259,6 @@ class TrainingData:
             mask=mask,
             bg=movies.background[movie] / scaling.bg_photons,
             emitters=central,
-            background_photons=movies.background.mean((1, 2))[movie],
             frames=frames,
             windows=index,
         )

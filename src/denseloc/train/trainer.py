@@ -93,17 +93,20 @@ class _State:
 def _validation_truth(batches: list[Batch], data: TrainingData) -> pd.DataFrame:
     """Ground truth of validation batches with frame = global sample index and the CRLB.
 
-    The bounds take the chip's read noise (an sCMOS variance map's median): `data.config` is
-    the crops' camera without its maps, whose ``read_noise_e`` the simulator ignored.
+    Each emitter's ``bg`` is the background at its own pixel (a structured background varies
+    across the crop). The bounds take the chip's read noise (an sCMOS variance map's median):
+    `data.config` is the crops' camera without its maps, whose ``read_noise_e`` the simulator
+    ignored.
     """
     from denseloc.evaluate.crlb import NoiseModel, add_crlb_columns
+    from denseloc.sim.simulator import background_at
 
+    px = data.config.image.pixel_size_nm
     tables, offset = [], 0
     for batch in batches:
-        table = batch.emitters.to_table(data.config.image.pixel_size_nm)
-        bg = batch.background_photons.cpu().numpy()[table["frame"].to_numpy()]
+        table = batch.emitters.to_table(px)
+        table["bg"] = background_at(batch.bg * data.scaling.bg_photons, table, px)
         table["frame"] += offset
-        table["bg"] = bg
         tables.append(table)
         offset += len(batch.windows)
     truth = pd.concat(tables, ignore_index=True)
