@@ -22,7 +22,7 @@ import yaml
 import denseloc
 from denseloc.errors import DenselocError, DenselocWarning, InputFileError
 from denseloc.io import formats
-from denseloc.io.formats import FORMATS, read_table, write_table
+from denseloc.io.formats import FORMATS, read_table, writable_format, write_table
 from denseloc.table import COLUMNS, TableError, empty, nm_to_px
 
 WRITABLE = [name for name, spec in FORMATS.items() if spec.write is not None]
@@ -204,6 +204,21 @@ def test_picasso_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         write_table(make_table(7, seed=1), path)
     assert (path.read_bytes(), path.with_suffix(".yaml").read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.hdf5", "a.yaml"]
+
+
+def test_picasso_output_never_replaces_a_raw_movies_metadata(tmp_path: Path) -> None:
+    # denseloc localize movie.raw --out movie.hdf5 would write movie.yaml: the movie's own.
+    (tmp_path / "movie.raw").write_bytes(b"\0" * 8)
+    sidecar = tmp_path / "movie.yaml"
+    sidecar.write_text("Data Type: uint16\nFrames: 1\nHeight: 2\nWidth: 2\n")
+    before = sidecar.read_bytes()
+    with pytest.raises(DenselocError, match=r"movie_locs\.hdf5"):
+        writable_format(tmp_path / "movie.hdf5")
+    with pytest.raises(DenselocError, match=r"metadata of the movie movie\.raw"):
+        write_table(make_table(3), tmp_path / "movie.hdf5")
+    assert sidecar.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["movie.raw", "movie.yaml"]
+    write_table(make_table(3), tmp_path / "movie_locs.hdf5")
 
 
 def test_decode_file_layout(tmp_path: Path) -> None:

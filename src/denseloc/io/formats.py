@@ -79,7 +79,7 @@ import pandas as pd
 import yaml
 
 from denseloc import __version__
-from denseloc._atomic import atomic_path, check_writable
+from denseloc._atomic import atomic_path, atomic_paths, check_writable
 from denseloc.errors import DenselocError, InputFileError
 from denseloc.io import _picasso_yaml as picasso_yaml
 from denseloc.table import METADATA_KEYS, REQUIRED, nm_to_px, px_to_nm, validate
@@ -660,14 +660,28 @@ def write_picasso(
     }
     if table.attrs.get("source") is not None:
         info["Source"] = str(table.attrs["source"])
-    path = Path(path)
-    with atomic_path(path) as tmp_h5, atomic_path(path.with_suffix(".yaml")) as tmp_yaml:
+    path = _picasso_output(path)
+    with atomic_paths(path, path.with_suffix(".yaml")) as (tmp_h5, tmp_yaml):
         with h5py.File(tmp_h5, "w") as f:
             f.create_dataset("locs", data=locs)
         tmp_yaml.write_text(
             yaml.safe_dump_all([info], default_flow_style=False, sort_keys=False),
             encoding="utf-8",
         )
+
+
+def _picasso_output(path: PathLike) -> Path:
+    """`path`, unless its YAML sidecar is the metadata of a Picasso movie (``.raw``) of the
+    same name, which writing the localizations would replace, orphaning the movie."""
+    path = Path(path)
+    sidecar, movie = path.with_suffix(".yaml"), path.with_suffix(".raw")
+    if sidecar.exists() and movie.exists():
+        raise DenselocError(
+            f"{path}: its sidecar {sidecar.name} is the metadata of the movie {movie.name}, "
+            f"which writing the localizations would replace; choose another name, e.g. "
+            f"{path.stem}_locs{path.suffix}"
+        )
+    return path
 
 
 def _extent_px(position_nm: pd.Series, pixel_size_nm: float) -> int:
@@ -1059,4 +1073,6 @@ def writable_format(path: PathLike, format: str | None = None) -> str:
         format = names[0]
     if _format(format).write is None:
         raise DenselocError(f"format {format!r} is read only; writable: {', '.join(_WRITABLE)}")
+    if format == "picasso":
+        _picasso_output(path)
     return format
