@@ -88,6 +88,38 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, config_text, m
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["calibrate", "config init", "simulate"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(tmp_path, command):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    beads = tmp_path / "beads.tif"  # never read: the output is checked first
+    beads.write_bytes(b"")
+    args = {
+        "calibrate": ["calibrate", str(beads), "--z-step-nm", "10", "--pixel-size-nm", "100",
+                      "--camera", "emccd", "--out", str(blocker / "psf.h5")],
+        "config init": ["config", "init", "--out", str(blocker / "c.yaml")],
+        "simulate": ["simulate", "--out", str(blocker / "sim"), "--frames", "1"],
+    }[command]
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert "not a writable folder" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_file_system_error_on_writing_is_one_line_not_a_traceback(tmp_path, monkeypatch):
+    import denseloc._atomic
+
+    def full(src, dst):
+        raise OSError(28, "No space left on device", str(dst))
+
+    monkeypatch.setattr(denseloc._atomic.os, "replace", full)
+    result = run("config", "init", "--out", str(tmp_path / "c.yaml"))
+    assert result.exit_code == 2
+    assert "c.yaml: No space left on device" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "c.yaml").exists()
+
+
 def test_missing_config_file(tmp_path) -> None:
     result = run("simulate", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o"))
     assert result.exit_code == 2

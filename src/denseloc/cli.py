@@ -52,6 +52,9 @@ def reports_errors(func: F) -> F:
             return func(*args, **kwargs)
         except DenselocError as exc:
             raise _fail(str(exc)) from None
+        except OSError as exc:  # a file system's refusal, found only on writing
+            where = f"{exc.filename}: " if exc.filename else ""
+            raise _fail(f"{where}{exc.strerror or exc}") from None
         except KeyboardInterrupt:
             typer.secho("interrupted: no partial output was kept", err=True)
             raise typer.Exit(130) from None
@@ -589,8 +592,16 @@ def calibrate(
     ] = None,
 ) -> None:
     """Calibrate the PSF from a bead z-stack: a cubic spline (and an astigmatic fit)."""
+    from denseloc._atomic import check_writable
     from denseloc.calibration.beads import calibrate_bead_file
 
+    for path in (out, astigmatic):  # before the work, not after it
+        if path is not None:
+            check_writable(path)
+    if report is not None and report.exists() and not report.is_dir():
+        raise DenselocError(f"--report {report} is a file; give a folder")
+    if report is not None:
+        check_writable(report / "psf_widths.png")
     cam = _camera_config(camera, {"baseline_adu": baseline, "e_per_adu": e_per_adu,
                                   "em_gain": em_gain, "qe": qe})
     if cam is None:
@@ -808,9 +819,9 @@ def config_init(
     if out is None:
         sys.stdout.write(text)
         return
-    from denseloc._atomic import atomic_path
+    from denseloc._atomic import atomic_path, check_writable
 
-    with atomic_path(out) as tmp:
+    with atomic_path(check_writable(out)) as tmp:
         tmp.write_text(text)
     typer.echo(f"wrote {out}")
 

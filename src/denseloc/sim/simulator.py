@@ -256,11 +256,12 @@ def simulate_movie(
     import tifffile
     import yaml
 
-    from denseloc._atomic import atomic_paths
+    from denseloc._atomic import atomic_paths, check_writable
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise DenselocError(f"{out_dir}: exists and is not a folder")
+    check_writable(out_dir / "frames.tif")  # before the work, not after it
     digests = input_digests(config)  # before reading them: what the movie is made from
     sim = Simulator(config)
     n_frames = config.simulation.n_frames
