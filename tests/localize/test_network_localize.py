@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+import tifffile
 import torch
 from typer.testing import CliRunner
 
@@ -374,13 +375,33 @@ def test_counts_below_the_baseline_are_flagged(bundled, movie, tmp_path) -> None
     camera = Camera.from_config(cfg.camera)
     with open_movie(path) as mv:
         raw = mv[:4].astype(np.float64)
-    assert check_counts(raw, camera, "raw") == []  # the simulated camera's own counts
+    assert check_counts(raw, camera, "raw") == (None, None)  # the camera's own counts
     subtracted = raw - np.median(raw)  # background-subtracted, as some software exports
     with pytest.warns(DenselocWarning, match="below the camera baseline"):
-        assert len(check_counts(subtracted, camera, "sub")) == 1
-    raw[0, 0, 0] = np.nan
-    with pytest.warns(DenselocWarning, match="NaN or infinite"):
-        check_counts(raw, camera, "nan")
+        nonfinite, low = check_counts(subtracted, camera, "sub")
+    assert nonfinite is None and low is not None
+    raw[2, 0, 0] = np.nan
+    with pytest.warns(DenselocWarning, match=r"NaN or infinite values \(first in frame 12\)"):
+        check_counts(raw, camera, "nan", first_frame=10)
+
+
+def test_nan_beyond_the_first_chunk_is_warned_once(movie, tmp_path) -> None:
+    from denseloc.config import Config
+    from denseloc.localize.pipeline import localize_movie_mle
+
+    path, cfg, _ = movie
+    with open_movie(path) as mv:
+        frames = mv[:].astype(np.float32)
+    frames[5, 3, 3] = np.nan
+    frames[7, 1, 1] = np.inf
+    damaged = tmp_path / "damaged.tif"
+    tifffile.imwrite(damaged, frames)
+    cfg = Config.model_validate({**cfg.model_dump(), "psf": {"kind": "gaussian"}})
+    with open_movie(damaged) as mv, pytest.warns(DenselocWarning) as caught:
+        localize_movie_mle(mv, cfg, chunk_frames=2)
+    nan_warnings = [w for w in caught if "NaN or infinite" in str(w.message)]
+    assert len(nan_warnings) == 1
+    assert "(first in frame 5)" in str(nan_warnings[0].message)
 
 
 @pytest.mark.parametrize("damage", ["no threshold", "bad architecture", "html weights",

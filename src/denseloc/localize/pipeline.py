@@ -96,12 +96,16 @@ def _photon_chunks(
     dtype: str,
     progress: Callable[[int, int], None] | None,
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """(first frame, photons) of each chunk of `frames`; checks the counts of the first one
-    and reports progress after each."""
-    done = 0
+    """(first frame, photons) of each chunk of `frames`; checks the counts of the first one,
+    and every chunk for values that are not finite (warned once), and reports progress
+    after each."""
+    done, finite = 0, True
     for start, chunk in movie.iter_chunks(chunk_frames, start=frames.start, stop=frames.stop):
         if not done:
-            check_counts(chunk, camera, str(movie.path))
+            finite = not check_counts(chunk, camera, str(movie.path), first_frame=start)[0]
+        elif finite and (problem := _nonfinite(chunk, str(movie.path), start)):
+            warnings.warn(problem, DenselocWarning, stacklevel=3)
+            finite = False
         yield start, camera.adu_to_photons(torch.from_numpy(chunk.astype(dtype)))
         done += len(chunk)
         if progress is not None:
@@ -165,31 +169,46 @@ def localize_movie_mle(
     return table
 
 
-def check_counts(adu: np.ndarray, camera: Camera, name: str) -> list[str]:
-    """Warn when frames cannot be this camera's raw counts; returns the problems found.
+def _nonfinite(adu: np.ndarray, name: str, first_frame: int) -> str | None:
+    """The warning for frames (T, H, W) holding NaN or infinite values, if any."""
+    bad = ~np.isfinite(adu.reshape(len(adu), -1)).all(axis=1)
+    if not bad.any():
+        return None
+    return (f"{name}: the movie holds NaN or infinite values (first in frame "
+            f"{first_frame + int(np.argmax(bad))}); no localization comes from around them")
 
-    Checked on a movie's first chunk: values that are not finite, and a median pixel below
-    the camera baseline by more than three times the read noise (a wrong ``baseline_adu``,
-    or a movie that is background-subtracted or already in photons), which makes most
-    photon counts negative.
+
+def check_counts(
+    adu: np.ndarray, camera: Camera, name: str, *, first_frame: int = 0
+) -> tuple[str | None, str | None]:
+    """Warn when frames cannot be this camera's raw counts; return the problems found.
+
+    Checked on a movie's first chunk (whose first frame is `first_frame` of the movie):
+    values that are not finite, and a median pixel below the camera baseline by more than
+    three times the read noise (a wrong ``baseline_adu``, or a movie that is
+    background-subtracted or already in photons), which makes most photon counts negative.
+
+    Returns
+    -------
+    (str or None, str or None)
+        The warnings about values that are not finite and about the baseline, or None.
     """
-    problems = []
-    if not np.isfinite(adu).all():
-        problems.append(f"{name}: the movie holds NaN or infinite values")
+    nonfinite, low = _nonfinite(adu, name, first_frame), None
     offset = camera.offset_adu
     offset = float(offset.median()) if isinstance(offset, torch.Tensor) else float(offset)
     read_var = camera.read_var_adu2
     read_sd = float(read_var.median() if isinstance(read_var, torch.Tensor) else read_var) ** 0.5
     median = float(np.nanmedian(adu))
     if median < offset - max(3 * read_sd, 1.0):
-        problems.append(
+        low = (
             f"{name}: its median pixel, {median:.4g} ADU, is below the camera baseline of "
             f"{offset:.4g} ADU, so most photon counts come out negative: is the baseline right, "
             "and does the movie hold raw camera counts (not background-subtracted, not photons)?"
         )
-    for problem in problems:
-        warnings.warn(problem, DenselocWarning, stacklevel=3)
-    return problems
+    for problem in (nonfinite, low):
+        if problem is not None:
+            warnings.warn(problem, DenselocWarning, stacklevel=3)
+    return nonfinite, low
 
 
 def _with_provenance(tables: list[pd.DataFrame], movie: Movie, config: Config, *,
