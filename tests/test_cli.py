@@ -172,6 +172,29 @@ def test_localize_mle_then_evaluate_json(sparse_movie, tmp_path) -> None:
     assert json.loads(result.output)["rmse_axial_nm"] == 0.0
 
 
+def test_a_camera_file_without_its_camera_section_is_a_camera(sparse_movie, tmp_path) -> None:
+    import yaml
+
+    from denseloc.cli import _with_camera
+
+    camera = load_config(sparse_movie / "config.yaml").camera
+    bare = tmp_path / "cameras" / "emccd.yaml"
+    bare.parent.mkdir()
+    bare.write_text(yaml.safe_dump(camera.model_dump(mode="json")))
+    outputs = {}
+    for name, cam in (("bare", bare), ("section", sparse_movie / "config.yaml")):
+        outputs[name] = tmp_path / f"{name}.csv"
+        result = run("localize", str(sparse_movie / "frames.tif"), "--method", "mle",
+                     "--camera", str(cam), "--psf", "gaussian", "--pixel-size-nm", "100",
+                     "--out", str(outputs[name]))
+        assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(pd.read_csv(outputs["bare"]), pd.read_csv(outputs["section"]))
+    # Its map files are found beside it, as in a file with a camera: section.
+    bare.write_text("{kind: scmos, em_gain: 1, variance_map: maps/variance.npy}\n")
+    resolved = _with_camera(Config(), str(bare)).camera.variance_map
+    assert resolved == (bare.parent / "maps" / "variance.npy").resolve()
+
+
 def test_localize_frames_range_and_camera_flags(sparse_movie, tmp_path) -> None:
     locs = tmp_path / "locs.csv"
     result = run("localize", str(sparse_movie / "frames.tif"), "--method", "mle", "--baseline",

@@ -148,7 +148,10 @@ def _with_camera(cfg, camera: str):
         raise InputFileError(path, f"expected a camera mapping, got {type(data).__name__}")
     if "camera" in data:
         return cfg.model_copy(update={"camera": load_config(path).camera})
-    return cfg.model_copy(update={"camera": validated(CameraConfig, data, name=str(path))})
+    cam = validated(CameraConfig, data, name=str(path))
+    maps = {name: (path.parent / p).resolve() for name in CameraConfig.MAP_FIELDS
+            if (p := getattr(cam, name)) is not None and not p.is_absolute()}
+    return cfg.model_copy(update={"camera": cam.model_copy(update=maps)})  # relative to the file
 
 
 @app.command()
@@ -202,7 +205,12 @@ def _is_full_config(path: Path) -> bool:
         data = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return False
-    return isinstance(data, dict) and bool(set(data) - {"camera"})
+    if not isinstance(data, dict):
+        return False
+    from denseloc.config import CameraConfig
+
+    # A camera written without its `camera:` section is still only a camera.
+    return bool(set(data) - {"camera"}) and not set(data) <= set(CameraConfig.model_fields)
 
 
 def _camera_config(camera: str | None, values: dict[str, float | None], default=None):
