@@ -3,6 +3,7 @@ bead stacks, simulation with the calibrated PSF, and clear errors for bad input.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -589,8 +590,9 @@ def test_bad_parameters_are_named() -> None:
         calibrate_beads(stack, z_step_nm=10.0, pixel_size_nm=100.0, camera=CAMERA, roi_size_px=24)
     with pytest.raises(DenselocError, match="`z_step_nm` must be a non-zero number, got 0"):
         calibrate_beads(stack, z_step_nm=0.0, pixel_size_nm=100.0, camera=CAMERA)
-    with pytest.raises(DenselocError, match="`pixel_size_nm` must be positive"):
-        calibrate_beads(stack, z_step_nm=10.0, pixel_size_nm=0.0, camera=CAMERA)
+    for wrong in (0.0, 0.1, math.inf, math.nan):  # 0.1: um typed as nm
+        with pytest.raises(DenselocError, match=r"`pixel_size_nm` is .* is it in um"):
+            calibrate_beads(stack, z_step_nm=10.0, pixel_size_nm=wrong, camera=CAMERA)
     with pytest.raises(DenselocError, match="`z_smoothing_nm` must be >= 0 nm"):
         calibrate_beads(
             stack, z_step_nm=10.0, pixel_size_nm=100.0, camera=CAMERA, z_smoothing_nm=-5.0

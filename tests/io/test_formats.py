@@ -484,3 +484,7 @@ def test_writer_validates_first(tmp_path: Path) -> None:
 def test_bad_pixel_size(tmp_path: Path) -> None:
     with pytest.raises(DenselocError, match="`pixel_size_nm` must be positive, got -100"):
         write_table(make_table(2), tmp_path / "t.h5", pixel_size_nm=-100)
+    write_table(make_table(2), tmp_path / "t.hdf5", pixel_size_nm=100)
+    (tmp_path / "t.yaml").unlink()  # a Picasso table without its sidecar: positions in px
+    with pytest.raises(DenselocError, match=r"0\.16 nm, outside the 10-1000 nm"):
+        read_table(tmp_path / "t.hdf5", pixel_size_nm=0.16)  # um typed as nm

@@ -148,7 +148,7 @@ from scipy.signal import savgol_filter
 
 from denseloc.calibration.astigmatic import AstigmaticFit, fit_astigmatic
 from denseloc.calibration.spline import CubicSplinePSF
-from denseloc.config import CameraConfig
+from denseloc.config import PLAUSIBLE_PIXEL_NM, CameraConfig
 from denseloc.errors import DenselocError, DenselocWarning, InputFileError
 from denseloc.sim.camera import Camera
 
@@ -766,8 +766,10 @@ def _check_parameters(
             f"`z_step_nm` must be a non-zero number, got {z_step_nm} (negative when the focus "
             "moved up between slices)"
         )
-    if not pixel_size_nm > 0:
-        raise DenselocError(f"`pixel_size_nm` must be positive, got {pixel_size_nm}")
+    lo, hi = PLAUSIBLE_PIXEL_NM
+    if not lo <= pixel_size_nm <= hi:
+        raise DenselocError(f"`pixel_size_nm` is {pixel_size_nm:g} nm, outside the {lo:g}-{hi:g} "
+                            "nm of a camera pixel in the sample: is it in um, or the chip's?")
     if int(roi_size_px) != roi_size_px or roi_size_px < 7 or roi_size_px % 2 == 0:
         raise DenselocError(f"`roi_size_px` must be an odd integer >= 7, got {roi_size_px}")
     roi = int(roi_size_px)

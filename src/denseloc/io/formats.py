@@ -122,13 +122,21 @@ _PIXEL_SIZE_HINT = ("the pixel size (`pixel_size_nm`; on the command line `--pix
 
 
 def _check_pixel_size(pixel_size_nm: Any, name: str = "`pixel_size_nm`") -> float:
-    """Return a pixel size as a positive float, or raise naming the parameter."""
+    """Return a camera pixel size as a float, or raise naming the parameter: a number in
+    :data:`~denseloc.config.PLAUSIBLE_PIXEL_NM` (outside it, more likely um typed as nm, or
+    the chip's pixel instead of the sample's; every position would be scaled by it)."""
+    from denseloc.config import PLAUSIBLE_PIXEL_NM
+
     try:
         value = float(pixel_size_nm)
     except (TypeError, ValueError):
         raise DenselocError(f"{name} must be a positive number, got {pixel_size_nm!r}") from None
     if not (math.isfinite(value) and value > 0):
         raise DenselocError(f"{name} must be positive, got {pixel_size_nm!r}")
+    lo, hi = PLAUSIBLE_PIXEL_NM
+    if not lo <= value <= hi:
+        raise DenselocError(f"{name} is {value:g} nm, outside the {lo:g}-{hi:g} nm of a camera "
+                            "pixel in the sample: is it in um, or the chip's pixel?")
     return value
 
 
