@@ -909,11 +909,14 @@ def drift(
 
     from denseloc._atomic import check_writable
     from denseloc.analysis.drift import correct_drift, estimate_drift, plot_drift
-    from denseloc.io import writable_format, write_table
+    from denseloc.io import FORMATS, writable_format, write_table
 
-    writable_format(out)
+    out_format = writable_format(out)
     plot = check_writable(plot or out.with_name(f"{out.stem}_drift.png"), (".png",))
     table = _read_locs(locs, camera_pixel_nm)
+    if FORMATS[out_format].in_pixels and table.attrs.get("pixel_size_nm") is None:
+        raise DenselocError(f"{out} stores positions in camera pixels, and {locs} does not "
+                            "record its pixel size: give --camera-pixel-nm")
     estimate = estimate_drift(table, n_segments=segments, pixel_size_nm=pixel_size_nm,
                               max_shift_nm=max_drift_nm)
     write_table(correct_drift(table, estimate), out)  # the result first, then its picture

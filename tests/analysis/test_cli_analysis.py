@@ -74,6 +74,7 @@ def test_analysis_commands_reject_bad_input(tmp_path) -> None:
         (["drift", str(path), "--out", str(tmp_path / "d.csv"), "--segments", "40"],
          "cannot be split"),
         (["frc", str(path), "--pixel-size-nm", "-1"], "must be > 0"),
+        (["drift", str(path), "--out", str(tmp_path / "d.hdf5")], "give --camera-pixel-nm"),
     ]
     for args, message in cases:
         result = runner.invoke(app, args)
@@ -81,3 +82,4 @@ def test_analysis_commands_reject_bad_input(tmp_path) -> None:
         assert message in result.output, (args, result.output)
         assert "Traceback" not in result.output
     assert not (tmp_path / "d.csv").exists() and not (tmp_path / "x.png").exists()
+    assert not (tmp_path / "d.hdf5").exists() and not (tmp_path / "d_drift.png").exists()

@@ -925,6 +925,8 @@ class TableFormat:
     description: str
     read: Callable[..., pd.DataFrame]
     write: Callable[..., None] | None
+    in_pixels: bool = False
+    """Whether positions are stored in camera pixels: writing needs the pixel size."""
 
 
 FORMATS: dict[str, TableFormat] = {
@@ -936,8 +938,10 @@ FORMATS: dict[str, TableFormat] = {
         (".csv",), "ThunderSTORM CSV", read_thunderstorm, write_thunderstorm
     ),
     "challenge": TableFormat((".csv",), "SMLM-challenge ground truth CSV", read_challenge, None),
-    "picasso": TableFormat((".hdf5",), "Picasso HDF5 + YAML", read_picasso, write_picasso),
-    "decode": TableFormat((".h5",), "DECODE EmitterSet HDF5", read_decode, write_decode),
+    "picasso": TableFormat((".hdf5",), "Picasso HDF5 + YAML", read_picasso, write_picasso,
+                           in_pixels=True),
+    "decode": TableFormat((".h5",), "DECODE EmitterSet HDF5", read_decode, write_decode,
+                          in_pixels=True),
 }
 """Every supported format by name. For writing, a suffix selects the first format listing it
 (``.csv`` -> ``csv``); for reading, CSV and HDF5 files are told apart by their content."""
