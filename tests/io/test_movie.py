@@ -602,8 +602,12 @@ def test_non_square_pixels_are_reported(tmp_path: Path) -> None:
         resolution=(10.0, 5.0),
         metadata={"axes": "TYX", "unit": "um"},
     )
-    with _raises_naming(path, "not square"):
+    with _raises_naming(path, r"not square .*--pixel-size-nm"):
         read_pixel_size_nm(path)
+    # A calibration per axis that differs in the fourth digit is square pixels of their mean.
+    tifffile.imwrite(path, ramp_movie(), imagej=True, resolution=(1 / 0.1083, 1 / 0.1084),
+                     metadata={"axes": "TYX", "unit": "um"})
+    assert read_pixel_size_nm(path) == pytest.approx(108.35, rel=1e-4)
 
 
 def test_pixel_size_of_folder_and_raw(tmp_path: Path) -> None:

@@ -836,14 +836,19 @@ def _resolution_size_nm(page: tifffile.TiffPage, unit_nm: float, path: Path) -> 
     return _square(sizes, path)
 
 
+SQUARE_TOLERANCE = 0.01
+"""Pixel widths and heights in a movie's metadata that differ by less than this fraction
+(a calibration per axis, e.g. 108.3 and 108.4 nm) are read as square pixels of their mean."""
+
+
 def _square(sizes: Sequence[float], path: Path) -> float:
-    if len(sizes) == 2 and not math.isclose(sizes[0], sizes[1], rel_tol=1e-6):
+    if len(sizes) == 2 and not math.isclose(sizes[0], sizes[1], rel_tol=SQUARE_TOLERANCE):
         raise InputFileError(
             path,
             f"pixels are not square ({sizes[0]:g} nm wide, {sizes[1]:g} nm high): "
-            "denseloc needs square pixels",
+            "denseloc needs square pixels; if they are, give the size (--pixel-size-nm)",
         )
-    return sizes[0]
+    return float(np.mean(sizes))
 
 
 def _ome_pixel_size_nm(xml: str, path: Path) -> float | None:
