@@ -16,6 +16,7 @@ from denseloc.evaluate.crlb import (
     NoiseModel,
     add_crlb_columns,
     add_crowded_bounds,
+    add_window_crlb_columns,
     crlb,
     fisher_information,
 )
@@ -154,6 +155,51 @@ def emitters(xs_px, ys_px, photons=3000.0, z_nm=150.0, frame=0) -> pd.DataFrame:
     xs_px, ys_px = np.atleast_1d(xs_px), np.atleast_1d(ys_px)
     return pd.DataFrame({"frame": frame, "x_nm": (xs_px + 0.5) * 100.0,
                          "y_nm": (ys_px + 0.5) * 100.0, "z_nm": z_nm, "photons": photons})
+
+
+def _blinking_truth() -> pd.DataFrame:
+    """Emitter 1 on in frames 0-2 at 3000 photons; emitter 2 elsewhere, bright in frame 1
+    only and dim in frame 2."""
+    return pd.DataFrame({
+        "frame": [0, 1, 2, 1, 2], "id": [1, 1, 1, 2, 2],
+        "x_nm": [1530.0] * 3 + [3010.0] * 2, "y_nm": [1270.0] * 3 + [2950.0] * 2,
+        "z_nm": [150.0] * 3 + [-300.0] * 2, "photons": [3000.0] * 3 + [4000.0, 1000.0],
+        "bg": [100.0] * 5,
+    })
+
+
+def test_the_window_bound_sums_the_information_of_the_frames_an_emitter_is_on() -> None:
+    cfg = Config.model_validate({"psf": {"kind": "astigmatic"}})
+    truth = _blinking_truth()
+    single = add_crlb_columns(truth, cfg)
+    axes = ["x", "y", "z"]
+    one = add_window_crlb_columns(truth, cfg, 1)
+    for axis in axes:  # one frame: the single-frame bound
+        np.testing.assert_allclose(one[f"crlb_window_{axis}_nm"], single[f"crlb_{axis}_nm"],
+                                   rtol=1e-9)
+    for context in (3, 5):
+        window = add_window_crlb_columns(truth, cfg, context)
+        for axis in axes:
+            got = window[f"crlb_window_{axis}_nm"].to_numpy()
+            alone = single[f"crlb_{axis}_nm"].to_numpy()
+            # emitter 1, the same light in each frame: 1 / sqrt(frames in the window)
+            frames_seen = [2, 3, 2] if context == 3 else [3, 3, 3]
+            np.testing.assert_allclose(got[:3], alone[:3] / np.sqrt(frames_seen), rtol=1e-9)
+            # emitter 2: its dim frame adds a little to its bright one, not a frame's worth
+            assert alone[3] / np.sqrt(2) < got[3] < alone[3]
+            assert got[4] == pytest.approx(got[3], rel=1e-9)
+
+
+def test_the_window_bound_refuses_what_it_cannot_mean() -> None:
+    cfg = Config.model_validate({"psf": {"kind": "astigmatic"}})
+    truth = _blinking_truth()
+    with pytest.raises(ValueError, match="odd"):
+        add_window_crlb_columns(truth, cfg, 4)
+    twice = pd.concat([truth, truth.iloc[:1]], ignore_index=True)
+    with pytest.raises(ValueError, match="twice in one frame"):
+        add_window_crlb_columns(twice, cfg, 3)
+    empty = add_window_crlb_columns(truth.iloc[:0], cfg, 3)
+    assert len(empty) == 0 and "crlb_window_z_nm" in empty
 
 
 def test_crowded_bound_of_a_lone_emitter_is_the_single_emitter_bound() -> None:

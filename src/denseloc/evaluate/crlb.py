@@ -39,6 +39,7 @@ __all__ = [
     "NoiseModel",
     "add_crlb_columns",
     "add_crowded_bounds",
+    "add_window_crlb_columns",
     "crlb",
     "expected_and_jacobian",
     "fisher_information",
@@ -282,7 +283,9 @@ def add_crlb_columns(
     """Add ``crlb_x_nm, crlb_y_nm, crlb_z_nm`` (per emitter and frame) to a ground truth.
 
     Each row's bound uses its own photons in that frame, its z, the background and the camera
-    of `config` (PSF from ``config.psf``).
+    of `config` (PSF from ``config.psf``). It bounds an estimator that reads that frame alone;
+    one that also reads neighbouring frames, as the network does, can do better where the
+    emitter stays on (:func:`add_window_crlb_columns`).
 
     Parameters
     ----------
@@ -303,14 +306,91 @@ def add_crlb_columns(
         for the chip. With a per-pixel map (``NoiseModel.from_camera`` of a loaded sCMOS
         camera, the size of `frame_shape`) each bound uses the read noise of its own pixels.
     """
+    info, is_3d = _row_information(truth, config, bg_photons, frame_shape, noise)
+    return _with_bounds(truth, std_from_information(info, is_3d)[:, :3], "crlb", config)
+
+
+def add_window_crlb_columns(
+    truth: pd.DataFrame,
+    config: Config,
+    context_frames: int,
+    *,
+    bg_photons: float | np.ndarray | None = None,
+    frame_shape: tuple[int, int] | None = None,
+    noise: NoiseModel | None = None,
+) -> pd.DataFrame:
+    """Add ``crlb_window_{x,y,z}_nm``: bounds for an estimator that reads `context_frames`
+    frames centred on each row's frame, as a network with that temporal context does.
+
+    An emitter (one ``id``) keeps its place from frame to frame, so every frame of the
+    window in which it is on tells about its x, y and z. Each such frame's information on
+    them, with that frame's photons and background unknown (the Schur complement of its
+    Fisher matrix), is summed over the window, and the bound is the inverse of the sum. For
+    an emitter on in that frame alone it is :func:`add_crlb_columns`' bound; on equally in
+    three frames, that bound over sqrt(3). Parameters as :func:`add_crlb_columns`; `truth`
+    needs ``frame`` and ``id`` (one row per emitter and frame it is on).
+    """
+    if context_frames < 1 or context_frames % 2 == 0:
+        raise ValueError(f"context_frames must be odd and positive, got {context_frames}")
+    info, is_3d = _row_information(truth, config, bg_photons, frame_shape, noise)
+    k = 3 if is_3d else 2  # x, y[, z] against this frame's photons and background
+    position, nuisance = info[:, :k, :k], info[:, k:, k:]
+    mixed = info[:, :k, k:]
+    solved, singular = torch.linalg.solve_ex(nuisance, mixed.transpose(1, 2))
+    marginal = position - mixed @ solved
+    marginal = torch.where((singular == 0)[:, None, None], marginal, torch.zeros_like(marginal))
+    frames = truth["frame"].to_numpy()
+    ids = truth["id"].to_numpy()
+    rows = pd.MultiIndex.from_arrays([ids, frames])
+    if not rows.is_unique:
+        raise ValueError("`truth` has an emitter (id) twice in one frame")
+    total = torch.zeros_like(marginal)
+    half = context_frames // 2
+    for offset in range(-half, half + 1):
+        other = rows.get_indexer(pd.MultiIndex.from_arrays([ids, frames + offset]))
+        found = torch.as_tensor(other >= 0)
+        total += torch.where(found[:, None, None], marginal[np.maximum(other, 0)], 0.0)
+    inverse, singular = torch.linalg.inv_ex(total)
+    std = _bound_from_variance(inverse.diagonal(dim1=1, dim2=2))
+    std = torch.where((singular == 0)[:, None], std, torch.full_like(std, float("nan")))
+    if not is_3d:
+        std = torch.cat([std, torch.full_like(std[:, :1], float("nan"))], dim=1)
+    return _with_bounds(truth, std, "crlb_window", config)
+
+
+def _with_bounds(truth: pd.DataFrame, std: torch.Tensor, prefix: str,
+                 config: Config) -> pd.DataFrame:
+    """A copy of `truth` with standard deviations (N, 3: x px, y px, z nm) as
+    ``{prefix}_{x,y,z}_nm``."""
+    px = config.image.pixel_size_nm
+    std = std.numpy()
+    out = truth.copy()
+    out[f"{prefix}_x_nm"] = std[:, 0] * px
+    out[f"{prefix}_y_nm"] = std[:, 1] * px
+    out[f"{prefix}_z_nm"] = std[:, 2]
+    return out
+
+
+def _row_information(
+    truth: pd.DataFrame,
+    config: Config,
+    bg_photons: float | np.ndarray | None,
+    frame_shape: tuple[int, int] | None,
+    noise: NoiseModel | None,
+) -> tuple[torch.Tensor, bool]:
+    """Fisher information (N, P, P) of every row of `truth` alone (see
+    :func:`add_crlb_columns`), and whether the PSF is 3D."""
     from denseloc.sim.simulator import psf_from_config
 
     psf = psf_from_config(config.psf, config.emitters.z_range_nm)
+    n_par = 5 if psf.is_3d else 4
+    n = len(truth)
+    if n == 0:
+        return torch.zeros((0, n_par, n_par), dtype=torch.float64), psf.is_3d
     if bg_photons is None:
         bg_photons = (truth["bg"].to_numpy() if "bg" in truth
                       else config.background.mean_photons)
     px = config.image.pixel_size_nm
-    n = len(truth)
     as_t = lambda a: torch.as_tensor(np.broadcast_to(a, (n,)).copy(), dtype=torch.float64)  # noqa: E731
     x_px = truth["x_nm"].to_numpy() / px - 0.5
     y_px = truth["y_nm"].to_numpy() / px - 0.5
@@ -324,12 +404,7 @@ def add_crlb_columns(
     if frame_shape is not None:
         inside = torch.as_tensor(((rows >= 0) & (rows < frame_shape[0]))[:, :, None]
                                  & ((cols >= 0) & (cols < frame_shape[1]))[:, None, :])
-    out = truth.copy()
-    if n == 0:
-        for col in ("crlb_x_nm", "crlb_y_nm", "crlb_z_nm"):
-            out[col] = np.array([], dtype=float)
-        return out
-    bound = crlb(
+    info = fisher_information(
         psf,
         as_t(truth["z_nm"].to_numpy()),
         as_t(truth["photons"].to_numpy()).clamp_min(1e-3),
@@ -340,11 +415,8 @@ def add_crlb_columns(
                             torch.as_tensor(cols, dtype=torch.long)),
         size=size,
         inside=inside,
-    ).numpy()
-    out["crlb_x_nm"] = bound[:, 0] * px
-    out["crlb_y_nm"] = bound[:, 1] * px
-    out["crlb_z_nm"] = bound[:, 2]
-    return out
+    )
+    return info, psf.is_3d
 
 
 def add_crowded_bounds(

@@ -22,7 +22,8 @@ Conventions:
   (0.683 and 0.954 for calibrated Gaussian errors).
 - Against the Cramer-Rao bound, when the ground truth carries ``crlb_{x,y,z}_nm`` (the square
   root of the bound, a standard deviation in nm), per emitter: ``crlb_ratio = RMS(error_i /
-  crlb_i)`` over matched pairs with a finite, positive bound (1 for an efficient estimator).
+  crlb_i)`` over matched pairs with a finite, positive bound (1 for an efficient estimator
+  of that frame alone; one that reads neighbouring frames can go below it).
 - 2D data (z is 0 in both tables, as denseloc writes it for a 2D PSF, or absent) has no
   axial scores: the fields that involve z, including the 3D RMSE and the axial efficiency,
   are None, rather than an RMSE of 0 that reads as a perfect z. By default the data are 3D
@@ -87,7 +88,8 @@ class Metrics:
         Fraction of ``|error| <= 2 sigma``; 0.954 for calibrated Gaussian errors.
     crlb_ratio_x, crlb_ratio_y, crlb_ratio_z : float or None
         ``RMS(error_i / crlb_i)`` per axis, with ``crlb_i`` the ground truth's
-        ``crlb_*_nm`` (square root of the Cramer-Rao bound); 1 for an efficient estimator.
+        ``crlb_*_nm`` (square root of the Cramer-Rao bound); 1 for an efficient estimator
+        of single frames.
 
     Examples
     --------
