@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import types
 
 import pytest
@@ -310,6 +311,48 @@ def test_a_stalled_run_restarts_from_new_weights(tmp_path, monkeypatch, caplog) 
     for got, want in zip(after_restart["weights"], start.net.parameters(), strict=True):
         assert torch.equal(got, want)
     assert after_restart["optimizer"] == {}
+
+
+def test_a_stall_in_the_last_epoch_keeps_the_trained_weights(tmp_path, monkeypatch,
+                                                              caplog) -> None:
+    # Restarting there would save fresh random weights that never trained.
+    stalling_validation(monkeypatch, stalled_epochs=100)
+    config = tiny_config()
+    config.train.detection_warmup_steps = 0
+    trainer = Trainer(config, tmp_path / "m", device="cpu")
+    initial = [p.detach().clone() for p in trainer.net.parameters()]
+    trainer.fit(epochs=1)
+    assert trainer.state.restarts == 0 and trainer.state.step == config.train.steps_per_epoch
+    assert "no budget is left to restart" in caplog.text
+    saved = torch.load(tmp_path / "m" / "weights.pt", weights_only=True)
+    trained = [p.detach() for p in trainer.net.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(initial, trained, strict=True))
+    for name, tensor in trainer.net.state_dict().items():
+        assert torch.equal(saved[name], tensor)
+
+
+def test_resuming_a_restarted_run_plans_from_the_restart(tmp_path, monkeypatch, caplog) -> None:
+    stalling_validation(monkeypatch, stalled_epochs=1)
+    config = tiny_config()
+    config.train.detection_warmup_steps = 0
+    Trainer(config, tmp_path / "m", device="cpu").fit(epochs=3)
+    caplog.clear()
+    Trainer(config, tmp_path / "m", device="cpu").fit(epochs=3, resume=True)
+    assert "keeps that learning-rate schedule" not in caplog.text
+
+
+def test_a_plan_shorter_than_the_warm_up_still_decays(tmp_path) -> None:
+    config = tiny_config()
+    config.train.warmup_steps = 200
+    trainer = Trainer(config, tmp_path / "m", device="cpu")
+    trainer.state.planned_steps = 10
+    rates = [trainer.lr_at(step) for step in range(10)]
+    assert rates[4] == pytest.approx(config.train.lr)  # warmed up over the first half
+    assert all(later < earlier for earlier, later in itertools.pairwise(rates[5:]))
+    final = config.train.lr * config.train.lr_final_fraction
+    assert trainer.lr_at(10) == pytest.approx(final)  # decayed where the plan ends
+    trainer.state.planned_steps = None  # not planned yet: the configured warm-up
+    assert trainer.lr_at(99) == pytest.approx(config.train.lr * 100 / 200)
 
 
 def test_a_run_that_keeps_stalling_ends_with_a_clear_error(tmp_path, monkeypatch) -> None:

@@ -267,16 +267,21 @@ class Trainer:
 
     # -- schedule ---------------------------------------------------------------------------
     def lr_at(self, step: int) -> float:
-        """Learning rate at `step` (warm-up, then cosine decay over the planned steps)."""
+        """Learning rate at `step` (warm-up, then cosine decay over the planned steps).
+
+        A plan shorter than twice ``train.warmup_steps`` warms up over its first half, so that
+        the rate has decayed when it ends.
+        """
         tc = self.config.train
         peak = tc.lr * self.state.lr_factor
-        if step < tc.warmup_steps:
-            return peak * (step + 1) / tc.warmup_steps
         planned = self.state.planned_steps
+        warmup = tc.warmup_steps if planned is None else min(tc.warmup_steps, planned // 2)
+        if step < warmup:
+            return peak * (step + 1) / warmup
         if planned is None:
             return peak
-        span = max(planned - tc.warmup_steps, 1)
-        progress = min(max(step - tc.warmup_steps, 0) / span, 1.0)
+        span = max(planned - warmup, 1)
+        progress = min(max(step - warmup, 0) / span, 1.0)
         return peak * (tc.lr_final_fraction + (1 - tc.lr_final_fraction) * 0.5 * (
             1 + math.cos(math.pi * progress)))
 
@@ -506,8 +511,11 @@ class Trainer:
             if not self.load_checkpoint():
                 raise DenselocError(f"{self.out_dir}: no checkpoint to resume from")
             logger.info("resumed at epoch %d, step %d", self.state.epoch, self.state.step)
-            planned = self.state.planned_steps
-            if epochs is not None and planned is not None and epochs * tc.steps_per_epoch > planned:
+            state = self.state
+            planned = state.planned_steps
+            if epochs is not None and planned is not None and (
+                (epochs - state.epoch) * tc.steps_per_epoch > planned - state.step
+            ):
                 logger.warning(
                     "the resumed run planned %d steps (%d epochs) and keeps that learning-rate "
                     "schedule: the steps after it train at the final rate; for a longer "
@@ -528,11 +536,7 @@ class Trainer:
         self.validation_set()
         if not resume:
             self.save_checkpoint()  # epoch 0: the rollback target before the first epoch
-        while True:
-            if epochs is not None and self.state.epoch >= epochs:
-                break
-            if budget_s is not None and self.state.elapsed_s >= budget_s:
-                break
+        while self._budget_left(epochs, budget_s):
             epoch_start = time.perf_counter()
             losses: list[float] = []
             diverged = False
@@ -585,13 +589,23 @@ class Trainer:
             detects_nothing = not metrics.get("recall")
             if detects_nothing and self.state.step >= max(tc.detection_warmup_steps,
                                                           STALL_MIN_STEPS):
-                self._restart(f"no detections on the validation set after {self.state.step} "
-                              "steps", epochs, budget_s)
+                reason = f"no detections on the validation set after {self.state.step} steps"
+                if self._budget_left(epochs, budget_s):
+                    self._restart(reason, epochs, budget_s)
+                else:  # a restart would save an untrained network: keep what was trained
+                    logger.warning("%s, and no budget is left to restart: the model keeps "
+                                   "these weights; train longer or check that the emitters "
+                                   "can be seen", reason)
             self.save_checkpoint()
             self._write_log()
             if progress is not None:
                 progress({**record, "planned_steps": self.state.planned_steps})
         return self.finish()
+
+    def _budget_left(self, epochs: int | None, budget_s: float | None) -> bool:
+        """Whether the run goes on: epochs and time are left."""
+        return not ((epochs is not None and self.state.epoch >= epochs)
+                    or (budget_s is not None and self.state.elapsed_s >= budget_s))
 
     def _plan(self, budget_s: float | None, epochs: int | None) -> None:
         """With a time budget, fix the planned steps once the warm-up has been timed.
