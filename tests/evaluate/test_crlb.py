@@ -188,6 +188,8 @@ def test_the_window_bound_sums_the_information_of_the_frames_an_emitter_is_on() 
             # emitter 2: its dim frame adds a little to its bright one, not a frame's worth
             assert alone[3] / np.sqrt(2) < got[3] < alone[3]
             assert got[4] == pytest.approx(got[3], rel=1e-9)
+        expected_frames = [2, 3, 2, 2, 2] if context == 3 else [3, 3, 3, 2, 2]
+        assert window["window_frames"].tolist() == expected_frames
 
 
 def test_the_window_bound_refuses_what_it_cannot_mean() -> None:

@@ -320,7 +320,8 @@ def add_window_crlb_columns(
     noise: NoiseModel | None = None,
 ) -> pd.DataFrame:
     """Add ``crlb_window_{x,y,z}_nm``: bounds for an estimator that reads `context_frames`
-    frames centred on each row's frame, as a network with that temporal context does.
+    frames centred on each row's frame, as a network with that temporal context does, and
+    ``window_frames``, in how many of them the emitter is on.
 
     An emitter (one ``id``) keeps its place from frame to frame, so every frame of the
     window in which it is on tells about its x, y and z. Each such frame's information on
@@ -345,17 +346,19 @@ def add_window_crlb_columns(
     if not rows.is_unique:
         raise ValueError("`truth` has an emitter (id) twice in one frame")
     total = torch.zeros_like(marginal)
+    on = np.zeros(len(truth), dtype=int)
     half = context_frames // 2
     for offset in range(-half, half + 1):
         other = rows.get_indexer(pd.MultiIndex.from_arrays([ids, frames + offset]))
         found = torch.as_tensor(other >= 0)
         total += torch.where(found[:, None, None], marginal[np.maximum(other, 0)], 0.0)
+        on += other >= 0
     inverse, singular = torch.linalg.inv_ex(total)
     std = _bound_from_variance(inverse.diagonal(dim1=1, dim2=2))
     std = torch.where((singular == 0)[:, None], std, torch.full_like(std, float("nan")))
     if not is_3d:
         std = torch.cat([std, torch.full_like(std[:, :1], float("nan"))], dim=1)
-    return _with_bounds(truth, std, "crlb_window", config)
+    return _with_bounds(truth, std, "crlb_window", config).assign(window_frames=on)
 
 
 def _with_bounds(truth: pd.DataFrame, std: torch.Tensor, prefix: str,
