@@ -37,7 +37,7 @@ default-psf: $(STAMP)
 # on 2 cores. A fixed number of epochs, not a time budget, so the same command gives the same
 # model on any machine (up to the order of floating-point sums in threads) and a busy machine
 # only slows it. The three-frame model it replaced reached 448,640 samples in its 60-minute
-# budget. Score it with benchmarks/finish_model.py (README, "Benchmarks"):
+# budget. Score it with benchmarks/finish_model.py (benchmarks/README.md, "Running them"):
 # training_default_ctx5_57ep*.md. The last
 # step measures how its errors correlate across frames, for --group (grouping_bundled.md).
 # The model bundled now was trained on psf_epfl_beads_as.h5; this target trains its successor on

@@ -192,6 +192,35 @@ def test_the_window_bound_sums_the_information_of_the_frames_an_emitter_is_on() 
         assert window["window_frames"].tolist() == expected_frames
 
 
+def test_the_window_bound_marginalises_each_frames_photons_and_background() -> None:
+    # Emitter 2 of _blinking_truth: 4000 then 1000 photons. Its window bound, built here from
+    # the two frames' Fisher matrices with numpy, drops each frame's photons and background
+    # (Schur complement) before summing; summing the whole matrices would share them.
+    cfg = Config.model_validate({"psf": {"kind": "astigmatic"}})
+    truth = _blinking_truth()
+    window = add_window_crlb_columns(truth, cfg, 3)
+    psf = psf_from_config(cfg.psf, cfg.emitters.z_range_nm)
+    info = fisher_information(psf, t(-300, -300), t(4000, 1000), t(100, 100),
+                              dx_px=t(-0.4, -0.4), dy_px=t(0, 0),
+                              noise=NoiseModel.from_camera(cfg.camera)).numpy()
+    marginal = [m[:3, :3] - m[:3, 3:] @ np.linalg.solve(m[3:, 3:], m[3:, :3]) for m in info]
+    expected = np.sqrt(np.diag(np.linalg.inv(marginal[0] + marginal[1])))
+    got = window.loc[3, ["crlb_window_x_nm", "crlb_window_y_nm", "crlb_window_z_nm"]]
+    np.testing.assert_allclose(got.to_numpy(float), expected * [100, 100, 1], rtol=1e-9)
+    shared = np.sqrt(np.diag(np.linalg.inv(info[0] + info[1]))[:3])
+    assert not np.allclose(expected, shared, rtol=1e-3)
+
+
+def test_the_window_bound_of_a_2d_psf_leaves_z_empty() -> None:
+    cfg = Config.model_validate({"psf": {"kind": "gaussian"}})
+    truth = _blinking_truth()
+    single = add_crlb_columns(truth, cfg)
+    window = add_window_crlb_columns(truth, cfg, 3)
+    np.testing.assert_allclose(window["crlb_window_x_nm"][:3],
+                               single["crlb_x_nm"][:3] / np.sqrt([2, 3, 2]), rtol=1e-9)
+    assert window["crlb_window_z_nm"].isna().all()
+
+
 def test_the_window_bound_refuses_what_it_cannot_mean() -> None:
     cfg = Config.model_validate({"psf": {"kind": "astigmatic"}})
     truth = _blinking_truth()
@@ -200,8 +229,10 @@ def test_the_window_bound_refuses_what_it_cannot_mean() -> None:
     twice = pd.concat([truth, truth.iloc[:1]], ignore_index=True)
     with pytest.raises(ValueError, match="twice in one frame"):
         add_window_crlb_columns(twice, cfg, 3)
+    with pytest.raises(ValueError, match="missing: id"):
+        add_window_crlb_columns(truth.drop(columns="id"), cfg, 3)
     empty = add_window_crlb_columns(truth.iloc[:0], cfg, 3)
-    assert len(empty) == 0 and "crlb_window_z_nm" in empty
+    assert len(empty) == 0 and {"crlb_window_z_nm", "window_frames"} <= set(empty)
 
 
 def test_crowded_bound_of_a_lone_emitter_is_the_single_emitter_bound() -> None:

@@ -323,12 +323,26 @@ def test_a_stall_in_the_last_epoch_keeps_the_trained_weights(tmp_path, monkeypat
     initial = [p.detach().clone() for p in trainer.net.parameters()]
     trainer.fit(epochs=1)
     assert trainer.state.restarts == 0 and trainer.state.step == config.train.steps_per_epoch
-    assert "no budget is left to restart" in caplog.text
+    assert "too little budget is left to restart" in caplog.text
     saved = torch.load(tmp_path / "m" / "weights.pt", weights_only=True)
     trained = [p.detach() for p in trainer.net.parameters()]
     assert any(not torch.equal(a, b) for a, b in zip(initial, trained, strict=True))
     for name, tensor in trainer.net.state_dict().items():
         assert torch.equal(saved[name], tensor)
+
+
+def test_a_stall_with_too_few_steps_left_to_judge_a_new_start_keeps_the_weights(
+    tmp_path, monkeypatch
+) -> None:
+    # Three steps per epoch; a stall is judged after 4 steps: with one epoch left a new start
+    # could not be judged before it is saved.
+    stalling_validation(monkeypatch, stalled_epochs=100)
+    monkeypatch.setattr(trainer_module, "STALL_MIN_STEPS", 4)
+    config = tiny_config()
+    config.train.detection_warmup_steps = 0
+    trainer = Trainer(config, tmp_path / "m", device="cpu")
+    trainer.fit(epochs=3)  # stalls at epochs 2 (6 steps; 3 left) and 3 (none left)
+    assert trainer.state.restarts == 0 and trainer.state.step == 9
 
 
 def test_resuming_a_restarted_run_plans_from_the_restart(tmp_path, monkeypatch, caplog) -> None:
@@ -345,14 +359,17 @@ def test_a_plan_shorter_than_the_warm_up_still_decays(tmp_path) -> None:
     config = tiny_config()
     config.train.warmup_steps = 200
     trainer = Trainer(config, tmp_path / "m", device="cpu")
-    trainer.state.planned_steps = 10
+    trainer._plan_from_start(10)  # as --epochs plans at step 0
     rates = [trainer.lr_at(step) for step in range(10)]
     assert rates[4] == pytest.approx(config.train.lr)  # warmed up over the first half
     assert all(later < earlier for earlier, later in itertools.pairwise(rates[5:]))
     final = config.train.lr * config.train.lr_final_fraction
     assert trainer.lr_at(10) == pytest.approx(final)  # decayed where the plan ends
-    trainer.state.planned_steps = None  # not planned yet: the configured warm-up
-    assert trainer.lr_at(99) == pytest.approx(config.train.lr * 100 / 200)
+    fresh = Trainer(config, tmp_path / "n", device="cpu")
+    assert fresh.lr_at(99) == pytest.approx(config.train.lr * 100 / 200)  # not planned yet
+    # A plan made from a time budget after the warm-up keeps it: the rate does not jump.
+    fresh.state.planned_steps = 250
+    assert fresh.lr_at(200) == pytest.approx(fresh.lr_at(199), rel=0.01)
 
 
 def test_a_run_that_keeps_stalling_ends_with_a_clear_error(tmp_path, monkeypatch) -> None:

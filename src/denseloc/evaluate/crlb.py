@@ -239,13 +239,19 @@ def std_from_information(info: torch.Tensor, is_3d: bool) -> torch.Tensor:
     NaN, and so is a variance that rounding made zero or negative (a near-singular matrix):
     never a bound of 0 nm.
     """
-    inverse, singular = torch.linalg.inv_ex(info)
-    std = _bound_from_variance(inverse.diagonal(dim1=1, dim2=2))
-    std = torch.where((singular == 0)[:, None], std, torch.full_like(std, float("nan")))
+    std = _inverse_std(info)
     if not is_3d:
         nan = torch.full_like(std[:, :1], float("nan"))
         std = torch.cat([std[:, :2], nan, std[:, 2:]], dim=1)
     return std
+
+
+def _inverse_std(info: torch.Tensor) -> torch.Tensor:
+    """Square roots of the diagonal of the inverses of information matrices (N, P, P); NaN
+    for a singular matrix or a variance rounded to <= 0."""
+    inverse, singular = torch.linalg.inv_ex(info)
+    std = _bound_from_variance(inverse.diagonal(dim1=1, dim2=2))
+    return torch.where((singular == 0)[:, None], std, torch.full_like(std, float("nan")))
 
 
 def crlb(
@@ -333,6 +339,10 @@ def add_window_crlb_columns(
     """
     if context_frames < 1 or context_frames % 2 == 0:
         raise ValueError(f"context_frames must be odd and positive, got {context_frames}")
+    missing = {"frame", "id"} - set(truth.columns)
+    if missing:
+        raise ValueError(f"the window bound needs the columns frame and id (one per emitter, "
+                         f"kept across frames); missing: {', '.join(sorted(missing))}")
     info, is_3d = _row_information(truth, config, bg_photons, frame_shape, noise)
     k = 3 if is_3d else 2  # x, y[, z] against this frame's photons and background
     position, nuisance = info[:, :k, :k], info[:, k:, k:]
@@ -353,9 +363,7 @@ def add_window_crlb_columns(
         found = torch.as_tensor(other >= 0)
         total += torch.where(found[:, None, None], marginal[np.maximum(other, 0)], 0.0)
         on += other >= 0
-    inverse, singular = torch.linalg.inv_ex(total)
-    std = _bound_from_variance(inverse.diagonal(dim1=1, dim2=2))
-    std = torch.where((singular == 0)[:, None], std, torch.full_like(std, float("nan")))
+    std = _inverse_std(total)
     if not is_3d:
         std = torch.cat([std, torch.full_like(std[:, :1], float("nan"))], dim=1)
     return _with_bounds(truth, std, "crlb_window", config).assign(window_frames=on)

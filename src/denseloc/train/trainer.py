@@ -87,6 +87,9 @@ class _State:
     steps_run: int = 0  # every step taken, lost or not: elapsed_s / steps_run is the step time
     samples: int = 0
     loss_ema: float | None = None  # the explosion test's baseline, kept across a rollback
+    # Warm-up steps when a plan made at step 0 was too short for the configured warm-up
+    # (None: train.warmup_steps); a plan made later, from the time budget, keeps it.
+    warmup_steps: int | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -266,16 +269,23 @@ class Trainer:
         )
 
     # -- schedule ---------------------------------------------------------------------------
-    def lr_at(self, step: int) -> float:
-        """Learning rate at `step` (warm-up, then cosine decay over the planned steps).
+    def _warmup(self) -> int:
+        """Warm-up steps: ``train.warmup_steps``, or half a shorter plan made at step 0."""
+        fixed = self.state.warmup_steps
+        return self.config.train.warmup_steps if fixed is None else fixed
 
-        A plan shorter than twice ``train.warmup_steps`` warms up over its first half, so that
-        the rate has decayed when it ends.
-        """
+    def _plan_from_start(self, planned: int) -> None:
+        """Fix the plan at step 0, warming up over at most its first half, so that the rate
+        has decayed when it ends."""
+        self.state.planned_steps = planned
+        self.state.warmup_steps = min(self.config.train.warmup_steps, planned // 2)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate at `step` (warm-up, then cosine decay over the planned steps)."""
         tc = self.config.train
         peak = tc.lr * self.state.lr_factor
         planned = self.state.planned_steps
-        warmup = tc.warmup_steps if planned is None else min(tc.warmup_steps, planned // 2)
+        warmup = self._warmup()
         if step < warmup:
             return peak * (step + 1) / warmup
         if planned is None:
@@ -468,7 +478,7 @@ class Trainer:
             plans.append(max(self._steps_in_budget(budget_s, self._seconds_per_step()), 1))
         if epochs is not None:
             plans.append(max(epochs - state.epoch, 1) * tc.steps_per_epoch)
-        state.planned_steps = min(plans)
+        self._plan_from_start(min(plans))
         state.step, state.lr_factor, state.loss_ema = 0, 1.0, None
         logger.warning("%s: restarting from new random weights (seed %d, restart %d of %d)",
                        reason, seed, state.restarts, MAX_RESTARTS)
@@ -532,7 +542,7 @@ class Trainer:
             )
         budget_s = None if minutes is None else minutes * 60.0
         if epochs is not None and budget_s is None and self.state.planned_steps is None:
-            self.state.planned_steps = epochs * tc.steps_per_epoch
+            self._plan_from_start(epochs * tc.steps_per_epoch)
         self.validation_set()
         if not resume:
             self.save_checkpoint()  # epoch 0: the rollback target before the first epoch
@@ -547,7 +557,7 @@ class Trainer:
                 self.state.steps_run += 1
                 self.state.elapsed_s += time.perf_counter() - t0
                 loss_ema = self.state.loss_ema
-                exploded = loss_ema is not None and self.state.step > tc.warmup_steps and (
+                exploded = loss_ema is not None and self.state.step > self._warmup() and (
                     loss > loss_ema + EXPLOSION_FACTOR * max(abs(loss_ema), 1.0))
                 if not math.isfinite(loss) or not math.isfinite(grad_norm) or exploded:
                     self._rollback("loss is not finite" if not math.isfinite(loss)
@@ -587,15 +597,14 @@ class Trainer:
             }
             self.state.history.append(record)
             detects_nothing = not metrics.get("recall")
-            if detects_nothing and self.state.step >= max(tc.detection_warmup_steps,
-                                                          STALL_MIN_STEPS):
+            if detects_nothing and self.state.step >= self._stall_steps():
                 reason = f"no detections on the validation set after {self.state.step} steps"
-                if self._budget_left(epochs, budget_s):
+                if self._steps_left(epochs, budget_s) >= self._stall_steps():
                     self._restart(reason, epochs, budget_s)
-                else:  # a restart would save an untrained network: keep what was trained
-                    logger.warning("%s, and no budget is left to restart: the model keeps "
-                                   "these weights; train longer or check that the emitters "
-                                   "can be seen", reason)
+                else:  # a new start could not even be judged: keep what was trained
+                    logger.warning("%s, and too little budget is left to restart: the model "
+                                   "keeps these weights; train longer or check that the "
+                                   "emitters can be seen", reason)
             self.save_checkpoint()
             self._write_log()
             if progress is not None:
@@ -606,6 +615,20 @@ class Trainer:
         """Whether the run goes on: epochs and time are left."""
         return not ((epochs is not None and self.state.epoch >= epochs)
                     or (budget_s is not None and self.state.elapsed_s >= budget_s))
+
+    def _steps_left(self, epochs: int | None, budget_s: float | None) -> int:
+        """Steps the run has left, by its epochs and its time budget."""
+        tc, state = self.config.train, self.state
+        left = []
+        if epochs is not None:
+            left.append(max(epochs - state.epoch, 0) * tc.steps_per_epoch)
+        if budget_s is not None:
+            left.append(self._steps_in_budget(budget_s, self._seconds_per_step()))
+        return min(left)
+
+    def _stall_steps(self) -> int:
+        """Steps after which a network that still detects nothing counts as stalled."""
+        return max(self.config.train.detection_warmup_steps, STALL_MIN_STEPS)
 
     def _plan(self, budget_s: float | None, epochs: int | None) -> None:
         """With a time budget, fix the planned steps once the warm-up has been timed.
