@@ -126,7 +126,13 @@ def resolve_config(
 
 
 def _with_camera(cfg, camera: str):
-    from denseloc.config import CAMERA_PRESETS, CameraConfig, load_config, validated
+    from denseloc.config import (
+        CAMERA_PRESETS,
+        CameraConfig,
+        load_config,
+        resolve_path,
+        validated,
+    )
 
     if camera in CAMERA_PRESETS:
         return cfg.with_camera_preset(camera)
@@ -149,9 +155,9 @@ def _with_camera(cfg, camera: str):
     if "camera" in data:
         return cfg.model_copy(update={"camera": load_config(path).camera})
     cam = validated(CameraConfig, data, name=str(path))
-    maps = {name: (path.parent / p).resolve() for name in CameraConfig.MAP_FIELDS
-            if (p := getattr(cam, name)) is not None and not p.is_absolute()}
-    return cfg.model_copy(update={"camera": cam.model_copy(update=maps)})  # relative to the file
+    maps = {name: resolve_path(p, path.parent) for name in CameraConfig.MAP_FIELDS
+            if (p := getattr(cam, name)) is not None}  # beside the file, as load_config does
+    return cfg.model_copy(update={"camera": cam.model_copy(update=maps)})
 
 
 @app.command()

@@ -43,6 +43,7 @@ __all__ = [
     "file_sha256",
     "input_digests",
     "load_config",
+    "resolve_path",
 ]
 
 CONFIG_VERSION = 1
@@ -478,8 +479,8 @@ class Config(_Model):
         update: dict[str, dict[str, Path]] = {}
         for section, name in self.FILE_FIELDS:
             p = getattr(getattr(self, section), name)
-            if p is not None and not p.is_absolute() and not _bundled(p):
-                update.setdefault(section, {})[name] = (Path(base) / p).resolve()
+            if p is not None and resolve_path(p, base) != p:
+                update.setdefault(section, {})[name] = resolve_path(p, base)
         return self.model_copy(update={
             section: getattr(self, section).model_copy(update=fields)
             for section, fields in update.items()
@@ -492,6 +493,12 @@ class Config(_Model):
                 f"unknown camera {name!r}; choose one of {', '.join(CAMERA_PRESETS)}"
             )
         return self.model_copy(update={"camera": CameraConfig(**CAMERA_PRESETS[name])})
+
+
+def resolve_path(path: Path, base: str | os.PathLike) -> Path:
+    """`path` made absolute against the folder `base`, unless it is absolute already or names
+    data shipped with denseloc (``denseloc:NAME``)."""
+    return path if path.is_absolute() or _bundled(path) else (Path(base) / path).resolve()
 
 
 def _bundled(path: Path) -> bool:
