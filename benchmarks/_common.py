@@ -54,7 +54,8 @@ def model_on_test_movies_args(doc: str, name: str, frames: int = 100,
                               **extra: dict) -> argparse.Namespace:
     """Arguments of a benchmark that scores a model on bench_training.py's test movies:
     CONFIG, --model (default: the bundled one), --frames, --name; `extra` adds options
-    (flag -> add_argument keywords). Also loads ``args.config`` and ``args.model``, and sets
+    (flag -> add_argument keywords). Also loads ``args.config`` (with the model's ``model``
+    section, so that window bounds span the model's frames) and ``args.model``, and sets
     ``args.model_dir`` to the model's folder."""
     from denseloc.calibration import resolve_builtin
     from denseloc.config import load_config
@@ -73,6 +74,8 @@ def model_on_test_movies_args(doc: str, name: str, frames: int = 100,
     args.model = TrainedModel.load(args.model_dir)
     args.config = load_config(args.config)
     require_models_psf(args.config, args.model, args.model_dir)
+    # The test movies do not depend on the model section; the window bound reads its frames.
+    args.config = args.config.model_copy(update={"model": args.model.config.model})
     return args
 
 

@@ -32,9 +32,7 @@ def _rms_ratio(errors: np.ndarray, bounds: np.ndarray) -> float:
 
 def main() -> None:
     args = model_on_test_movies_args(__doc__, "window_bound")
-    config, model = args.config, args.model
-    if config.model.context_frames != model.config.model.context_frames:
-        config = config.model_copy(update={"model": model.config.model})  # the model's window
+    config, model = args.config, args.model  # config has the model's context frames
     rows = []
     for i, (density, value) in enumerate(DENSITIES.items()):
         cfg, photons, truth = test_movie(config, value, args.frames, seed=100 + i)
