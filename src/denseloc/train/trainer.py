@@ -473,12 +473,7 @@ class Trainer:
         torch.manual_seed(seed)
         self._fresh_network()
         self.generator.manual_seed(seed + 1)
-        plans = []
-        if budget_s is not None:
-            plans.append(max(self._steps_in_budget(budget_s, self._seconds_per_step()), 1))
-        if epochs is not None:
-            plans.append(max(epochs - state.epoch, 1) * tc.steps_per_epoch)
-        self._plan_from_start(min(plans))
+        self._plan_from_start(max(self._steps_left(epochs, budget_s), 1))
         state.step, state.lr_factor, state.loss_ema = 0, 1.0, None
         logger.warning("%s: restarting from new random weights (seed %d, restart %d of %d)",
                        reason, seed, state.restarts, MAX_RESTARTS)
