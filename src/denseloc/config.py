@@ -479,8 +479,8 @@ class Config(_Model):
         update: dict[str, dict[str, Path]] = {}
         for section, name in self.FILE_FIELDS:
             p = getattr(getattr(self, section), name)
-            if p is not None and resolve_path(p, base) != p:
-                update.setdefault(section, {})[name] = resolve_path(p, base)
+            if p is not None and (resolved := resolve_path(p, base)) != p:
+                update.setdefault(section, {})[name] = resolved
         return self.model_copy(update={
             section: getattr(self, section).model_copy(update=fields)
             for section, fields in update.items()
