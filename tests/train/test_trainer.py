@@ -264,19 +264,22 @@ def test_a_rollback_under_a_time_budget_keeps_the_schedule_within_it(tmp_path, m
     assert trainer.lr_at(state.step) < 0.1 * tiny_config().train.lr
 
 
-def stalling_validation(monkeypatch, stalled_epochs: int) -> None:
-    """Validation reports no detections for the first `stalled_epochs` epochs, some after
-    (a tiny network after a few steps may detect nothing for real)."""
-    real_validate = Trainer.validate
-    calls = {"n": 0}
+def stalling_validation(monkeypatch, stalled_epochs: int, lowest_recall: float = 0.0) -> None:
+    """Validation finds nothing at threshold 0.5 for the first `stalled_epochs` epochs, and
+    `lowest_recall` at the lowest threshold; recall 0.5 at both after (a tiny network after a
+    few steps may detect nothing for real)."""
+    real_evaluate = trainer_module.evaluate_batches
+    validations = {"n": 0}
 
-    def validate(self):
-        metrics = real_validate(self)
-        calls["n"] += 1
-        metrics["recall"] = 0.0 if calls["n"] <= stalled_epochs else 0.5
+    def evaluate_batches(outputs, truth, data, threshold, **kwargs):
+        metrics = real_evaluate(outputs, truth, data, threshold, **kwargs)
+        if threshold == 0.5:  # each validation asks first at 0.5
+            validations["n"] += 1
+        stalled = validations["n"] <= stalled_epochs
+        metrics["recall"] = 0.5 if not stalled else 0.0 if threshold == 0.5 else lowest_recall
         return metrics
 
-    monkeypatch.setattr(Trainer, "validate", validate)
+    monkeypatch.setattr(trainer_module, "evaluate_batches", evaluate_batches)
     monkeypatch.setattr(trainer_module, "STALL_MIN_STEPS", 3)
 
 
@@ -311,6 +314,19 @@ def test_a_stalled_run_restarts_from_new_weights(tmp_path, monkeypatch, caplog) 
     for got, want in zip(after_restart["weights"], start.net.parameters(), strict=True):
         assert torch.equal(got, want)
     assert after_restart["optimizer"] == {}
+
+
+def test_a_network_that_detects_only_below_threshold_half_has_not_stalled(
+    tmp_path, monkeypatch
+) -> None:
+    # Its p peaks below 0.5 but above the lowest threshold the tuning tries: a new start would
+    # throw away a network that is learning.
+    stalling_validation(monkeypatch, stalled_epochs=100, lowest_recall=0.3)
+    config = tiny_config()
+    config.train.detection_warmup_steps = 0
+    trainer = Trainer(config, tmp_path / "m", device="cpu")
+    trainer.fit(epochs=3)
+    assert trainer.state.restarts == 0 and trainer.state.step == 9
 
 
 def test_a_stall_in_the_last_epoch_keeps_the_trained_weights(tmp_path, monkeypatch,

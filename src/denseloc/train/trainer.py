@@ -6,8 +6,9 @@ a checkpoint is written atomically, so an interrupted run (even ``kill -9``) res
 most one epoch. A step whose loss is not finite, or explodes far above its recent level,
 rolls the run back to the last checkpoint with half the learning rate instead of ending it.
 A run that has stalled, whose network still detects nothing on the validation set once the
-detection warm-up is over (it can stay with p uniform over the frame, a plateau of the mixture
-loss), restarts from new random weights on the remaining budget.
+detection warm-up is over, not even at the lowest threshold the tuning tries (it can stay with
+p uniform over the frame, a plateau of the mixture loss), restarts from new random weights on
+the remaining budget.
 
 The learning rate warms up linearly, then follows a cosine decay to
 ``lr * lr_final_fraction`` over the planned number of steps. With a time budget the plan is
@@ -62,6 +63,8 @@ COUNTED_FRACTION = 0.1
 """Validation counts emitters with at least this fraction of the mean brightness in the frame
 (500 photons for the benchmarks' 5000): blinks on for a sliver of the frame are optional."""
 EXPLOSION_FACTOR = 20.0
+THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.1, 0.95, 0.05), 2))
+"""The detection thresholds :func:`tune_threshold` tries."""
 MAX_READOUT_GAIN = 0.95
 """The maximum-pixel readout becomes a model's default when its validation errors (relative to
 the CRLB) are below this fraction of the mixture's; see :func:`fit_readouts`."""
@@ -215,8 +218,8 @@ def tune_threshold(
 ) -> tuple[float, dict[str, Any]]:
     """The detection threshold that maximises the Jaccard index on validation data."""
     best = (0.5, {"jaccard": -1.0})
-    for threshold in np.round(np.arange(0.1, 0.95, 0.05), 2):
-        metrics = evaluate_batches(outputs, truth, data, float(threshold), min_photons=min_photons)
+    for threshold in THRESHOLDS:
+        metrics = evaluate_batches(outputs, truth, data, threshold, min_photons=min_photons)
         if metrics["jaccard"] > best[1]["jaccard"]:
             best = (float(threshold), metrics)
     return best
@@ -375,7 +378,11 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, Any]:
-        """Validation loss and metrics at threshold 0.5."""
+        """Validation loss and metrics at threshold 0.5.
+
+        When nothing is found at 0.5, also ``recall_lowest_threshold``, the recall at the
+        lowest threshold the tuning tries: a network that detects there has not stalled.
+        """
         batches, truth = self.validation_set()
         outputs = predict_batches(self.net, batches, self.channels_last)
         losses, sizes = [], []
@@ -387,6 +394,10 @@ class Trainer:
             offset += n
         metrics = evaluate_batches(outputs, truth, self.val_data, 0.5,
                                    min_photons=self._counted_photons)
+        if not metrics["recall"]:
+            metrics["recall_lowest_threshold"] = evaluate_batches(
+                outputs, truth, self.val_data, THRESHOLDS[0], min_photons=self._counted_photons
+            )["recall"]
         metrics["val_loss"] = float(np.average(losses, weights=sizes))  # per sample
         return metrics
 
@@ -591,7 +602,8 @@ class Trainer:
                 **{k: metrics.get(k) for k in _LOGGED},
             }
             self.state.history.append(record)
-            detects_nothing = not metrics.get("recall")
+            detects_nothing = not (metrics.get("recall")
+                                   or metrics.get("recall_lowest_threshold"))
             if detects_nothing and self.state.step >= self._stall_steps():
                 reason = f"no detections on the validation set after {self.state.step} steps"
                 if self._steps_left(epochs, budget_s) >= self._stall_steps():
