@@ -233,6 +233,9 @@ def test_the_window_bound_refuses_what_it_cannot_mean() -> None:
         add_window_crlb_columns(truth.drop(columns="id"), cfg, 3)
     empty = add_window_crlb_columns(truth.iloc[:0], cfg, 3)
     assert len(empty) == 0 and {"crlb_window_z_nm", "window_frames"} <= set(empty)
+    per_row = truth.assign(id=range(len(truth)))  # ids that number rows, not emitters
+    with pytest.warns(DenselocWarning, match="per row rather than per emitter"):
+        add_window_crlb_columns(per_row, cfg, 3)
 
 
 def test_crowded_bound_of_a_lone_emitter_is_the_single_emitter_bound() -> None:

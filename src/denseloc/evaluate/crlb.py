@@ -355,6 +355,10 @@ def add_window_crlb_columns(
     rows = pd.MultiIndex.from_arrays([ids, frames])
     if not rows.is_unique:
         raise ValueError("`truth` has an emitter (id) twice in one frame")
+    if context_frames > 1 and len(np.unique(frames)) > 1 and pd.Index(ids).is_unique:
+        warnings.warn("no id of `truth` is on in two frames, so the window bound is the "
+                      "single-frame one: are the ids per row rather than per emitter?",
+                      DenselocWarning, stacklevel=2)
     total = torch.zeros_like(marginal)
     on = np.zeros(len(truth), dtype=int)
     half = context_frames // 2
