@@ -1,6 +1,6 @@
 """Re-run the end of training on a model folder and score it with both readouts.
 
-Usage: python benchmarks/finish_model.py CONFIG.yaml MODEL_DIR --name NAME [--finish-only]
+Usage: python benchmarks/finish_model.py CONFIG.yaml MODEL_DIR --name NAME [--finish-only] [--mle]
 
 Tunes the detection threshold and fits the sigma factors on the validation set (what
 ``denseloc train`` does at the end of a run, :meth:`Trainer.finish`), saves the model folder,
@@ -11,12 +11,13 @@ the folder's last checkpoint or, without one (a bundled model), from its ``weigh
 second table gives the recall (fraction of ground-truth emitters with >= 500 photons that are
 found) by z and by photon count, to show which emitters the model misses; a third gives the
 per-emitter error / sqrt(CRLB) by the distance to the nearest neighbour, to show where crowding
-costs.
+costs. With ``--mle`` the classical MLE fitter is scored on the same frames too.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ from bench_training import (
     MIN_PHOTONS,
     evaluate_model,
     found_emitters,
+    mle_baseline,
     test_movie,
 )
 from denseloc.config import config_differences, load_config
@@ -92,6 +94,8 @@ def main() -> None:
     parser.add_argument("--finish-only", action="store_true",
                         help="save the finished model folder without scoring it (for a "
                         "configuration other than bench_training.py's test setting)")
+    parser.add_argument("--mle", action="store_true",
+                        help="also score the classical MLE fitter on the same frames")
     args = parser.parse_args()
     config = load_config(args.config)
     trainer = Trainer(config, args.model_dir, device="cpu")
@@ -125,6 +129,7 @@ def main() -> None:
                 row.update({f"{density}_{k}": v for k, v in values.items()})
             print(row, flush=True)
             rows.append(row)
+    baseline = mle_baseline(tests) if args.mle else None
     factors = "; ".join(f"{readout}: " + ", ".join(f"{axis} {value:.3f}"
                                                     for axis, value in axes.items())
                         for readout, axes in model.sigma_scale.items())
@@ -132,7 +137,9 @@ def main() -> None:
                   "Final model, threshold tuned on the validation set. sigmas: calibrated, "
                   "multiplied by the factors fitted on the validation set (model.yaml's "
                   f"sigma_scale; {factors}), as denseloc localize reports them; as predicted, "
-                  "without the factors. Localizations are the same.")
+                  "without the factors. Localizations are the same."
+                  + ("" if baseline is None else
+                     f"\nMLE baseline on the same frames: {json.dumps(baseline)}"))
     recall, neighbours = breakdown_tables(model, tests)
     write_results(f"training_{args.name}_recall", recall,
                   "Recall of ground-truth emitters with >= 500 photons in the frame, mixture "
