@@ -1,4 +1,4 @@
-"""Shared helpers for benchmark scripts: machine facts and writing results."""
+"""Shared helpers for benchmark scripts: machine facts, provenance and writing results."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import dataclasses
 import json
 import os
 import platform
+import shlex
+import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,18 +30,51 @@ def machine() -> dict[str, object]:
     }
 
 
-def write_results(name: str, rows: list[dict[str, object]], notes: str = "") -> Path:
-    """Write `rows` as results/NAME.json and results/NAME.md (a markdown table)."""
+def provenance() -> dict[str, object]:
+    """The commit the benchmark ran at, whether tracked files had changes, and the folder
+    (relative to the repository) the command ran in: a configuration file named in a command
+    may change later, the commit pins it."""
+    root = RESULTS.parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", "-C", str(root), *args], capture_output=True,
+                                  text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"),
+            "uncommitted_changes": None if status is None else bool(status),
+            "cwd": Path(os.path.relpath(Path.cwd(), root)).as_posix()}
+
+
+def write_results(name: str, rows: list[dict[str, object]], notes: str = "", *,
+                  config=None, model_dir: Path | None = None) -> Path:
+    """Write `rows` as results/NAME.json and results/NAME.md (a markdown table).
+
+    Both record the command, the machine and :func:`provenance`; the JSON also the full
+    `config` (a :class:`denseloc.config.Config`) and `model_dir` with the SHA-256 of its
+    weights, when given."""
     RESULTS.mkdir(exist_ok=True)
-    meta = machine()
-    command = "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
-    (RESULTS / f"{name}.json").write_text(
-        json.dumps({"command": command, "machine": meta, "rows": rows, "notes": notes}, indent=2)
-        + "\n"
-    )
+    meta, origin = machine(), provenance()
+    command = "python " + shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    if model_dir is not None:
+        from denseloc.config import file_sha256
+
+        weights = Path(model_dir) / "weights.pt"
+        origin["model"] = {"folder": str(model_dir),
+                           "weights_sha256": file_sha256(weights) if weights.is_file() else None}
+    record = {"command": command, "machine": meta, "provenance": origin, "rows": rows,
+              "notes": notes}
+    if config is not None:
+        record["config"] = config.model_dump(mode="json")
+    (RESULTS / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     headers = list(rows[0]) if rows else []
     lines = [f"# {name}", "", f"Command: `{command}`", ""]
     lines += [f"Machine: {', '.join(f'{k} {v}' for k, v in meta.items())}", ""]
+    lines += [f"Provenance: {', '.join(f'{k} {v}' for k, v in origin.items())}"
+              + ("; the full configuration is in the JSON" if config is not None else ""), ""]
     lines += ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row[h]) for h in headers) + " |")
@@ -89,6 +124,19 @@ def require_models_psf(config, model, model_dir: Path) -> None:
     if changed:
         raise SystemExit(f"{model_dir} was trained on another PSF than the configuration's "
                          f"({'; '.join(changed)}): pass its own {model_dir / 'config.yaml'}")
+
+
+def rms_ratio(error, scale) -> float | None:
+    """RMS(error / scale) over the pairs with a finite, positive scale and a finite error, as
+    :mod:`denseloc.evaluate` counts them: one singular bound must not make a table cell NaN.
+    None when no pair qualifies."""
+    import numpy as np
+
+    error, scale = np.asarray(error, dtype=float), np.asarray(scale, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = error / scale
+    ok = np.isfinite(ratio) & (scale > 0)
+    return float(np.sqrt(np.mean(ratio[ok] ** 2))) if ok.any() else None
 
 
 def _fmt(value: object) -> str:

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import median_abs_deviation, norm
 
-from _common import model_on_test_movies_args, write_results
+from _common import model_on_test_movies_args, rms_ratio, write_results
 from bench_training import (
     DENSITIES,
     MIN_PHOTONS,
@@ -200,7 +200,7 @@ def main() -> None:
             row[f"ratio_{axis}"] = network[f"crlb_ratio_{axis}"]
             err = pairs[f"d{axis}_nm"].to_numpy()
             bound = crowded[f"crlb_crowded_{axis}_nm"].to_numpy()
-            row[f"crowded_ratio_{axis}"] = float(np.sqrt(np.mean((err / bound) ** 2)))
+            row[f"crowded_ratio_{axis}"] = rms_ratio(err, bound)
         z_errors += z_error_rows(density, pairs, crowded)
         print(row, flush=True)
         summary.append(row)
@@ -216,16 +216,19 @@ def main() -> None:
                   "emitters with >= 500 photons in the frame; n_tests independent places "
                   "searched per frame. ratio_*: per-emitter RMS(error / sqrt(single-emitter "
                   "CRLB)) for matched emitters with >= 2000 photons (the network issue's measure); "
-                  "crowded_ratio_*: the same against the crowded bound.")
+                  "crowded_ratio_*: the same against the crowded bound.",
+                  config=args.config, model_dir=args.model_dir)
     write_results(f"{args.name}_z", z_errors,
                   "Per-emitter z error of the network, matched emitters with >= 2000 photons: "
                   "RMS(error / sqrt(single-emitter CRLB)), its mean (the bias; error = "
                   "predicted - true z), its robust spread (1.4826 x MAD), the RMS without the "
                   "worst 1 %, and the RMS against the crowded bound; by true z and by crowding "
-                  "(crowded / single-emitter bound of z).")
+                  "(crowded / single-emitter bound of z).",
+                  config=args.config, model_dir=args.model_dir)
     write_results(f"{args.name}_recall", recall,
                   "Recall of emitters with >= 500 photons by their crowded detection SNR: the "
-                  "network's, and that of an ideal detector with threshold 4.")
+                  "network's, and that of an ideal detector with threshold 4.",
+                  config=args.config, model_dir=args.model_dir)
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ def main() -> None:
         print(rows[-3:], flush=True)
     write_results(args.name, rows, notes=(
         "Matched emitters with >= 2000 photons on the fixed test movies of bench_training.py, "
-        "the model's default readout; 'share_within_1px_of_edge' is of those emitters."))
+        "the model's default readout; 'share_within_1px_of_edge' is of those emitters."),
+        config=args.config, model_dir=args.model_dir)
 
 
 if __name__ == "__main__":

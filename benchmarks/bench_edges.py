@@ -76,7 +76,8 @@ def main() -> None:
             print(row, flush=True)
             rows.append(row)
     write_results(args.name, rows, f"Model {args.model_dir}; frames {h} to "
-                  f"{args.frames - 1 - h} of each test movie.")
+                  f"{args.frames - 1 - h} of each test movie.",
+                  config=args.config, model_dir=args.model_dir)
 
 
 if __name__ == "__main__":

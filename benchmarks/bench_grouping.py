@@ -188,7 +188,8 @@ def main() -> None:
                   "check (seeds 210, 211). grouping: independent, sigmas merged as if the "
                   "frames' errors were independent; correlated, with the model's recorded "
                   f"frame_error_correlation {correlation}. Measured correlations (network, "
-                  f"mean over the measuring movies): {measured}.")
+                  f"mean over the measuring movies): {measured}.",
+                  config=args.config, model_dir=args.model_dir)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ emitter's own bound: its photons, z and background, with the camera's excess noi
 light that falls inside the frame; ``crlb_ratio_unbounded_*`` as if the frame went on beyond its
 edges, as all results before 2026-12-03 were scored; ``crlb_ratio_window_*`` against the bound
 of an estimator that reads as many frames as the model, in all of which the emitter keeps its
-place: the single-frame ratios can fall below 1, these cannot, for an unbiased estimator);
+place, its photons and the background unknown in each: the single-frame ratios can fall below
+1; these do not on average for an unbiased estimator that does not know that the simulated
+background stays constant, nor that a fully-on emitter keeps its photons, from frame to frame);
 RMS(error / predicted sigma) per axis; and the classical MLE fitter's Jaccard on the same frames.
 Each evaluation finishes the model as ``denseloc train`` does (threshold and sigma factors fitted
 on the validation set) and reads the mixture, so the sigmas are those ``denseloc localize
@@ -41,7 +43,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from _common import RESULTS, write_results
+from _common import RESULTS, rms_ratio, write_results
 from denseloc.cli import resolve_config
 from denseloc.config import Config
 from denseloc.errors import DenselocError
@@ -108,15 +110,14 @@ def score(pred: pd.DataFrame, truth: pd.DataFrame) -> dict[str, float | None]:
     bright = pairs[pairs["photons_gt"] >= BRIGHT_PHOTONS]
     for axis in "xyz" if is_3d else "xy":
         err = bright[f"d{axis}_nm"].to_numpy()
-        row[f"crlb_ratio_{axis}"] = float(np.sqrt(np.mean((err / bright[f"crlb_{axis}_nm"]) ** 2)))
+        row[f"crlb_ratio_{axis}"] = rms_ratio(err, bright[f"crlb_{axis}_nm"])
         for kind in ("unbounded", "window"):
             if f"crlb_{kind}_{axis}_nm" in truth:
                 bound = truth[f"crlb_{kind}_{axis}_nm"].to_numpy()[bright["gt_index"].to_numpy()]
-                row[f"crlb_ratio_{kind}_{axis}"] = float(np.sqrt(np.mean((err / bound) ** 2)))
+                row[f"crlb_ratio_{kind}_{axis}"] = rms_ratio(err, bound)
         if f"sigma_{axis}_nm" in pairs:
             all_err = pairs[f"d{axis}_nm"].to_numpy()
-            row[f"err_over_sigma_{axis}"] = float(
-                np.sqrt(np.mean((all_err / pairs[f"sigma_{axis}_nm"]) ** 2)))
+            row[f"err_over_sigma_{axis}"] = rms_ratio(all_err, pairs[f"sigma_{axis}_nm"])
     return row
 
 
@@ -215,7 +216,7 @@ def main() -> None:
     notes = (f"Config: {args.config} (model {config.model.model_dump()}, train "
              f"{config.train.model_dump(exclude={'seed', 'threads'})}).\n"
              f"MLE baseline on the same frames: {json.dumps(baseline)}")
-    write_results(f"training_{args.name}", rows, notes)
+    write_results(f"training_{args.name}", rows, notes, config=config, model_dir=out_dir)
 
 
 if __name__ == "__main__":

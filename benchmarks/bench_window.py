@@ -61,7 +61,8 @@ def main() -> None:
         f"Matched emitters with >= {BRIGHT_PHOTONS:g} photons on the fixed test movies of "
         f"bench_training.py ({args.frames} frames each), grouped by window_frames: the frames "
         f"of the model's {config.model.context_frames}-frame window in which the emitter is "
-        "on. Bounds of the light inside the frame; the model's default readout."))
+        "on. Bounds of the light inside the frame; the model's default readout."),
+        config=args.config, model_dir=args.model_dir)
 
 
 if __name__ == "__main__":

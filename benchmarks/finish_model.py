@@ -97,6 +97,8 @@ def main() -> None:
     parser.add_argument("--mle", action="store_true",
                         help="also score the classical MLE fitter on the same frames")
     args = parser.parse_args()
+    if args.finish_only and args.mle:
+        parser.error("--mle scores the test movies, which --finish-only skips")
     config = load_config(args.config)
     trainer = Trainer(config, args.model_dir, device="cpu")
     if not trainer.load_checkpoint():  # which refuses a checkpoint of another configuration
@@ -107,6 +109,9 @@ def main() -> None:
             raise SystemExit(f"{args.model_dir} was trained with another configuration than "
                              f"{args.config} ({'; '.join(changed)}): pass its own "
                              f"{args.model_dir / 'config.yaml'} instead")
+        if saved.scaling != trainer.data.scaling:  # the weights expect the saved inputs
+            raise SystemExit(f"{args.model_dir}'s input scaling {saved.scaling} differs from "
+                             f"the one its configuration gives today ({trainer.data.scaling})")
         trainer.net.load_state_dict(saved.net.state_dict())
         trainer.inputs = saved.inputs  # the files as training found them, not as they are now
         done = saved.summary
@@ -139,17 +144,20 @@ def main() -> None:
                   f"sigma_scale; {factors}), as denseloc localize reports them; as predicted, "
                   "without the factors. Localizations are the same."
                   + ("" if baseline is None else
-                     f"\nMLE baseline on the same frames: {json.dumps(baseline)}"))
+                     f"\nMLE baseline on the same frames: {json.dumps(baseline)}"),
+                  config=config, model_dir=args.model_dir)
     recall, neighbours = breakdown_tables(model, tests)
     write_results(f"training_{args.name}_recall", recall,
                   "Recall of ground-truth emitters with >= 500 photons in the frame, mixture "
-                  "readout, the model's threshold; matching tolerances 250 nm / 500 nm.")
+                  "readout, the model's threshold; matching tolerances 250 nm / 500 nm.",
+                  config=config, model_dir=args.model_dir)
     write_results(f"training_{args.name}_neighbours", neighbours,
                   "Per-emitter RMS(error / sqrt(CRLB)) of matched emitters with >= 2000 "
                   "photons, by the lateral distance from the emitter to its nearest neighbour "
                   "in the frame (any brightness); the single-emitter bound ignores the "
                   "neighbour. z_ratio_median: median |error| / sqrt(CRLB) in z; "
-                  "z_ratio_above_5: fraction of emitters whose z error exceeds 5 sqrt(CRLB).")
+                  "z_ratio_above_5: fraction of emitters whose z error exceeds 5 sqrt(CRLB).",
+                  config=config, model_dir=args.model_dir)
 
 
 if __name__ == "__main__":

@@ -334,8 +334,12 @@ def add_window_crlb_columns(
     them, with that frame's photons and background unknown (the Schur complement of its
     Fisher matrix), is summed over the window, and the bound is the inverse of the sum. For
     an emitter on in that frame alone it is :func:`add_crlb_columns`' bound; on equally in
-    three frames, that bound over sqrt(3). Parameters as :func:`add_crlb_columns`; `truth`
-    needs ``frame`` and ``id`` (one row per emitter and frame it is on).
+    three frames, that bound over sqrt(3). The photons and the background are free in every
+    frame: an estimator that knew them to be equal across frames (as in a simulation with a
+    constant background and fully-on frames) could do a little better. ``window_frames``
+    counts a frame in which the emitter is on for any part of it. Parameters as
+    :func:`add_crlb_columns`; `truth` needs ``frame`` and ``id`` (one row per emitter and frame
+    it is on).
     """
     if context_frames < 1 or context_frames % 2 == 0:
         raise ValueError(f"context_frames must be odd and positive, got {context_frames}")
