@@ -298,7 +298,7 @@ def _localize_config(
                 f"{stack.name}'s metadata gives {pixel_size_nm:g} nm pixels, not a pixel size "
                 "in the sample (the camera chip's, perhaps); pass --pixel-size-nm"
             )
-        typer.secho(f"note: {pixel_size_nm:g} nm pixels, from {stack.name}'s metadata", err=True)
+        _note_metadata_pixel(pixel_size_nm, stack)
     cfg = resolve_config(
         config_path if full else None,
         psf=psf,
@@ -508,6 +508,11 @@ def _frames_progress(description: str, total: int) -> Iterator[Callable[[int, in
         yield update
 
 
+def _note_metadata_pixel(pixel_size_nm: float, stack: Path) -> None:
+    """Say that the pixel size was read from the movie, so that a wrong tag gets noticed."""
+    typer.secho(f"note: {pixel_size_nm:g} nm pixels, from {stack.name}'s metadata", err=True)
+
+
 def _network_config(model: str, device: str, stack: Path, camera: str | None,
                     pixel_size_nm: float | None, camera_values: dict[str, float | None]):
     """Load a trained model; the data's settings are the model's unless flags (or, for the
@@ -561,6 +566,8 @@ def _network_config(model: str, device: str, stack: Path, camera: str | None,
         typer.secho(f"note: {stack.name} records no pixel size; using the model's "
                     f"{cfg.image.pixel_size_nm:g} nm (pass --pixel-size-nm)", err=True)
     else:
+        if source != "--pixel-size-nm":
+            _note_metadata_pixel(pixel_size_nm, stack)
         image = validated(ImageConfig, {**cfg.image.model_dump(), "pixel_size_nm": pixel_size_nm},
                           name=source)
         cfg = cfg.model_copy(update={"image": image})

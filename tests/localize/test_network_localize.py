@@ -343,6 +343,8 @@ def test_cli_reads_the_pixel_size_from_the_movie(bundled, movie, tmp_path) -> No
         if name == "wide":
             assert "warning: the model was trained for 100 nm pixels, the data has 160 nm" \
                 in " ".join(result.output.split())
+        if px is not None:  # read from the movie, and said, even when it is the model's
+            assert f"note: {px:g} nm pixels, from {name}.tif's metadata" in result.output
         if name == "bare":
             assert "records no pixel size" in result.output
     assert tables["wide"].attrs["pixel_size_nm"] == pytest.approx(1.6 * model_px)
