@@ -270,6 +270,33 @@ def test_distant_emitters_keep_their_single_emitter_bounds() -> None:
         assert ((ratio > 0.95) & (ratio <= 1.0 + 1e-9)).all(), ratio
 
 
+def test_a_faint_neighbour_costs_as_much_as_a_bright_one_unless_it_is_known() -> None:
+    # A neighbour 1.5 px away at 30 photons (on for a sliver of the frame): fitted, its place
+    # spans the same directions as at 5000 photons, and the bright emitter's bounds are many
+    # times its lone ones; known (below the floor), they are the lone ones, but for its light.
+    cfg = Config()
+    pair = pd.concat([emitters(30.0, 30.0, photons=5000.0), emitters(31.5, 30.3, photons=30.0)],
+                     ignore_index=True)
+    lone = add_crowded_bounds(pair.iloc[:1], cfg, frame_shape=(64, 64), bg_photons=40.0)
+    exact = add_crowded_bounds(pair, cfg, frame_shape=(64, 64), bg_photons=40.0)
+    floored = add_crowded_bounds(pair, cfg, frame_shape=(64, 64), bg_photons=40.0,
+                                 known_below_photons=500.0)
+    for axis in "xyz":
+        column = f"crlb_crowded_{axis}_nm"
+        assert exact[column][0] > 2.0 * lone[column][0]
+        assert floored[column][0] == pytest.approx(lone[column][0], rel=0.02)
+        assert floored[column][0] >= lone[column][0]  # its light is noise
+        # The faint one's own bounds fit its own parameters: here, with nothing else known,
+        # the exact ones.
+        assert floored[column][1] == pytest.approx(exact[column][1], rel=1e-9)
+    assert exact["detection_snr"][0] < 0.5 * lone["detection_snr"][0]
+    assert floored["detection_snr"][0] == pytest.approx(lone["detection_snr"][0], rel=0.02)
+    # A frame of faint emitters alone still gets their own bounds.
+    alone = add_crowded_bounds(pair.iloc[1:], cfg, frame_shape=(64, 64), bg_photons=40.0,
+                               known_below_photons=500.0)
+    assert np.isfinite(alone["crlb_crowded_x_nm"]).all()
+
+
 def test_an_emitter_at_the_frame_edge_gets_the_bound_of_the_light_that_reaches_it() -> None:
     cfg = Config()
     truth = emitters([0.1, 30.2, 30.0], [30.4, 63.0, 30.0])  # left edge, bottom edge, inside

@@ -445,6 +445,7 @@ def add_crowded_bounds(
     frame_shape: tuple[int, int],
     bg_photons: float | None = None,
     noise: NoiseModel | None = None,
+    known_below_photons: float = 0.0,
     max_elements: int = 50_000_000,
 ) -> pd.DataFrame:
     """Add bounds that count the neighbours: ``crlb_crowded_{x,y,z}_nm`` and detection SNRs.
@@ -476,6 +477,14 @@ def add_crowded_bounds(
     The background is one level per frame (the mean of its rows' ``bg``): a background that
     varies across the frame is averaged.
 
+    Every neighbour's place costs the same, however faint it is: its Jacobian's columns span
+    the same directions at 10 photons as at 5000. So a neighbour on for a sliver of the frame
+    counts as fully as a bright one. With `known_below_photons`, emitters fainter than that are
+    known to the estimator instead: their light stays in every pixel's mean, their parameters
+    are not fitted (each such emitter's own bounds are computed with its own parameters
+    fitted, the other faint ones known). The bounds then no longer bound every unbiased
+    estimator, but they do not undercount what a detector that ignores such slivers can do.
+
     Parameters
     ----------
     truth : DataFrame
@@ -491,6 +500,8 @@ def add_crowded_bounds(
     noise : NoiseModel, optional
         As for :func:`add_crlb_columns`: one read noise for the chip by default, or a map of
         the frames.
+    known_below_photons : float
+        Emitters with fewer photons are known, not fitted (see above); 0 fits every one.
     max_elements : int
         Largest Jacobian (parameters x pixels, with a margin of a patch on every side) of one
         frame; beyond it a ValueError asks for smaller frames (the cost grows as emitters x
@@ -534,7 +545,8 @@ def add_crowded_bounds(
             bg = float(frame["bg"].mean())
         else:
             bg = default_bg
-        bounds = _frame_bounds(psf, noise, frame, bg, px, (height, width))
+        bounds = _frame_bounds(psf, noise, frame, bg, px, (height, width),
+                               known_below_photons)
         if bounds is None:
             singular.append(int(frame["frame"].iloc[0]))
             continue
@@ -574,11 +586,12 @@ def _frame_bounds(
     bg: float,
     pixel_size_nm: float,
     shape: tuple[int, int],
+    known_below_photons: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Bounds (n, P) of (x [px], y [px], [z [nm],] photons) of one frame's emitters, all fitted
-    jointly with a uniform background, and their detection SNRs (n, 2) with the neighbours'
-    positions fitted and known (see :func:`add_crowded_bounds`); None if the information is
-    singular."""
+    jointly with a uniform background (those below `known_below_photons` known, but each
+    fitted for its own bounds), and their detection SNRs (n, 2) with the neighbours' positions
+    fitted and known (see :func:`add_crowded_bounds`); None if the information is singular."""
     height, width = shape
     size = psf.default_patch_size()
     n = len(frame)
@@ -604,20 +617,43 @@ def _frame_bounds(
     ones = torch.ones(1, height * width, dtype=torch.float64)
     jac = torch.cat([placed.reshape(n * n_par, -1), ones])
     info = information_from_jacobian(mu[None], jac[None], noise)[0]
+    fitted = torch.as_tensor(frame["photons"].to_numpy() >= known_below_photons)
+    std = torch.full((n, n_par), float("nan"), dtype=torch.float64)
+    snr = torch.full((n, 2), float("nan"), dtype=torch.float64)
+    free = torch.nonzero(fitted).flatten()
+    sets = [(free, free)] * bool(len(free)) + [(torch.cat([free, i[None]]), i[None])
+                             for i in torch.nonzero(~fitted).flatten()]
+    for emitters, report in sets:
+        bounds = _joint_bounds(info, emitters, n_par, photons[emitters])
+        if bounds is None:
+            return None
+        std[report], snr[report] = bounds[0][-len(report):], bounds[1][-len(report):]
+    return std, snr
+
+
+def _joint_bounds(info: torch.Tensor, emitters: torch.Tensor, n_par: int,
+                  photons: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Bounds (m, P) and detection SNRs (m, 2) of `emitters` fitted with the background, from
+    the frame's information `info` (every emitter's P parameters, then the background); the
+    other emitters are known. None if singular."""
+    index = torch.cat([(emitters[:, None] * n_par + torch.arange(n_par)).flatten(),
+                       torch.tensor([info.shape[0] - 1])])
+    info = info[index[:, None], index[None, :]]
+    m = len(emitters)
     cov, singular = torch.linalg.inv_ex(info)
     if singular.item() or not torch.isfinite(cov).all():
         return None
-    std = _bound_from_variance(cov.diagonal())[:-1].reshape(n, n_par)
+    std = _bound_from_variance(cov.diagonal())[:-1].reshape(m, n_par)
     # The photons' variance with the emitter's own position known: conditioning the joint
     # covariance on it (its Schur complement) is the inverse of the information without it.
-    first = torch.arange(n) * n_par
-    own = first[:, None] + torch.arange(n_par - 1)  # (n, P-1) own position indices
+    first = torch.arange(m) * n_par
+    own = first[:, None] + torch.arange(n_par - 1)  # (m, P-1) own position indices
     amp = first + n_par - 1
     c_ss = cov[own[:, :, None], own[:, None, :]]
     c_ns = cov[amp[:, None], own]
     known = cov[amp, amp] - (c_ns * torch.linalg.solve(c_ss, c_ns)).sum(dim=1)
     # Every position known: only the photons and the background are fitted.
-    linear = torch.cat([amp, torch.tensor([n * n_par])])
+    linear = torch.cat([amp, torch.tensor([m * n_par])])
     all_known = torch.linalg.inv(info[linear[:, None], linear[None, :]]).diagonal()[:-1]
     snr = torch.stack([photons / known.clamp_min(1e-300).sqrt(),
                        photons / all_known.clamp_min(1e-300).sqrt()], dim=1)
