@@ -38,10 +38,10 @@ default-psf: $(STAMP)
 # model on any machine (up to the order of floating-point sums in threads) and a busy machine
 # only slows it. The three-frame model it replaced reached 448,640 samples in its 60-minute
 # budget. Score it with benchmarks/finish_model.py (benchmarks/README.md, "Running them"):
-# training_default_ctx5_57ep*.md. The last
+# training_default_v2_57ep*.md. The last
 # step measures how its errors correlate across frames, for --group (grouping_bundled.md).
-# The model bundled now was trained on psf_epfl_beads_as.h5; this target trains its successor on
-# psf_epfl_beads_as_v2.h5, which benchmarks/configs/epfl_as.yaml names since 2026-12-03.
+# The PSF is psf_epfl_beads_as_v2.h5, which benchmarks/configs/epfl_as.yaml names since
+# 2026-12-03 (the model bundled before that evening used psf_epfl_beads_as.h5).
 MODEL_FILES := config.yaml model.yaml weights.pt training_log.csv curves.png
 default-model: $(STAMP)
 	$(BIN)/denseloc train benchmarks/configs/epfl_as.yaml --out build/default_model \
