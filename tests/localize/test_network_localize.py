@@ -52,8 +52,8 @@ def test_bundled_model_localizes_a_simulated_movie(bundled, movie) -> None:
     with open_movie(path) as mv:
         table = localize_movie_network(mv, model, cfg)
     metrics, _ = evaluate(table, pd.read_csv(truth_path), min_photons=500.0)
-    # The benchmark measured Jaccard 0.90 at 0.1 /um^2 and 0.65 at 2 /um^2 with lateral RMSE
-    # 47-78 nm (benchmarks/results/training_default_ctx5_57ep_final.md); a broken model or
+    # The benchmark measured Jaccard 0.89 at 0.1 /um^2 and 0.65 at 2 /um^2 with lateral RMSE
+    # 42-78 nm (benchmarks/results/training_default_v2_57ep_final.md); a broken model or
     # pipeline falls far below these bounds.
     assert metrics.jaccard > 0.6, metrics
     assert metrics.rmse_lateral_nm < 90 and metrics.rmse_axial_nm < 110, metrics
@@ -62,9 +62,12 @@ def test_bundled_model_localizes_a_simulated_movie(bundled, movie) -> None:
     for axis, rmse in (("x", metrics.rmse_lateral_nm / 2**0.5),
                        ("y", metrics.rmse_lateral_nm / 2**0.5), ("z", metrics.rmse_axial_nm)):
         assert abs(getattr(metrics, f"bias_{axis}_nm")) < 4 * rmse / metrics.tp**0.5, metrics
-    # Predicted sigmas are calibrated (RMS(error / sigma) 0.99-1.06 in the benchmark); the
-    # maximum pixel's sigmas alone, without the model's factors for that readout, are too
-    # small (1.2-1.8 times in the benchmark).
+    # Predicted sigmas are calibrated (RMS(error / sigma) 0.90-1.01 in the benchmark); here
+    # within 25 %: this movie's ~190 matches give 0.80 / 1.17 / 1.10 (the same without its
+    # first and last two frames), since a few large errors, of overlapping emitters, dominate
+    # an RMS over so few. A sigma in the wrong unit or a missing factor is off by far more.
+    # The maximum pixel's sigmas alone, without the model's factors for that readout, are
+    # too small (1.2-1.9 times in the benchmark).
     with open_movie(path) as mv:
         photons = Camera.from_config(cfg.camera, mv.shape[1:]).adu_to_photons(
             torch.from_numpy(mv[0 : len(mv)].astype("float32")))
@@ -73,7 +76,7 @@ def test_bundled_model_localizes_a_simulated_movie(bundled, movie) -> None:
     top_metrics, _ = evaluate(top, pd.read_csv(truth_path), min_photons=500.0)
     for axis in "xyz":
         score = getattr(metrics, f"z_score_rms_{axis}")
-        assert 0.8 < score < 1.2, metrics
+        assert 0.75 < score < 1.25, metrics
         assert getattr(top_metrics, f"z_score_rms_{axis}") > 1.15 * score, top_metrics
 
 
