@@ -29,8 +29,8 @@ def resolve_builtin(path: str | os.PathLike) -> Path:
 
     The bundled files: ``psf_epfl_beads_as_v2.h5`` (spline PSF calibrated from the EPFL 2016
     astigmatic beads with ``make default-psf``), ``psf_epfl_beads_as.h5`` (the earlier
-    calibration of the same beads, with a fixed 60 nm of smoothing along z; the bundled
-    network was trained on it), the astigmatic Gaussian fit
+    calibration of the same beads, with a fixed 60 nm of smoothing along z; the networks
+    bundled until 2026-12-03 were trained on it), the astigmatic Gaussian fit
     ``psf_epfl_beads_as_astigmatic.yaml`` and the bundled network's folder ``default_model``.
     """
     text = str(path)
