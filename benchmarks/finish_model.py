@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +110,8 @@ def main() -> None:
             raise SystemExit(f"{args.model_dir} was trained with another configuration than "
                              f"{args.config} ({'; '.join(changed)}): pass its own "
                              f"{args.model_dir / 'config.yaml'} instead")
-        if saved.scaling != trainer.data.scaling:  # the weights expect the saved inputs
+        if not all(math.isclose(value, getattr(trainer.data.scaling, name), rel_tol=1e-9)
+                   for name, value in vars(saved.scaling).items()):  # weights expect saved ones
             raise SystemExit(f"{args.model_dir}'s input scaling {saved.scaling} differs from "
                              f"the one its configuration gives today ({trainer.data.scaling})")
         trainer.net.load_state_dict(saved.net.state_dict())

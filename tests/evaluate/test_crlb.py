@@ -295,6 +295,8 @@ def test_a_faint_neighbour_costs_as_much_as_a_bright_one_unless_it_is_known() ->
     alone = add_crowded_bounds(pair.iloc[1:], cfg, frame_shape=(64, 64), bg_photons=40.0,
                                known_below_photons=500.0)
     assert np.isfinite(alone["crlb_crowded_x_nm"]).all()
+    with pytest.raises(ValueError, match="known_below_photons"):
+        add_crowded_bounds(pair, cfg, frame_shape=(64, 64), known_below_photons=float("nan"))
 
 
 def test_an_emitter_at_the_frame_edge_gets_the_bound_of_the_light_that_reaches_it() -> None:

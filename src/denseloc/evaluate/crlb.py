@@ -514,6 +514,8 @@ def add_crowded_bounds(
     """
     from denseloc.sim.simulator import psf_from_config
 
+    if not known_below_photons >= 0:  # NaN would make every emitter known
+        raise ValueError(f"known_below_photons must be >= 0, got {known_below_photons}")
     psf = psf_from_config(config.psf, config.emitters.z_range_nm)
     noise = NoiseModel.from_camera(config.camera) if noise is None else noise
     _check_noise_map(noise, frame_shape)
