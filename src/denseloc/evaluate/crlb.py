@@ -623,8 +623,8 @@ def _frame_bounds(
     std = torch.full((n, n_par), float("nan"), dtype=torch.float64)
     snr = torch.full((n, 2), float("nan"), dtype=torch.float64)
     free = torch.nonzero(fitted).flatten()
-    sets = [(free, free)] * bool(len(free)) + [(torch.cat([free, i[None]]), i[None])
-                             for i in torch.nonzero(~fitted).flatten()]
+    sets = [(free, free)] if len(free) else []  # (emitters fitted, emitters reported)
+    sets += [(torch.cat([free, i[None]]), i[None]) for i in torch.nonzero(~fitted).flatten()]
     for emitters, report in sets:
         bounds = _joint_bounds(info, emitters, n_par, photons[emitters])
         if bounds is None:

@@ -221,7 +221,7 @@ def tune_threshold(
     for threshold in THRESHOLDS:
         metrics = evaluate_batches(outputs, truth, data, threshold, min_photons=min_photons)
         if metrics["jaccard"] > best[1]["jaccard"]:
-            best = (float(threshold), metrics)
+            best = (threshold, metrics)
     return best
 
 
