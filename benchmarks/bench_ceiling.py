@@ -1,6 +1,7 @@
 """How well could any detector do on the test movies? Detection ceilings against the network.
 
 Usage: python benchmarks/bench_ceiling.py CONFIG.yaml [--model DIR] [--frames 100]
+    [--known-below-photons 500]
 
 On the fixed test movies of ``bench_training.py`` (64x64 px, 0.1 and 2 emitters/um^2), every
 ground-truth emitter gets its crowded bounds (:func:`denseloc.evaluate.crlb.add_crowded_bounds`:
@@ -167,14 +168,18 @@ def z_error_rows(density: str, pairs: pd.DataFrame, crowded: pd.DataFrame) -> li
 
 
 def main() -> None:
-    args = model_on_test_movies_args(__doc__, "detection_ceiling")
+    args = model_on_test_movies_args(__doc__, "detection_ceiling", **{
+        "--known-below-photons": dict(type=float, default=MIN_PHOTONS,
+                                      help="neighbours with fewer photons are known, not "
+                                      "fitted (default: those the score does not count; 0 "
+                                      "fits every one)")})
     config, model = args.config, args.model
     summary, recall, z_errors = [], [], []
     rng = np.random.default_rng(0)
     for i, (density, value) in enumerate(DENSITIES.items()):
         cfg, photons, truth = test_movie(config, value, args.frames, seed=100 + i)
         truth = add_crowded_bounds(truth.reset_index(drop=True), cfg, frame_shape=(64, 64),
-                                   known_below_photons=MIN_PHOTONS)
+                                   known_below_photons=args.known_below_photons)
         anchored, empty = anchors(truth, len(photons))
         counted = (truth["photons"] >= MIN_PHOTONS).to_numpy()
         d = truth["detection_snr"].to_numpy()[counted]
