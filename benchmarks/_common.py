@@ -126,19 +126,6 @@ def require_models_psf(config, model, model_dir: Path) -> None:
                          f"({'; '.join(changed)}): pass its own {model_dir / 'config.yaml'}")
 
 
-def rms_ratio(error, scale) -> float | None:
-    """RMS(error / scale) over the pairs with a finite, positive scale and a finite error, as
-    :mod:`denseloc.evaluate` counts them: one singular bound must not make a table cell NaN.
-    None when no pair qualifies."""
-    import numpy as np
-
-    error, scale = np.asarray(error, dtype=float), np.asarray(scale, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = error / scale
-    ok = np.isfinite(ratio) & (scale > 0)
-    return float(np.sqrt(np.mean(ratio[ok] ** 2))) if ok.any() else None
-
-
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"

@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import median_abs_deviation, norm
 
-from _common import model_on_test_movies_args, rms_ratio, write_results
+from _common import model_on_test_movies_args, write_results
 from bench_training import (
     DENSITIES,
     MIN_PHOTONS,
@@ -55,7 +55,7 @@ from bench_training import (
     score,
     test_movie,
 )
-from denseloc.evaluate import evaluate
+from denseloc.evaluate import evaluate, rms_ratio
 from denseloc.evaluate.crlb import add_crowded_bounds
 from denseloc.localize.network import predict_frames
 

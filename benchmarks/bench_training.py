@@ -43,11 +43,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from _common import RESULTS, rms_ratio, write_results
+from _common import RESULTS, write_results
 from denseloc.cli import resolve_config
 from denseloc.config import Config
 from denseloc.errors import DenselocError
-from denseloc.evaluate import evaluate, has_z
+from denseloc.evaluate import evaluate, has_z, rms_ratio
 from denseloc.evaluate.crlb import NoiseModel, add_crlb_columns, add_window_crlb_columns
 from denseloc.sim.simulator import Simulator
 from denseloc.train.artifact import TrainedModel

@@ -22,12 +22,8 @@ import numpy as np
 
 from _common import model_on_test_movies_args, write_results
 from bench_training import BRIGHT_PHOTONS, DENSITIES, MIN_PHOTONS, test_movie
-from denseloc.evaluate import evaluate
+from denseloc.evaluate import evaluate, rms_ratio
 from denseloc.localize.network import predict_frames
-
-
-def _rms_ratio(errors: np.ndarray, bounds: np.ndarray) -> float:
-    return float(np.sqrt(np.mean((errors / bounds) ** 2)))
 
 
 def main() -> None:
@@ -51,8 +47,8 @@ def main() -> None:
                 err = pairs[f"d{axis}_nm"].to_numpy()[member]
                 single = gt[f"crlb_{axis}_nm"].to_numpy()[member]
                 window = gt[f"crlb_window_{axis}_nm"].to_numpy()[member]
-                row[f"ratio_single_{axis}"] = _rms_ratio(err, single)
-                row[f"ratio_window_{axis}"] = _rms_ratio(err, window)
+                row[f"ratio_single_{axis}"] = rms_ratio(err, single)
+                row[f"ratio_window_{axis}"] = rms_ratio(err, window)
             row["bound_gain_x"] = float(np.median(gt["crlb_window_x_nm"].to_numpy()[member]
                                                   / gt["crlb_x_nm"].to_numpy()[member]))
             rows.append(row)

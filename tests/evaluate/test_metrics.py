@@ -20,6 +20,7 @@ from denseloc.evaluate import (
     metrics_from_pairs,
     pairs_have_z,
     plot_evaluation,
+    rms_ratio,
     sigma_scale,
 )
 
@@ -482,3 +483,11 @@ def test_frame_error_correlation_recovers_the_correlation_of_an_emitters_errors(
     # an emitter's frames must be consecutive: shuffling the ids breaks every pair
     scrambled = truth.assign(id=rng.permutation(len(truth)))
     assert frame_error_correlation(pairs, scrambled) == {}
+
+
+def test_rms_ratio_counts_the_pairs_evaluate_counts() -> None:
+    # (3/1, 4/2) count; a zero, NaN or infinite scale and a NaN error do not, as in evaluate.
+    error = [3.0, 4.0, 1.0, 1.0, 1.0, float("nan")]
+    scale = [1.0, 2.0, 0.0, float("nan"), float("inf"), 1.0]
+    assert rms_ratio(error, scale) == pytest.approx(math.sqrt((9 + 4) / 2))
+    assert rms_ratio([1.0], [0.0]) is None

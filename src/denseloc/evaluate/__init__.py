@@ -13,6 +13,7 @@ from denseloc.evaluate.metrics import (
     has_z,
     metrics_from_pairs,
     pairs_have_z,
+    rms_ratio,
     sigma_scale,
 )
 from denseloc.evaluate.plots import plot_evaluation
@@ -28,5 +29,6 @@ __all__ = [
     "metrics_from_pairs",
     "pairs_have_z",
     "plot_evaluation",
+    "rms_ratio",
     "sigma_scale",
 ]

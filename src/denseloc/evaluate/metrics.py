@@ -42,7 +42,7 @@ from denseloc.evaluate.match import Matching, MatchMethod, _as_table, _check_arg
 
 __all__ = [
     "Metrics", "evaluate", "frame_error_correlation", "has_z", "metrics_from_pairs",
-    "pairs_have_z", "sigma_scale",
+    "pairs_have_z", "rms_ratio", "sigma_scale",
 ]
 
 _AXES = ("x", "y", "z")
@@ -471,6 +471,20 @@ def _efficiency(jaccard: float, rmse_nm: float | None, alpha_per_nm: float) -> f
     return 100.0 - math.hypot(100.0 * (1.0 - jaccard), alpha_per_nm * (rmse_nm or 0.0))
 
 
+def rms_ratio(error, scale) -> float | None:
+    """``RMS(error / scale)`` over the pairs :func:`evaluate` counts (a finite, positive scale,
+    a finite error and ratio), e.g. per-emitter error / sqrt(CRLB); None if none qualifies."""
+    error, scale = np.asarray(error, dtype=float), np.asarray(scale, dtype=float)
+    ok = _usable(error, scale)
+    return math.sqrt(float(np.mean((error[ok] / scale[ok]) ** 2))) if ok.any() else None
+
+
+def _usable(error: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Pairs with a finite, positive scale, a finite error and a finite error / scale."""
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        return np.isfinite(scale) & (scale > 0) & np.isfinite(error / scale)
+
+
 def _calibration(
     error_nm: np.ndarray, pairs: pd.DataFrame, scale_column: str
 ) -> tuple[float | None, float | None, float | None, float | None]:
@@ -484,8 +498,7 @@ def _calibration(
     if scale_column not in pairs.columns:
         return None, None, None, None
     scale = pairs[scale_column].to_numpy(dtype=float)
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-        ok = np.isfinite(scale) & (scale > 0) & np.isfinite(error_nm / scale)
+    ok = _usable(error_nm, scale)
     if not ok.any():
         return None, None, None, None
     e, s = error_nm[ok], scale[ok]
