@@ -16,6 +16,7 @@ from denseloc.evaluate.crlb import (
     NoiseModel,
     add_crlb_columns,
     add_crowded_bounds,
+    add_crowded_window_bounds,
     add_window_crlb_columns,
     crlb,
     fisher_information,
@@ -297,6 +298,111 @@ def test_a_faint_neighbour_costs_as_much_as_a_bright_one_unless_it_is_known() ->
     assert np.isfinite(alone["crlb_crowded_x_nm"]).all()
     with pytest.raises(ValueError, match="known_below_photons"):
         add_crowded_bounds(pair, cfg, frame_shape=(64, 64), known_below_photons=float("nan"))
+
+
+def _on_in(frames, id_, x_px, y_px, photons=3000.0, z_nm=150.0) -> pd.DataFrame:
+    """One emitter (`id_`) at one place, on in `frames` with `photons` (one or one per frame)."""
+    frames = list(frames)
+    rows = emitters([x_px] * len(frames), [y_px] * len(frames), photons=photons, z_nm=z_nm)
+    return rows.assign(frame=frames, id=id_)
+
+
+def test_the_crowded_window_bound_of_one_frame_is_the_crowded_bound() -> None:
+    cfg = Config()
+    rng = np.random.default_rng(3)
+    truth = pd.concat([emitters(rng.uniform(5, 27, 12), rng.uniform(5, 27, 12),
+                                photons=rng.uniform(200, 6000, 12), frame=f) for f in (0, 1)],
+                      ignore_index=True)
+    truth["id"] = np.arange(len(truth))
+    crowded = add_crowded_bounds(truth, cfg, frame_shape=(32, 32), bg_photons=40.0,
+                                 known_below_photons=500.0)
+    window = add_crowded_window_bounds(truth, cfg, 1, frame_shape=(32, 32), bg_photons=40.0,
+                                       known_below_photons=500.0)
+    fitted = truth["photons"] >= 500.0
+    for axis in "xyz":
+        np.testing.assert_allclose(window[f"crlb_crowded_window_{axis}_nm"][fitted],
+                                   crowded[f"crlb_crowded_{axis}_nm"][fitted], rtol=1e-7)
+        assert window[f"crlb_crowded_window_{axis}_nm"][~fitted].isna().all()
+
+
+def test_the_crowded_window_bound_pools_the_frames_and_counts_the_neighbours() -> None:
+    cfg = Config()
+    kwargs = dict(frame_shape=(64, 64), bg_photons=40.0)
+    lone = _on_in([0, 1, 2], 1, 30.0, 30.0)
+    alone = add_crowded_window_bounds(lone, cfg, 3, **kwargs)
+    one_frame = add_crowded_bounds(lone, cfg, **kwargs)
+    pooled = add_window_crlb_columns(lone, cfg, 3, **kwargs)
+    for axis in "xyz":
+        column = alone[f"crlb_crowded_window_{axis}_nm"]
+        # Three frames of the same light: the bound of one over sqrt(3), in the middle frame.
+        assert column[1] == pytest.approx(one_frame[f"crlb_crowded_{axis}_nm"][1] / math.sqrt(3),
+                                          rel=1e-9)
+        # The first frame's window lacks frame -1: two frames.
+        assert column[0] == pytest.approx(one_frame[f"crlb_crowded_{axis}_nm"][0] / math.sqrt(2),
+                                          rel=1e-9)
+        # The single-emitter window bound, to the background that the whole frame knows better.
+        assert 0.95 < column[1] / pooled[f"crlb_window_{axis}_nm"][1] <= 1.0 + 1e-9
+    # A bright neighbour 1.5 px away, on in the middle frame only.
+    pair = pd.concat([lone, _on_in([1], 2, 31.5, 30.3, photons=5000.0)], ignore_index=True)
+    crowded = add_crowded_bounds(pair, cfg, **kwargs)
+    window = add_crowded_window_bounds(pair, cfg, 3, **kwargs)
+    for axis in "xyz":
+        column = f"crlb_crowded_window_{axis}_nm"
+        # Alone in frames 0 and 2, emitter 1 loses little to the neighbour...
+        assert alone[column][1] <= window[column][1] < 1.3 * alone[column][1]
+        # ... far less than from its middle frame alone,
+        assert window[column][1] < 0.5 * crowded[f"crlb_crowded_{axis}_nm"][1]
+        # and its place, known from the other frames, helps the neighbour's.
+        assert window[column][3] < 0.9 * crowded[f"crlb_crowded_{axis}_nm"][3]
+    # A third frame away from the middle one is outside a three-frame window.
+    far = pd.concat([pair, _on_in([3], 2, 31.5, 30.3, photons=5000.0)], ignore_index=True)
+    assert add_crowded_window_bounds(far, cfg, 3, **kwargs)["crlb_crowded_window_x_nm"][1] \
+        == pytest.approx(window["crlb_crowded_window_x_nm"][1], rel=1e-12)
+
+
+def test_the_crowded_window_bound_knows_only_emitters_faint_in_every_frame() -> None:
+    cfg = Config()
+    kwargs = dict(frame_shape=(64, 64), bg_photons=40.0, known_below_photons=500.0)
+    lone = _on_in([0, 1, 2], 1, 30.0, 30.0)
+    faint = pd.concat([lone, _on_in([0, 1, 2], 2, 31.5, 30.3, photons=30.0)],
+                      ignore_index=True)
+    alone = add_crowded_window_bounds(lone, cfg, 3, **kwargs)
+    out = add_crowded_window_bounds(faint, cfg, 3, **kwargs)
+    exact = add_crowded_window_bounds(faint, cfg, 3, **{**kwargs, "known_below_photons": 0.0})
+    for axis in "xyz":
+        column = f"crlb_crowded_window_{axis}_nm"
+        assert out[column][:3].to_numpy() == pytest.approx(alone[column].to_numpy(), rel=0.02)
+        assert (out[column][:3].to_numpy() >= alone[column].to_numpy()).all()  # its light
+        assert out[column][3:].isna().all()  # known: no bound
+        assert exact[column][1] > 2.0 * out[column][1]  # fitted, its place costs fully
+    # A sliver (30 photons) of an emitter bright in the frame before is fitted, its place
+    # pinned by that frame: it gets a bound and costs its neighbour little.
+    sliver = pd.concat([lone, _on_in([0, 1], 2, 31.5, 30.3, photons=[5000.0, 30.0])],
+                       ignore_index=True)
+    out = add_crowded_window_bounds(sliver, cfg, 3, **kwargs)
+    assert np.isfinite(out["crlb_crowded_window_x_nm"][4])
+    assert out["crlb_crowded_window_x_nm"][2] < 1.3 * alone["crlb_crowded_window_x_nm"][2]
+
+
+def test_the_crowded_window_bound_refuses_bad_input_and_warns_when_singular() -> None:
+    cfg = Config()
+    truth = _on_in([0, 1, 2], 1, 30.0, 30.0)
+    kwargs = dict(frame_shape=(64, 64), bg_photons=40.0)
+    with pytest.raises(ValueError, match="odd"):
+        add_crowded_window_bounds(truth, cfg, 2, **kwargs)
+    with pytest.raises(ValueError, match="missing: id"):
+        add_crowded_window_bounds(truth.drop(columns="id"), cfg, 3, **kwargs)
+    with pytest.raises(ValueError, match="twice in one frame"):
+        add_crowded_window_bounds(pd.concat([truth, truth.iloc[:1]]), cfg, 3, **kwargs)
+    with pytest.raises(ValueError, match="known_below_photons"):
+        add_crowded_window_bounds(truth, cfg, 3, **kwargs, known_below_photons=float("nan"))
+    # A second emitter at the same place in frame 2: the windows of frames 1 and 2 (centre)
+    # are singular, frame 0's (frames 0 and 1) is not.
+    twin = pd.concat([truth, _on_in([2], 2, 30.0, 30.0)], ignore_index=True)
+    with pytest.warns(DenselocWarning, match=r"2 frame\(s\) \(1, 2\)"):
+        out = add_crowded_window_bounds(twin, cfg, 3, **kwargs)
+    assert np.isfinite(out["crlb_crowded_window_x_nm"][0])
+    assert out["crlb_crowded_window_x_nm"][1:].isna().all()
 
 
 def test_an_emitter_at_the_frame_edge_gets_the_bound_of_the_light_that_reaches_it() -> None:

@@ -19,11 +19,15 @@ background of the benchmarks the difference is negligible.
 These bounds treat each emitter as alone. :func:`add_crowded_bounds` sums the same information
 over a whole frame, with the parameters of every emitter in it and one background, for the
 bounds and detection signal-to-noise ratios of emitters whose light overlaps.
+:func:`add_window_crlb_columns` and :func:`add_crowded_window_bounds` are the bounds of an
+estimator that reads several consecutive frames, in which an emitter keeps its place, without
+and with the neighbours.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -39,6 +43,7 @@ __all__ = [
     "NoiseModel",
     "add_crlb_columns",
     "add_crowded_bounds",
+    "add_crowded_window_bounds",
     "add_window_crlb_columns",
     "crlb",
     "expected_and_jacobian",
@@ -512,27 +517,175 @@ def add_crowded_bounds(
     DataFrame
         A copy of `truth` with the five columns added (nm for the bounds).
     """
-    from denseloc.sim.simulator import psf_from_config
 
-    if not known_below_photons >= 0:  # NaN would make every emitter known
-        raise ValueError(f"known_below_photons must be >= 0, got {known_below_photons}")
-    psf = psf_from_config(config.psf, config.emitters.z_range_nm)
-    noise = NoiseModel.from_camera(config.camera) if noise is None else noise
-    _check_noise_map(noise, frame_shape)
-    if noise.per_pixel:
-        noise = replace(noise, read_var_e2=noise.read_var_e2.flatten()[None])
-    px = config.image.pixel_size_nm
-    height, width = (int(v) for v in frame_shape)
-    n_par = 4 if psf.is_3d else 3
+    _check_known_below(known_below_photons)
     columns = {
         name: np.full(len(truth), np.nan)
         for name in ("crlb_crowded_x_nm", "crlb_crowded_y_nm", "crlb_crowded_z_nm",
                      "detection_snr", "detection_snr_known_neighbours")
     }
-    default_bg = config.background.mean_photons
-    margin = 2 * psf.default_patch_size()  # place_patches renders into a padded stack
+    px = config.image.pixel_size_nm
     singular: list[int] = []
-    for _, rows in truth.groupby("frame").indices.items():
+    for frame_no, rows, info, is_3d in _frame_informations(
+        truth, config, frame_shape, bg_photons, noise, max_elements
+    ):
+        photons = truth["photons"].to_numpy()[rows]
+        bounds = _frame_bounds(info, photons, 4 if is_3d else 3, known_below_photons)
+        if bounds is None:
+            singular.append(frame_no)
+            continue
+        std, snr = bounds
+        columns["crlb_crowded_x_nm"][rows] = std[:, 0].numpy() * px
+        columns["crlb_crowded_y_nm"][rows] = std[:, 1].numpy() * px
+        if is_3d:
+            columns["crlb_crowded_z_nm"][rows] = std[:, 2].numpy()
+        columns["detection_snr"][rows] = snr[:, 0].numpy()
+        columns["detection_snr_known_neighbours"][rows] = snr[:, 1].numpy()
+    _warn_singular(singular, "crowded bounds")
+    out = truth.copy()
+    for name, values in columns.items():
+        out[name] = values
+    return out
+
+
+def add_crowded_window_bounds(
+    truth: pd.DataFrame,
+    config: Config,
+    context_frames: int,
+    *,
+    frame_shape: tuple[int, int],
+    bg_photons: float | None = None,
+    noise: NoiseModel | None = None,
+    known_below_photons: float = 0.0,
+    max_elements: int = 50_000_000,
+) -> pd.DataFrame:
+    """Add ``crlb_crowded_window_{x,y,z}_nm``: bounds that count the neighbours, for an
+    estimator that reads `context_frames` frames centred on each row's frame.
+
+    The two bounds before this one each leave something out: :func:`add_window_crlb_columns`
+    pools the frames of the window but treats the emitter as alone, :func:`add_crowded_bounds`
+    counts the neighbours but reads one frame. Here the parameters are those of every emitter
+    on anywhere in the window: its place (x, y[, z]), kept while it is on, and its photons in
+    each frame in which it is on, with one uniform background per frame. The frames are
+    independent given the parameters, so the window's information is the sum of each frame's
+    (:func:`add_crowded_bounds`' matrix, its photons and background taken out by their Schur
+    complement, since no other frame tells about them). With one frame the bounds are
+    :func:`add_crowded_bounds`'; for a lone emitter, :func:`add_window_crlb_columns`' (to the
+    background's share, which the whole frame knows better).
+
+    An emitter (``id``) whose photons stay below `known_below_photons` in every frame of the
+    window is known there, not fitted (see :func:`add_crowded_bounds`: a faint neighbour's
+    place otherwise costs as much as a bright one's); its rows get NaN. One that is brighter in
+    some frame of the window is fitted in all of them, its place pinned by the bright frames.
+    Parameters as :func:`add_crowded_bounds`; `truth` needs ``frame`` and ``id`` too. A window
+    whose information is singular (e.g. two emitters at the same place) gives NaN for its
+    centre frame's rows, with a warning.
+    """
+    if context_frames < 1 or context_frames % 2 == 0:
+        raise ValueError(f"context_frames must be odd and positive, got {context_frames}")
+    _check_known_below(known_below_photons)
+    missing = {"frame", "id"} - set(truth.columns)
+    if missing:
+        raise ValueError(f"the window bound needs the columns frame and id (one per emitter, "
+                         f"kept across frames); missing: {', '.join(sorted(missing))}")
+    if not pd.MultiIndex.from_frame(truth[["id", "frame"]]).is_unique:
+        raise ValueError("`truth` has an emitter (id) twice in one frame")
+    std = np.full((len(truth), 3), np.nan)
+    frames = {
+        frame_no: (rows, info, 4 if is_3d else 3)
+        for frame_no, rows, info, is_3d in _frame_informations(
+            truth, config, frame_shape, bg_photons, noise, max_elements
+        )
+    }
+    ids = truth["id"].to_numpy()
+    photons = truth["photons"].to_numpy()
+    half = context_frames // 2
+    singular: list[int] = []
+    for centre, (centre_rows, _, n_par) in frames.items():
+        window = [frames[f] for f in range(centre - half, centre + half + 1) if f in frames]
+        in_window = np.concatenate([rows for rows, _, _ in window])
+        peak = pd.Series(photons[in_window]).groupby(ids[in_window]).max()
+        fitted = peak.index[peak.to_numpy() >= known_below_photons]
+        cov = _window_covariance(window, ids, pd.Index(fitted), n_par)
+        if cov is None:
+            singular.append(centre)
+            continue
+        k = n_par - 1
+        place = pd.Index(fitted).get_indexer(ids[centre_rows])
+        report = place >= 0
+        index = place[report][:, None] * k + np.arange(k)
+        var = cov.diagonal().numpy()[index]
+        std[centre_rows[report], :k] = np.where(var > 0, np.sqrt(np.clip(var, 0, None)), np.nan)
+    _warn_singular(singular, "crowded window bounds (centre frames)")
+    return _with_bounds(truth, torch.as_tensor(std), "crlb_crowded_window", config)
+
+
+def _window_covariance(window: list[tuple[np.ndarray, torch.Tensor, int]], ids: np.ndarray,
+                       fitted: pd.Index, n_par: int) -> torch.Tensor | None:
+    """Covariance bound of the places (x, y[, z] per emitter of `fitted`, in that order) from
+    the frames of `window` (each: rows of the truth, information of :func:`_frame_information`);
+    None if singular."""
+    k = n_par - 1
+    total = torch.zeros(len(fitted) * k, len(fitted) * k, dtype=torch.float64)
+    for rows, info, _ in window:
+        place = fitted.get_indexer(ids[rows])
+        emitters = torch.as_tensor(np.flatnonzero(place >= 0))
+        if not len(emitters):
+            continue
+        params = emitters[:, None] * n_par + torch.arange(n_par)
+        own = params[:, :k].flatten()  # places, then photons and the background: nuisance
+        nuisance = torch.cat([params[:, k], torch.tensor([info.shape[0] - 1])])
+        mixed = info[own[:, None], nuisance[None, :]]
+        solved, bad = torch.linalg.solve_ex(info[nuisance[:, None], nuisance[None, :]],
+                                            mixed.T)
+        if bad.item():
+            return None
+        target = torch.as_tensor(place[place >= 0][:, None] * k + np.arange(k)).flatten()
+        total[target[:, None], target[None, :]] += info[own[:, None], own[None, :]] - mixed @ solved
+    cov, bad = torch.linalg.inv_ex(total)
+    if bad.item() or not torch.isfinite(cov).all():
+        return None
+    return cov
+
+
+def _check_known_below(known_below_photons: float) -> None:
+    if not known_below_photons >= 0:  # NaN would make every emitter known
+        raise ValueError(f"known_below_photons must be >= 0, got {known_below_photons}")
+
+
+def _warn_singular(frames: list[int], what: str) -> None:
+    if frames:
+        shown = ", ".join(map(str, frames[:5])) + (", ..." if len(frames) > 5 else "")
+        warnings.warn(
+            f"the Fisher information of {len(frames)} frame(s) ({shown}) is singular, "
+            f"e.g. two emitters at the same place: their {what} are NaN",
+            DenselocWarning,
+            stacklevel=3,
+        )
+
+
+def _frame_informations(
+    truth: pd.DataFrame,
+    config: Config,
+    frame_shape: tuple[int, int],
+    bg_photons: float | None,
+    noise: NoiseModel | None,
+    max_elements: int,
+) -> Iterator[tuple[int, np.ndarray, torch.Tensor, bool]]:
+    """For each frame of `truth`: its number, its rows (positions in `truth`), the Fisher
+    information of all its emitters and background (:func:`_frame_information`) and whether
+    the PSF is 3D; the arguments as :func:`add_crowded_bounds`'."""
+    from denseloc.sim.simulator import psf_from_config
+
+    psf = psf_from_config(config.psf, config.emitters.z_range_nm)
+    noise = NoiseModel.from_camera(config.camera) if noise is None else noise
+    _check_noise_map(noise, frame_shape)
+    if noise.per_pixel:
+        noise = replace(noise, read_var_e2=noise.read_var_e2.flatten()[None])
+    height, width = (int(v) for v in frame_shape)
+    n_par = 4 if psf.is_3d else 3
+    margin = 2 * psf.default_patch_size()  # place_patches renders into a padded stack
+    for frame_no, rows in truth.groupby("frame").indices.items():
         n = len(rows)
         elements = (n * n_par + 1) * (height + margin) * (width + margin)
         if elements > max_elements:
@@ -546,31 +699,10 @@ def add_crowded_bounds(
         elif "bg" in frame:
             bg = float(frame["bg"].mean())
         else:
-            bg = default_bg
-        bounds = _frame_bounds(psf, noise, frame, bg, px, (height, width),
-                               known_below_photons)
-        if bounds is None:
-            singular.append(int(frame["frame"].iloc[0]))
-            continue
-        std, snr = bounds
-        columns["crlb_crowded_x_nm"][rows] = std[:, 0].numpy() * px
-        columns["crlb_crowded_y_nm"][rows] = std[:, 1].numpy() * px
-        if psf.is_3d:
-            columns["crlb_crowded_z_nm"][rows] = std[:, 2].numpy()
-        columns["detection_snr"][rows] = snr[:, 0].numpy()
-        columns["detection_snr_known_neighbours"][rows] = snr[:, 1].numpy()
-    if singular:
-        shown = ", ".join(map(str, singular[:5])) + (", ..." if len(singular) > 5 else "")
-        warnings.warn(
-            f"the Fisher information of {len(singular)} frame(s) ({shown}) is singular, "
-            "e.g. two emitters at the same place: their crowded bounds are NaN",
-            DenselocWarning,
-            stacklevel=2,
-        )
-    out = truth.copy()
-    for name, values in columns.items():
-        out[name] = values
-    return out
+            bg = config.background.mean_photons
+        info = _frame_information(psf, noise, frame, bg, config.image.pixel_size_nm,
+                                  (height, width))
+        yield int(frame_no), rows, info, psf.is_3d
 
 
 def _check_noise_map(noise: NoiseModel, frame_shape: tuple[int, int] | None) -> None:
@@ -581,19 +713,16 @@ def _check_noise_map(noise: NoiseModel, frame_shape: tuple[int, int] | None) -> 
                          f"frames of that shape, not {frame_shape}")
 
 
-def _frame_bounds(
+def _frame_information(
     psf: PSF,
     noise: NoiseModel,
     frame: pd.DataFrame,
     bg: float,
     pixel_size_nm: float,
     shape: tuple[int, int],
-    known_below_photons: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Bounds (n, P) of (x [px], y [px], [z [nm],] photons) of one frame's emitters, all fitted
-    jointly with a uniform background (those below `known_below_photons` known, but each
-    fitted for its own bounds), and their detection SNRs (n, 2) with the neighbours' positions
-    fitted and known (see :func:`add_crowded_bounds`); None if the information is singular."""
+) -> torch.Tensor:
+    """Fisher information (n P + 1, n P + 1) of one frame: the P parameters (x [px], y [px],
+    [z [nm],] photons) of each of its n emitters in turn, then one uniform background."""
     height, width = shape
     size = psf.default_patch_size()
     n = len(frame)
@@ -618,8 +747,20 @@ def _frame_bounds(
     mu = bg + (photons[:, None] * placed[:, -1]).sum(dim=0)
     ones = torch.ones(1, height * width, dtype=torch.float64)
     jac = torch.cat([placed.reshape(n * n_par, -1), ones])
-    info = information_from_jacobian(mu[None], jac[None], noise)[0]
-    fitted = torch.as_tensor(frame["photons"].to_numpy() >= known_below_photons)
+    return information_from_jacobian(mu[None], jac[None], noise)[0]
+
+
+def _frame_bounds(
+    info: torch.Tensor, photons: np.ndarray, n_par: int, known_below_photons: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Bounds (n, P) of (x [px], y [px], [z [nm],] photons) of one frame's emitters, all fitted
+    jointly with a uniform background (those below `known_below_photons` known, but each
+    fitted for its own bounds), and their detection SNRs (n, 2) with the neighbours' positions
+    fitted and known (see :func:`add_crowded_bounds`), from the frame's information
+    (:func:`_frame_information`); None if it is singular."""
+    n = len(photons)
+    fitted = torch.as_tensor(photons >= known_below_photons)
+    photons = torch.as_tensor(photons, dtype=torch.float64).clamp_min(1e-3)
     std = torch.full((n, n_par), float("nan"), dtype=torch.float64)
     snr = torch.full((n, 2), float("nan"), dtype=torch.float64)
     free = torch.nonzero(fitted).flatten()
