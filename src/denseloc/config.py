@@ -342,6 +342,11 @@ class ModelConfig(_Model):
         3, description="input frames centred on t: 3 (t-1, t, t+1), 5 (t-2 .. t+2) or 1"
     )
     predict_bg: bool = Field(True, description="predict the background map")
+    context_filters: int | None = Field(
+        None, ge=2, le=256,
+        description="filters in the first stage of the temporal-context U-Net and in the "
+        "heads (default: filters)",
+    )
 
 
 class TrainConfig(_Model):

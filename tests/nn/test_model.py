@@ -21,6 +21,27 @@ def test_output_shape_and_ranges(context: int, size: tuple[int, int]) -> None:
     assert (out[:, 5:9] >= 0.001).all() and (out[:, 5:9] <= 3.001).all()
 
 
+def test_the_context_network_can_be_wider_than_the_frame_network() -> None:
+    torch.manual_seed(0)
+    net = DecodeNet(filters=4, context_frames=3, context_filters=8)
+    assert net.context_net(torch.randn(1, 12, 8, 8)).shape == (1, 8, 8, 8)
+    out = net(torch.randn(2, 3, 12, 12))
+    assert out.shape == (2, len(CHANNELS), 12, 12)
+    same_width = DecodeNet(filters=4, context_frames=3)
+    assert same_width.config()["context_filters"] == 4
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(net.frame_net) == count(same_width.frame_net)
+    assert count(net.context_net) > 3 * count(same_width.context_net)
+    # Its configuration rebuilds it: the saved weights load and give the same outputs.
+    copy = DecodeNet(**net.config())
+    copy.load_state_dict(net.state_dict())
+    x = torch.randn(1, 3, 12, 12)
+    torch.testing.assert_close(copy(x), net(x))
+    # A configuration saved before the option existed has the heads of the frame width.
+    assert DecodeNet(**{k: v for k, v in same_width.config().items()
+                        if k != "context_filters"}).context_filters == 4
+
+
 def test_rejects_wrong_context() -> None:
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         DecodeNet(filters=4)(torch.randn(1, 1, 8, 8))

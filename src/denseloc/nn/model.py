@@ -93,10 +93,14 @@ class DecodeNet(nn.Module):
         1 (single frame), 3 (t-1, t, t+1) or 5 (t-2 .. t+2).
     predict_bg : bool
         Whether to predict the background map.
+    context_filters : int, optional
+        Filters of the temporal-context U-Net's first stage (and of the heads); default
+        `filters`, as in DECODE.
     """
 
     def __init__(
-        self, filters: int = 16, depth: int = 2, context_frames: int = 3, predict_bg: bool = True
+        self, filters: int = 16, depth: int = 2, context_frames: int = 3, predict_bg: bool = True,
+        context_filters: int | None = None,
     ) -> None:
         super().__init__()
         if context_frames not in (1, 3, 5):
@@ -105,12 +109,14 @@ class DecodeNet(nn.Module):
         self.depth = depth
         self.context_frames = context_frames
         self.predict_bg = predict_bg
+        self.context_filters = context_filters or filters
+        width = self.context_filters
         self.frame_net = UNet(1, 0, filters, depth)
-        self.context_net = UNet(context_frames * filters, 0, filters, depth)
-        self.head_p = _head(filters, 1)
-        self.head_mean = _head(filters, 4)
-        self.head_sigma = _head(filters, 4)
-        self.head_bg = _head(filters, 1) if predict_bg else None
+        self.context_net = UNet(context_frames * filters, 0, width, depth)
+        self.head_p = _head(width, 1)
+        self.head_mean = _head(width, 4)
+        self.head_sigma = _head(width, 4)
+        self.head_bg = _head(width, 1) if predict_bg else None
         with torch.no_grad():  # start with few detections: p ~ 0.01 everywhere
             self.head_p[-1].bias.fill_(-4.0)
 
@@ -227,4 +233,5 @@ class DecodeNet(nn.Module):
             "depth": self.depth,
             "context_frames": self.context_frames,
             "predict_bg": self.predict_bg,
+            "context_filters": self.context_filters,
         }
