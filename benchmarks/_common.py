@@ -108,22 +108,28 @@ def model_on_test_movies_args(doc: str, name: str, frames: int = 100,
     args.model_dir = Path(resolve_builtin(str(args.model or "denseloc:default_model")))
     args.model = TrainedModel.load(args.model_dir)
     args.config = load_config(args.config)
-    require_models_psf(args.config, args.model, args.model_dir)
+    require_models_setting(args.config, args.model, args.model_dir)
     # The test movies do not depend on the model section; the window bound reads its frames.
     args.config = args.config.model_copy(update={"model": args.model.config.model})
     return args
 
 
-def require_models_psf(config, model, model_dir: Path) -> None:
-    """Stop unless `config` simulates with the PSF `model` was trained on: scored on another
-    PSF's movies, a model's errors mix its own with the mismatch."""
+def require_models_setting(config, model, model_dir: Path) -> None:
+    """Stop unless `config` simulates with the PSF, camera and pixel size `model` was trained
+    on: scored on another setting's movies, a model's errors mix its own with the mismatch."""
     from denseloc.config import config_differences
 
-    changed = config_differences(model.config.psf.model_dump(mode="json"),
-                                 config.psf.model_dump(mode="json"), prefix="psf.")
+    trained = model.config.model_dump(mode="json")
+    scored = config.model_dump(mode="json")
+    changed = config_differences(trained["psf"], scored["psf"], prefix="psf.")
+    changed += config_differences(trained["camera"], scored["camera"], prefix="camera.")
+    changed += config_differences({"pixel_size_nm": trained["image"]["pixel_size_nm"]},
+                                  {"pixel_size_nm": scored["image"]["pixel_size_nm"]},
+                                  prefix="image.")
     if changed:
-        raise SystemExit(f"{model_dir} was trained on another PSF than the configuration's "
-                         f"({'; '.join(changed)}): pass its own {model_dir / 'config.yaml'}")
+        raise SystemExit(f"{model_dir} was trained for another PSF, camera or pixel size than "
+                         f"the configuration's ({'; '.join(changed)}): pass its own "
+                         f"{model_dir / 'config.yaml'}")
 
 
 def _fmt(value: object) -> str:

@@ -124,7 +124,8 @@ def main() -> None:
         cases.append((f"128x128 long ({args.long_frames} frames)", 128, args.long_frames))
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run_case(name, size, n, Path(tmp), model) for name, size, n in cases]
-    notes = (f"Model {model} ({arch.filters} filters, depth {arch.depth}, "
+    wider = f", {arch.context_filters} in the temporal U-Net" if arch.context_filters else ""
+    notes = (f"Model {model} ({arch.filters} filters{wider}, depth {arch.depth}, "
              f"{arch.context_frames} context frames), 2 torch threads, default chunks "
              "(about 4 Mpx per read, at least 4 x (context - 1) frames) and tiles "
              "(frames above 640 px are cut into tiles "

@@ -23,7 +23,8 @@ with every neighbour's place, z and photons fitted too
 ``--known-below-photons`` (default 500, where the score starts counting, as in
 ``bench_ceiling.py``) are known instead, which can only lower that bound. It is 1 for the best
 unbiased estimator of the frame alone that must also locate the neighbours, so a network below
-1 takes information from the frames around it. ``ratio_crowded_window_*`` divides by the bound
+1 takes information from the frames around it (or from its priors: it is biased, and only its
+matched emitters are scored). ``ratio_crowded_window_*`` divides by the bound
 that does both, neighbours and the window's frames
 (:func:`denseloc.evaluate.crlb.add_crowded_window_bounds`, an emitter known there if it is
 below that many photons in every frame of the window): 1 for the best estimator of what the

@@ -224,6 +224,9 @@ def _summary(config: Config, model: Any, results: dict[str, dict], n_truth: int)
         keys = key if isinstance(key, tuple) else (key,)
         return " / ".join("n/a" if values.get(k) is None else fmt.format(values[k]) for k in keys)
 
+    net = model.net
+    wider = "" if net.context_filters == net.filters else (
+        f" ({net.context_filters} in the temporal U-Net)")
     lines = [
         "# denseloc demo",
         "",
@@ -232,7 +235,7 @@ def _summary(config: Config, model: Any, results: dict[str, dict], n_truth: int)
         f"{config.emitters.density_per_um2} emitters/um^2, z {config.emitters.z_range_nm[0]:g}"
         f"..{config.emitters.z_range_nm[1]:g} nm, {n_truth} ground-truth localizations; "
         f"PSF {config.psf.path or config.psf.kind}, {config.camera.kind} camera.",
-        f"Bundled model: {model.net.filters} filters, trained "
+        f"Bundled model: {model.net.filters} filters{wider}, trained "
         f"{model.summary.get('minutes', '?')} CPU-minutes, threshold {model.threshold:.2f}.",
         "",
         f"| metric | network, all {results['frames']} frames | network, first "

@@ -375,13 +375,55 @@ def test_the_crowded_window_bound_knows_only_emitters_faint_in_every_frame() -> 
         assert (out[column][:3].to_numpy() >= alone[column].to_numpy()).all()  # its light
         assert out[column][3:].isna().all()  # known: no bound
         assert exact[column][1] > 2.0 * out[column][1]  # fitted, its place costs fully
-    # A sliver (30 photons) of an emitter bright in the frame before is fitted, its place
-    # pinned by that frame: it gets a bound and costs its neighbour little.
+    # A sliver (30 photons) of an emitter bright in the frame before is fitted, not known:
+    # its place is pinned by that frame, so it costs its neighbour far less than a sliver
+    # of another emitter, whose place that frame alone must give.
     sliver = pd.concat([lone, _on_in([0, 1], 2, 31.5, 30.3, photons=[5000.0, 30.0])],
                        ignore_index=True)
     out = add_crowded_window_bounds(sliver, cfg, 3, **kwargs)
-    assert np.isfinite(out["crlb_crowded_window_x_nm"][4])
-    assert out["crlb_crowded_window_x_nm"][2] < 1.3 * alone["crlb_crowded_window_x_nm"][2]
+    assert np.isfinite(out["crlb_crowded_window_x_nm"]).all()
+    exact = add_crowded_window_bounds(sliver, cfg, 3, **{**kwargs, "known_below_photons": 0.0})
+    pinned = [0, 1, 3, 4]  # rows whose window holds the bright frame 0 (not frame 2's)
+    np.testing.assert_allclose(out["crlb_crowded_window_x_nm"][pinned],
+                               exact["crlb_crowded_window_x_nm"][pinned], rtol=1e-9)
+    other = sliver.copy()
+    other.loc[4, "id"] = 3
+    other = add_crowded_window_bounds(other, cfg, 3, **{**kwargs, "known_below_photons": 0.0})
+    without = add_crowded_window_bounds(sliver.iloc[:4], cfg, 3, **kwargs)
+    x = "crlb_crowded_window_x_nm"
+    assert out[x][0] < 0.5 * other[x][0]  # window of frames 0 and 1
+    assert without[x][1] < out[x][1] < other[x][1]  # frames 0-2
+
+
+def test_the_crowded_window_bound_follows_ids_not_row_order_and_skips_gaps() -> None:
+    cfg = Config()
+    kwargs = dict(frame_shape=(64, 64), bg_photons=40.0)
+    truth = pd.concat([
+        _on_in([0, 1, 2, 4, 5], 7, 30.0, 30.0),  # off in frame 3
+        _on_in([1, 2, 3], 3, 31.2, 30.5, photons=4000.0),
+        _on_in([0, 5], 9, 12.0, 40.0, photons=2000.0),
+    ], ignore_index=True).assign(row=lambda d: np.arange(len(d)))
+    out = add_crowded_window_bounds(truth, cfg, 3, **kwargs)
+    shuffled = truth.sample(frac=1.0, random_state=1)
+    shuffled.index = np.random.default_rng(5).permutation(1000)[:len(truth)]  # not positions
+    again = add_crowded_window_bounds(shuffled, cfg, 3, **kwargs).sort_values("row")
+    columns = [f"crlb_crowded_window_{axis}_nm" for axis in "xyz"]
+    np.testing.assert_allclose(again[columns].to_numpy(), out[columns].to_numpy(), rtol=1e-12)
+    # Emitter 7 in frame 4: its window (3-5) has it in frame 5 only besides, with emitter 9
+    # far away: the lone crowded bound of two frames.
+    pair = truth[(truth["id"] == 7) & truth["frame"].isin([4, 5])]
+    lone = add_crowded_bounds(pair, cfg, **kwargs)
+    row = truth.index[(truth["id"] == 7) & (truth["frame"] == 4)][0]
+    assert out["crlb_crowded_window_x_nm"][row] == pytest.approx(
+        lone["crlb_crowded_x_nm"].iloc[0] / math.sqrt(2), rel=0.01)
+    # A 2D PSF: no z; nothing to bound: no rows; a window of faint emitters only: NaN.
+    flat = Config.model_validate({"psf": {"kind": "gaussian", "sigma_px": 1.3}})
+    out2d = add_crowded_window_bounds(truth, flat, 3, **kwargs)
+    assert out2d["crlb_crowded_window_z_nm"].isna().all()
+    assert (out2d["crlb_crowded_window_x_nm"] > 0).all()
+    assert len(add_crowded_window_bounds(truth.iloc[:0], cfg, 3, **kwargs)) == 0
+    faint = add_crowded_window_bounds(truth, cfg, 3, **kwargs, known_below_photons=1e6)
+    assert faint[columns].isna().all().all()
 
 
 def test_the_crowded_window_bound_refuses_bad_input_and_warns_when_singular() -> None:
@@ -399,7 +441,7 @@ def test_the_crowded_window_bound_refuses_bad_input_and_warns_when_singular() ->
     # A second emitter at the same place in frame 2: the windows of frames 1 and 2 (centre)
     # are singular, frame 0's (frames 0 and 1) is not.
     twin = pd.concat([truth, _on_in([2], 2, 30.0, 30.0)], ignore_index=True)
-    with pytest.warns(DenselocWarning, match=r"2 frame\(s\) \(1, 2\)"):
+    with pytest.warns(DenselocWarning, match=r"2 windows centred on frame\(s\) \(1, 2\)"):
         out = add_crowded_window_bounds(twin, cfg, 3, **kwargs)
     assert np.isfinite(out["crlb_crowded_window_x_nm"][0])
     assert out["crlb_crowded_window_x_nm"][1:].isna().all()
@@ -531,6 +573,20 @@ def test_a_frame_with_coincident_emitters_gets_nan_bounds_and_a_warning() -> Non
     assert len(new) == 5 and out.iloc[:3][new].isna().all().all()
     alone = add_crowded_bounds(truth.iloc[3:], Config(), frame_shape=(64, 64), bg_photons=40.0)
     pd.testing.assert_frame_equal(out.iloc[3:][new], alone[new])  # other frames unaffected
+    # A faint emitter (known to the others) on top of a bright one: only its own bounds are
+    # lost, the bright one's and the frame's other emitters' stay.
+    faint = pd.concat([emitters([30.0, 40.0], [30.2, 30.0]),
+                       emitters(30.0, 30.2, photons=100.0)], ignore_index=True)
+    with pytest.warns(DenselocWarning, match=r"1 frame\(s\) \(0\) is singular"):
+        out = add_crowded_bounds(faint, Config(), frame_shape=(64, 64), bg_photons=40.0,
+                                 known_below_photons=500.0)
+    assert out.iloc[2][new].isna().all()
+    without = add_crowded_bounds(faint.iloc[:2], Config(), frame_shape=(64, 64),
+                                 bg_photons=40.0)
+    assert np.isfinite(out.iloc[:2][new].to_numpy()).all()
+    # Known, the faint one's light is only noise to the others.
+    assert (out["crlb_crowded_x_nm"][:2] >= without["crlb_crowded_x_nm"]).all()
+    assert out["crlb_crowded_x_nm"][0] < 1.05 * without["crlb_crowded_x_nm"][0]
 
 
 def test_crowded_bounds_for_a_2d_psf_leave_z_empty_and_refuse_huge_frames() -> None:

@@ -27,8 +27,10 @@ and with the neighbours.
 from __future__ import annotations
 
 import warnings
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from itertools import chain
 
 import numpy as np
 import pandas as pd
@@ -346,28 +348,14 @@ def add_window_crlb_columns(
     :func:`add_crlb_columns`; `truth` needs ``frame`` and ``id`` (one row per emitter and frame
     it is on).
     """
-    if context_frames < 1 or context_frames % 2 == 0:
-        raise ValueError(f"context_frames must be odd and positive, got {context_frames}")
-    missing = {"frame", "id"} - set(truth.columns)
-    if missing:
-        raise ValueError(f"the window bound needs the columns frame and id (one per emitter, "
-                         f"kept across frames); missing: {', '.join(sorted(missing))}")
+    _check_window_truth(truth, context_frames)
     info, is_3d = _row_information(truth, config, bg_photons, frame_shape, noise)
     k = 3 if is_3d else 2  # x, y[, z] against this frame's photons and background
-    position, nuisance = info[:, :k, :k], info[:, k:, k:]
-    mixed = info[:, :k, k:]
-    solved, singular = torch.linalg.solve_ex(nuisance, mixed.transpose(1, 2))
-    marginal = position - mixed @ solved
+    marginal, singular = _schur(info[:, :k, :k], info[:, :k, k:], info[:, k:, k:])
     marginal = torch.where((singular == 0)[:, None, None], marginal, torch.zeros_like(marginal))
     frames = truth["frame"].to_numpy()
     ids = truth["id"].to_numpy()
     rows = pd.MultiIndex.from_arrays([ids, frames])
-    if not rows.is_unique:
-        raise ValueError("`truth` has an emitter (id) twice in one frame")
-    if context_frames > 1 and len(np.unique(frames)) > 1 and pd.Index(ids).is_unique:
-        warnings.warn("no id of `truth` is on in two frames, so the window bound is the "
-                      "single-frame one: are the ids per row rather than per emitter?",
-                      DenselocWarning, stacklevel=2)
     total = torch.zeros_like(marginal)
     on = np.zeros(len(truth), dtype=int)
     half = context_frames // 2
@@ -380,6 +368,33 @@ def add_window_crlb_columns(
     if not is_3d:
         std = torch.cat([std, torch.full_like(std[:, :1], float("nan"))], dim=1)
     return _with_bounds(truth, std, "crlb_window", config).assign(window_frames=on)
+
+
+def _check_window_truth(truth: pd.DataFrame, context_frames: int) -> None:
+    """Refuse what no window bound can use; warn about ids that number rows (stacklevel of
+    the public function's caller)."""
+    if context_frames < 1 or context_frames % 2 == 0:
+        raise ValueError(f"context_frames must be odd and positive, got {context_frames}")
+    missing = {"frame", "id"} - set(truth.columns)
+    if missing:
+        raise ValueError(f"the window bound needs the columns frame and id (one per emitter, "
+                         f"kept across frames); missing: {', '.join(sorted(missing))}")
+    ids = truth["id"].to_numpy()
+    if not pd.MultiIndex.from_arrays([ids, truth["frame"].to_numpy()]).is_unique:
+        raise ValueError("`truth` has an emitter (id) twice in one frame")
+    if context_frames > 1 and truth["frame"].nunique() > 1 and pd.Index(ids).is_unique:
+        warnings.warn("no id of `truth` is on in two frames, so the window bound is the "
+                      "single-frame one: are the ids per row rather than per emitter?",
+                      DenselocWarning, stacklevel=3)
+
+
+def _schur(keep: torch.Tensor, mixed: torch.Tensor,
+           nuisance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Information on the kept parameters with the nuisance ones unknown: ``keep - mixed
+    nuisance^-1 mixed^T`` for blocks (..., k, k), (..., k, n), (..., n, n); and torch's
+    singular flags of the nuisance blocks (0 where solved)."""
+    solved, singular = torch.linalg.solve_ex(nuisance, mixed.transpose(-1, -2))
+    return keep - mixed @ solved, singular
 
 
 def _with_bounds(truth: pd.DataFrame, std: torch.Tensor, prefix: str,
@@ -477,7 +492,8 @@ def add_crowded_bounds(
     Two nearly coincident emitters both get a low detection SNR (their photons cannot be told
     apart), yet one detection there finds one of them: a ceiling built on these numbers
     undercounts such pairs. Exactly coincident ones (e.g. a row listed twice) make the
-    information singular: that frame's five columns are NaN, with a warning.
+    information singular: that frame's five columns are NaN, with a warning (only the faint
+    emitter's, if it is one below `known_below_photons` that coincides with another).
 
     The background is one level per frame (the mean of its rows' ``bg``): a background that
     varies across the frame is averaged.
@@ -531,8 +547,9 @@ def add_crowded_bounds(
     ):
         photons = truth["photons"].to_numpy()[rows]
         bounds = _frame_bounds(info, photons, 4 if is_3d else 3, known_below_photons)
-        if bounds is None:
+        if bounds is None or not bounds[0][:, 0].isfinite().all():
             singular.append(frame_no)
+        if bounds is None:
             continue
         std, snr = bounds
         columns["crlb_crowded_x_nm"][rows] = std[:, 0].numpy() * px
@@ -541,7 +558,8 @@ def add_crowded_bounds(
             columns["crlb_crowded_z_nm"][rows] = std[:, 2].numpy()
         columns["detection_snr"][rows] = snr[:, 0].numpy()
         columns["detection_snr_known_neighbours"][rows] = snr[:, 1].numpy()
-    _warn_singular(singular, "crowded bounds")
+    _warn_singular(singular, "their crowded bounds (all of the frame's, or a faint emitter's "
+                   "own)")
     out = truth.copy()
     for name, values in columns.items():
         out[name] = values
@@ -581,43 +599,56 @@ def add_crowded_window_bounds(
     whose information is singular (e.g. two emitters at the same place) gives NaN for its
     centre frame's rows, with a warning.
     """
-    if context_frames < 1 or context_frames % 2 == 0:
-        raise ValueError(f"context_frames must be odd and positive, got {context_frames}")
+    _check_window_truth(truth, context_frames)
     _check_known_below(known_below_photons)
-    missing = {"frame", "id"} - set(truth.columns)
-    if missing:
-        raise ValueError(f"the window bound needs the columns frame and id (one per emitter, "
-                         f"kept across frames); missing: {', '.join(sorted(missing))}")
-    if not pd.MultiIndex.from_frame(truth[["id", "frame"]]).is_unique:
-        raise ValueError("`truth` has an emitter (id) twice in one frame")
-    std = np.full((len(truth), 3), np.nan)
-    frames = {
-        frame_no: (rows, info, 4 if is_3d else 3)
-        for frame_no, rows, info, is_3d in _frame_informations(
-            truth, config, frame_shape, bg_photons, noise, max_elements
-        )
-    }
+    std = torch.full((len(truth), 3), float("nan"), dtype=torch.float64)
     ids = truth["id"].to_numpy()
     photons = truth["photons"].to_numpy()
     half = context_frames // 2
     singular: list[int] = []
-    for centre, (centre_rows, _, n_par) in frames.items():
-        window = [frames[f] for f in range(centre - half, centre + half + 1) if f in frames]
-        in_window = np.concatenate([rows for rows, _, _ in window])
-        peak = pd.Series(photons[in_window]).groupby(ids[in_window]).max()
-        fitted = peak.index[peak.to_numpy() >= known_below_photons]
-        cov = _window_covariance(window, ids, pd.Index(fitted), n_par)
-        if cov is None:
-            singular.append(centre)
-            continue
-        k = n_par - 1
-        place = pd.Index(fitted).get_indexer(ids[centre_rows])
-        report = place >= 0
-        index = place[report][:, None] * k + np.arange(k)
-        var = cov.diagonal().numpy()[index]
-        std[centre_rows[report], :k] = np.where(var > 0, np.sqrt(np.clip(var, 0, None)), np.nan)
-    _warn_singular(singular, "crowded window bounds (centre frames)")
-    return _with_bounds(truth, torch.as_tensor(std), "crlb_crowded_window", config)
+    # Frame by frame in time order, keeping the information of the frames that the windows
+    # still to bound need (a whole movie's would not fit in memory).
+    frames: dict[int, tuple[np.ndarray, torch.Tensor, int]] = {}
+    pending: deque[int] = deque()  # centre frames whose windows are not all read yet
+    computed = _frame_informations(truth, config, frame_shape, bg_photons, noise, max_elements)
+    for item in chain(computed, [None]):  # None: the last frame has been read
+        if item is not None:
+            frame_no, rows, info, is_3d = item
+            frames[frame_no] = (rows, info, 4 if is_3d else 3)
+            pending.append(frame_no)
+        while pending and (item is None or pending[0] + half <= frame_no):
+            centre = pending.popleft()
+            window = [frames[f] for f in range(centre - half, centre + half + 1) if f in frames]
+            if not _window_bounds(window, frames[centre], ids, photons, known_below_photons,
+                                  std):
+                singular.append(centre)
+            oldest = pending[0] if pending else centre + 1
+            for f in [f for f in frames if f < oldest - half]:
+                del frames[f]
+    _warn_singular(singular, "crowded window bounds of their emitters",
+                   subject="windows centred on frame(s)")
+    return _with_bounds(truth, std, "crlb_crowded_window", config)
+
+
+def _window_bounds(window: list[tuple[np.ndarray, torch.Tensor, int]],
+                   centre: tuple[np.ndarray, torch.Tensor, int], ids: np.ndarray,
+                   photons: np.ndarray, known_below_photons: float, std: torch.Tensor) -> bool:
+    """Write the place bounds of the `centre` frame's fitted emitters from the frames of
+    `window` into their rows of `std` (N, 3); False if the window's information is singular."""
+    in_window = np.concatenate([rows for rows, _, _ in window])
+    peak = pd.Series(photons[in_window]).groupby(ids[in_window]).max()
+    fitted = pd.Index(peak.index[peak.to_numpy() >= known_below_photons])
+    centre_rows, _, n_par = centre
+    cov = _window_covariance(window, ids, fitted, n_par)
+    if cov is None:
+        return False
+    k = n_par - 1
+    place = fitted.get_indexer(ids[centre_rows])
+    report = place >= 0
+    index = torch.as_tensor(place[report][:, None] * k + np.arange(k))
+    std[torch.as_tensor(centre_rows[report])[:, None], torch.arange(k)] = _bound_from_variance(
+        cov.diagonal()[index])
+    return True
 
 
 def _window_covariance(window: list[tuple[np.ndarray, torch.Tensor, int]], ids: np.ndarray,
@@ -635,13 +666,13 @@ def _window_covariance(window: list[tuple[np.ndarray, torch.Tensor, int]], ids: 
         params = emitters[:, None] * n_par + torch.arange(n_par)
         own = params[:, :k].flatten()  # places, then photons and the background: nuisance
         nuisance = torch.cat([params[:, k], torch.tensor([info.shape[0] - 1])])
-        mixed = info[own[:, None], nuisance[None, :]]
-        solved, bad = torch.linalg.solve_ex(info[nuisance[:, None], nuisance[None, :]],
-                                            mixed.T)
+        marginal, bad = _schur(info[own[:, None], own[None, :]],
+                               info[own[:, None], nuisance[None, :]],
+                               info[nuisance[:, None], nuisance[None, :]])
         if bad.item():
             return None
         target = torch.as_tensor(place[place >= 0][:, None] * k + np.arange(k)).flatten()
-        total[target[:, None], target[None, :]] += info[own[:, None], own[None, :]] - mixed @ solved
+        total[target[:, None], target[None, :]] += marginal
     cov, bad = torch.linalg.inv_ex(total)
     if bad.item() or not torch.isfinite(cov).all():
         return None
@@ -653,12 +684,12 @@ def _check_known_below(known_below_photons: float) -> None:
         raise ValueError(f"known_below_photons must be >= 0, got {known_below_photons}")
 
 
-def _warn_singular(frames: list[int], what: str) -> None:
+def _warn_singular(frames: list[int], what: str, subject: str = "frame(s)") -> None:
     if frames:
         shown = ", ".join(map(str, frames[:5])) + (", ..." if len(frames) > 5 else "")
         warnings.warn(
-            f"the Fisher information of {len(frames)} frame(s) ({shown}) is singular, "
-            f"e.g. two emitters at the same place: their {what} are NaN",
+            f"the Fisher information of {len(frames)} {subject} ({shown}) is singular, "
+            f"e.g. two emitters at the same place: {what} are NaN",
             DenselocWarning,
             stacklevel=3,
         )
@@ -757,7 +788,8 @@ def _frame_bounds(
     jointly with a uniform background (those below `known_below_photons` known, but each
     fitted for its own bounds), and their detection SNRs (n, 2) with the neighbours' positions
     fitted and known (see :func:`add_crowded_bounds`), from the frame's information
-    (:func:`_frame_information`); None if it is singular."""
+    (:func:`_frame_information`); None if it is singular for the fitted emitters (NaN rows
+    for a faint emitter whose own set alone is singular)."""
     n = len(photons)
     fitted = torch.as_tensor(photons >= known_below_photons)
     photons = torch.as_tensor(photons, dtype=torch.float64).clamp_min(1e-3)
@@ -769,7 +801,9 @@ def _frame_bounds(
     for emitters, report in sets:
         bounds = _joint_bounds(info, emitters, n_par, photons[emitters])
         if bounds is None:
-            return None
+            if report is free:
+                return None  # every fitted emitter's bounds depend on it
+            continue  # only this faint emitter's own bounds are lost: NaN
         std[report], snr[report] = bounds[0][-len(report):], bounds[1][-len(report):]
     return std, snr
 

@@ -109,7 +109,7 @@ class DecodeNet(nn.Module):
         self.depth = depth
         self.context_frames = context_frames
         self.predict_bg = predict_bg
-        self.context_filters = context_filters or filters
+        self.context_filters = filters if context_filters is None else context_filters
         width = self.context_filters
         self.frame_net = UNet(1, 0, filters, depth)
         self.context_net = UNet(context_frames * filters, 0, width, depth)
@@ -227,11 +227,14 @@ class DecodeNet(nn.Module):
         return self.from_features(stacked)[:, :, :height, :width]
 
     def config(self) -> dict[str, int | bool]:
-        """Constructor arguments (saved with a trained model)."""
-        return {
+        """Constructor arguments (saved with a trained model; `context_filters` only when it
+        differs from `filters`, so that versions without the option load the others)."""
+        out = {
             "filters": self.filters,
             "depth": self.depth,
             "context_frames": self.context_frames,
             "predict_bg": self.predict_bg,
-            "context_filters": self.context_filters,
         }
+        if self.context_filters != self.filters:
+            out["context_filters"] = self.context_filters
+        return out
