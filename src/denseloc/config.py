@@ -347,6 +347,11 @@ class ModelConfig(_Model):
         description="filters in the first stage of the temporal-context U-Net and in the "
         "heads (default: filters)",
     )
+    raw_to_context: bool = Field(
+        False,
+        description="pass the scaled frames to the temporal-context U-Net beside the "
+        "frame-analysis features",
+    )
 
 
 class TrainConfig(_Model):

@@ -40,6 +40,22 @@ def test_the_context_network_can_be_wider_than_the_frame_network() -> None:
     assert DecodeNet(**same_width.config()).context_filters == 4
 
 
+def test_the_context_network_can_read_the_frames_themselves() -> None:
+    torch.manual_seed(0)
+    net = DecodeNet(filters=4, context_frames=3, raw_to_context=True)
+    frames = torch.randn(5, 12, 12)
+    features = net.padded_features(frames)
+    assert features.shape == (5, 5, 12, 12)
+    torch.testing.assert_close(features[:, -1], frames)  # the frame, unchanged
+    windows = torch.tensor([[0, 1, 2], [2, 3, 4]])
+    out = net.forward_windows(frames, windows)
+    torch.testing.assert_close(out, net(frames[windows]), rtol=1e-4, atol=1e-5)
+    copy = DecodeNet(**net.config())
+    copy.load_state_dict(net.state_dict())
+    torch.testing.assert_close(copy(frames[windows]), net(frames[windows]))
+    assert "raw_to_context" not in DecodeNet(filters=4).config()
+
+
 def test_rejects_wrong_context() -> None:
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         DecodeNet(filters=4)(torch.randn(1, 1, 8, 8))

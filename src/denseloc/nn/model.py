@@ -96,11 +96,14 @@ class DecodeNet(nn.Module):
     context_filters : int, optional
         Filters of the temporal-context U-Net's first stage (and of the heads); default
         `filters`, as in DECODE.
+    raw_to_context : bool
+        Pass each scaled input frame to the temporal-context U-Net beside its features, so
+        that it can sum the frames' pixels where an emitter stays on (DECODE: features only).
     """
 
     def __init__(
         self, filters: int = 16, depth: int = 2, context_frames: int = 3, predict_bg: bool = True,
-        context_filters: int | None = None,
+        context_filters: int | None = None, raw_to_context: bool = False,
     ) -> None:
         super().__init__()
         if context_frames not in (1, 3, 5):
@@ -110,9 +113,11 @@ class DecodeNet(nn.Module):
         self.context_frames = context_frames
         self.predict_bg = predict_bg
         self.context_filters = filters if context_filters is None else context_filters
+        self.raw_to_context = raw_to_context
+        self.features = filters + 1 if raw_to_context else filters  # per frame
         width = self.context_filters
         self.frame_net = UNet(1, 0, filters, depth)
-        self.context_net = UNet(context_frames * filters, 0, width, depth)
+        self.context_net = UNet(context_frames * self.features, 0, width, depth)
         self.head_p = _head(width, 1)
         self.head_mean = _head(width, 4)
         self.head_sigma = _head(width, 4)
@@ -135,8 +140,10 @@ class DecodeNet(nn.Module):
         return 2 * unet_receptive_radius(self.depth) + 1
 
     def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frame-analysis features of single frames (N, 1, H, W) -> (N, F, H, W)."""
-        return self.frame_net(frames)
+        """Frame-analysis features of single frames (N, 1, H, W) -> (N, F, H, W); with
+        `raw_to_context`, the frame itself is the last of F = filters + 1."""
+        features = self.frame_net(frames)
+        return torch.cat([features, frames], dim=1) if self.raw_to_context else features
 
     def from_features(self, features: torch.Tensor) -> torch.Tensor:
         """Outputs (B, 10, H, W) from concatenated frame features (B, C*F, H, W)."""
@@ -218,7 +225,7 @@ class DecodeNet(nn.Module):
         ``context_frames`` features, no gather), cropped to the frames' `shape` (H, W)."""
         if windows is not None:
             features = features[windows.flatten()]
-        stacked = features.reshape(-1, self.context_frames * self.filters, *features.shape[-2:])
+        stacked = features.reshape(-1, self.context_frames * self.features, *features.shape[-2:])
         if channels_last is None:
             channels_last = features.device.type == "cpu"
         if channels_last:
@@ -237,4 +244,6 @@ class DecodeNet(nn.Module):
         }
         if self.context_filters != self.filters:
             out["context_filters"] = self.context_filters
+        if self.raw_to_context:
+            out["raw_to_context"] = True
         return out
