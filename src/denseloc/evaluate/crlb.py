@@ -533,7 +533,6 @@ def add_crowded_bounds(
     DataFrame
         A copy of `truth` with the five columns added (nm for the bounds).
     """
-
     _check_known_below(known_below_photons)
     columns = {
         name: np.full(len(truth), np.nan)
