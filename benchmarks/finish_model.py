@@ -131,7 +131,7 @@ def main() -> None:
         for sigmas, scored in sigma_variants(model):
             row = {"variant": args.name, "readout": readout, "sigmas": sigmas,
                    "minutes": round(trainer.state.elapsed_s / 60, 1),
-                   "threshold": model.threshold}
+                   "samples": trainer.state.samples, "threshold": model.threshold}
             for density, values in evaluate_model(scored, tests, readout).items():
                 row.update({f"{density}_{k}": v for k, v in values.items()})
             print(row, flush=True)
