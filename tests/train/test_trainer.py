@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import types
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -573,6 +575,52 @@ def test_a_non_finite_gradient_rolls_back_instead_of_stepping(
     assert "gradient is not finite" in caplog.text
     assert trainer.state.rollbacks == 1
     assert all(torch.isfinite(p).all() for p in trainer.net.parameters())
+
+
+def test_the_log_records_the_gradient_norm_and_how_often_clipping_acted(
+    tmp_path, monkeypatch
+) -> None:
+    real_clip = torch.nn.utils.clip_grad_norm_
+    norms = []
+
+    def recording_clip(parameters, max_norm, *args, **kwargs):
+        norm = real_clip(parameters, max_norm, *args, **kwargs)
+        norms.append(float(norm))
+        return norm
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    config = tiny_config()
+    steps = config.train.steps_per_epoch
+    # a threshold between the first epoch's norms, so that clipping acts on some steps only
+    probe = Trainer(config, tmp_path / "probe", device="cpu")
+    probe.fit(epochs=1)
+    clip = float(np.median(norms[:steps]))
+    settings = config.model_dump()
+    settings["train"]["grad_clip"] = clip
+    config = Config.model_validate(settings)
+    norms.clear()
+    Trainer(config, tmp_path / "m", device="cpu").fit(epochs=2)
+    log = pd.read_csv(tmp_path / "m" / "training_log.csv")
+    assert len(norms) == 2 * steps
+    for epoch, row in enumerate(log.itertuples()):
+        epoch_norms = np.array(norms[epoch * steps:(epoch + 1) * steps])
+        assert row.grad_norm == pytest.approx(np.median(epoch_norms), rel=1e-12)
+        assert row.clipped == pytest.approx(np.mean(epoch_norms > clip))
+    assert 0 < log["clipped"].iloc[0] < 1
+
+
+def test_a_log_resumed_from_an_older_version_keeps_every_column(tmp_path) -> None:
+    Trainer(tiny_config(), tmp_path / "m", device="cpu").fit(epochs=1)
+    path = tmp_path / "m" / CHECKPOINT
+    ckpt = torch.load(path, weights_only=False)
+    for record in ckpt["state"]["history"]:  # as written before the gradient columns
+        del record["grad_norm"], record["clipped"]
+    torch.save(ckpt, path)
+    Trainer(tiny_config(), tmp_path / "m", device="cpu").fit(epochs=2, resume=True)
+    log = pd.read_csv(tmp_path / "m" / "training_log.csv")
+    assert len(log) == 2
+    assert np.isnan(log["grad_norm"].iloc[0]) and np.isfinite(log["grad_norm"].iloc[1])
+    assert (tmp_path / "m" / "curves.png").stat().st_size > 0
 
 
 def test_resume_on_another_device_names_the_one_to_use(tmp_path) -> None:

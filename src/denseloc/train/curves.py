@@ -12,14 +12,15 @@ __all__ = ["plot_training_curves"]
 
 
 def plot_training_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Save a PNG with train/validation loss, Jaccard, RMSE and CRLB ratios per epoch."""
+    """Save a PNG with train/validation loss, Jaccard, RMSE, CRLB ratios and the gradient's
+    norm per epoch."""
     minutes = [r["minutes"] for r in rows]
 
     def series(key: str) -> list[float]:
         return [float("nan") if r.get(key) is None else float(r[key]) for r in rows]
 
-    fig = new_figure(12, 3.4)
-    axes = fig.subplots(1, 4)
+    fig = new_figure(15, 3.4)
+    axes = fig.subplots(1, 5)
     axes[0].plot(minutes, series("train_loss"), label="train")
     axes[0].plot(minutes, series("val_loss"), label="validation")
     axes[0].set_ylabel("loss")
@@ -40,6 +41,16 @@ def plot_training_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     axes[3].axhline(1.0, color="k", lw=0.5)
     axes[3].set_ylabel("RMS ratio")
     axes[3].legend(fontsize=7)
+    # logs of older versions have no gradient columns: an empty panel
+    norms = series("grad_norm")
+    axes[4].plot(minutes, norms, color="tab:purple")
+    if any(n > 0 for n in norms):  # NaN compares False
+        axes[4].set_yscale("log")
+    axes[4].set_ylabel("gradient norm (median, before clipping)")
+    clipped = axes[4].twinx()
+    clipped.plot(minutes, series("clipped"), color="tab:gray", ls=":")
+    clipped.set_ylim(0, 1)
+    clipped.set_ylabel("fraction of steps clipped (dotted)")
     for ax in axes:
         ax.set_xlabel("training minutes")
         ax.grid(alpha=0.3)

@@ -555,6 +555,7 @@ class Trainer:
         while self._budget_left(epochs, budget_s):
             epoch_start = time.perf_counter()
             losses: list[float] = []
+            grad_norms: list[float] = []
             diverged = False
             for _ in range(tc.steps_per_epoch):
                 t0 = time.perf_counter()
@@ -573,6 +574,7 @@ class Trainer:
                     break
                 self.state.loss_ema = loss if loss_ema is None else 0.98 * loss_ema + 0.02 * loss
                 losses.append(loss)
+                grad_norms.append(grad_norm)
                 self.state.step += 1
                 self.state.samples += tc.batch_size
                 self._plan(budget_s, epochs)
@@ -598,6 +600,10 @@ class Trainer:
                 "minutes": self.state.elapsed_s / 60,
                 "lr": self.lr_at(self.state.step),
                 "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                # the gradient's norm before clipping, and how often clipping acted
+                "grad_norm": float(np.median(grad_norms)) if grad_norms else float("nan"),
+                "clipped": float(np.mean(np.array(grad_norms) > tc.grad_clip))
+                if grad_norms else float("nan"),
                 "epoch_s": time.perf_counter() - epoch_start,
                 **{k: metrics.get(k) for k in _LOGGED},
             }
@@ -664,7 +670,9 @@ class Trainer:
     def _write_log(self) -> None:
         rows = self.state.history
         with atomic_path(self.out_dir / LOG) as tmp, tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            # rows from a checkpoint of an older version may lack the newer columns
+            columns = list(dict.fromkeys(key for row in rows for key in row))
+            writer = csv.DictWriter(fh, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
         from denseloc.train.curves import plot_training_curves
