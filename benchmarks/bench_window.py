@@ -69,7 +69,11 @@ def main() -> None:
         for frames_on, member in [*groups, ("all", np.ones(len(gt), dtype=bool))]:
             if not member.any():
                 continue
-            row = {"density": density, "window_frames": frames_on, "emitters": int(member.sum())}
+            bounds = gt[[f"{column}_{axis}_nm" for column in BOUNDS.values()
+                         for axis in "xyz"]].to_numpy()[member]
+            # the ratios leave out an emitter whose bound is not finite (a singular window)
+            row = {"density": density, "window_frames": frames_on, "emitters": int(member.sum()),
+                   "without_bound": int((~np.isfinite(bounds)).any(axis=1).sum())}
             for axis in "xyz":
                 err = pairs[f"d{axis}_nm"].to_numpy()[member]
                 for bound, column in BOUNDS.items():
@@ -86,7 +90,9 @@ def main() -> None:
         f"Matched emitters with >= {BRIGHT_PHOTONS:g} photons on the fixed test movies of "
         f"bench_training.py ({args.frames} frames each), grouped by window_frames: the frames "
         f"of the model's {config.model.context_frames}-frame window in which the emitter is "
-        "on. Bounds of the light inside the frame; crowded bounds with neighbours below "
+        "on; without_bound of them lack one of the bounds (not finite: a singular window), "
+        "which leaves them out of that bound's ratios. Bounds of the light inside the frame; "
+        "crowded bounds with neighbours below "
         f"{args.known_below_photons:g} photons known; the model's default readout."),
         config=args.config, model_dir=args.model_dir)
 
