@@ -46,10 +46,10 @@ def plot_training_curves(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     axes[4].plot(minutes, norms, color="tab:purple")
     if any(n > 0 for n in norms):  # NaN compares False
         axes[4].set_yscale("log")
-    axes[4].set_ylabel("gradient norm (median, before clipping)")
+    axes[4].set_ylabel("gradient norm before clipping (median)")
     clipped = axes[4].twinx()
     clipped.plot(minutes, series("clipped"), color="tab:gray", ls=":")
-    clipped.set_ylim(0, 1)
+    clipped.set_ylim(-0.03, 1.05)  # a line at 0 or 1 stays visible
     clipped.set_ylabel("fraction of steps clipped (dotted)")
     for ax in axes:
         ax.set_xlabel("training minutes")
